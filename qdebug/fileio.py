@@ -1,0 +1,32 @@
+"""Atomic output files: write to a temp file in the target folder, then rename; never touch inputs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from qdebug.errors import QDebugError
+
+
+def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Path, ...] = ()) -> Path:
+    """Write `data` to `path` atomically; refuse if `path` is one of the protected input files."""
+    p = Path(path)
+    for q in protect:
+        if q and Path(q).exists() and p.exists() and os.path.samefile(p, q):
+            raise QDebugError("refusing to overwrite an input file", file=str(p),
+                              fix="give a different output path with -o")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p

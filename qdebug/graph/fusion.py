@@ -1,0 +1,172 @@
+"""Group ONNX nodes into the ops an NPU actually quantizes (fuse first, then quantize).
+
+A QuantOp is one quantized unit: a Conv with its BatchNorm, constant Mul/Div and activation (SiLU as
+Sigmoid+Mul included), or a single op. Range-preserving ops (Reshape, Split, MaxPool...) are
+"passthrough": they carry their input's quantization and add none of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from qdebug.graph.model import ModelGraph
+
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+FUSABLE_ACT = {"Relu", "LeakyRelu", "Clip", "HardSwish", "PRelu", "Elu", "Relu6"}
+PASSTHROUGH = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather",
+               "Identity", "MaxPool", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Dropout",
+               "GlobalMaxPool", "ReduceMax", "ReduceMin", "Cast"}
+COMPUTE = WEIGHTED | FUSABLE_ACT | {
+    "Add", "Sub", "Mul", "Div", "Sigmoid", "Softmax", "LogSoftmax", "Concat", "AveragePool",
+    "GlobalAveragePool", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp", "Log", "Tanh", "HardSigmoid",
+    "BatchNormalization", "InstanceNormalization", "LayerNormalization", "Erf", "Gelu", "Resize", "Neg",
+    "Abs", "Min", "Max", "Where", "Sum", "Mean", "Reciprocal", "Softplus", "Mish", "Selu", "Einsum",
+    "Upsample", "Celu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "CumSum", "Mod",
+}
+
+
+@dataclass
+class QuantOp:
+    """One quantized unit of the graph (a fused group of ONNX nodes or a single node)."""
+
+    key: str  # the precision-map key: the first (anchor) node name, or the graph input name
+    nodes: list[str]
+    op_type: str  # anchor op type, with the fused pattern, e.g. "Conv+SiLU"
+    kind: str  # "compute" | "passthrough" | "float" (unsupported, left in float) | "input" | "const"
+    outputs: list[str]  # float output tensors of the group (quantized at "output" profiles)
+    inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (member node, input idx, tensor)
+    weighted: list[str] = field(default_factory=list)  # member nodes with a constant weight input
+    index: int = 0  # topological position of the anchor
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "nodes": self.nodes, "op_type": self.op_type, "kind": self.kind,
+                "outputs": self.outputs, "inputs": [t for _, _, t in self.inputs]}
+
+
+def _single_consumer(g: ModelGraph, tensor: str) -> onnx.NodeProto | None:
+    cons = g.consumers.get(tensor, [])
+    graph_outs = {o.name for o in g.outputs}
+    if len(cons) == 1 and tensor not in graph_outs:
+        return cons[0]
+    return None
+
+
+def _is_const_scale(g: ModelGraph, node: onnx.NodeProto, data: str) -> bool:
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return False
+    other = node.input[1] if node.input[0] == data else node.input[0]
+    if node.op_type == "Div" and node.input[0] != data:
+        return False
+    v = g.const_value(other)
+    return v is not None and v.size <= 4096
+
+
+def _fuse_chain(g: ModelGraph, anchor: onnx.NodeProto, taken: set[str]) -> tuple[list[str], str]:
+    """Nodes absorbed after a weighted anchor and the fused pattern label."""
+    members = [anchor.name]
+    label = anchor.op_type
+    cur = anchor.output[0]
+    nxt = _single_consumer(g, cur)
+    if nxt is not None and nxt.op_type == "BatchNormalization" and nxt.name not in taken:
+        members.append(nxt.name)
+        label += "+BN"
+        cur = nxt.output[0]
+        nxt = _single_consumer(g, cur)
+    if nxt is not None and nxt.name not in taken and _is_const_scale(g, nxt, cur):
+        members.append(nxt.name)
+        label += f"+{nxt.op_type}(const)"
+        cur = nxt.output[0]
+        nxt = _single_consumer(g, cur)
+    if nxt is not None and nxt.op_type in FUSABLE_ACT and nxt.name not in taken:
+        members.append(nxt.name)
+        label += f"+{nxt.op_type}"
+        return members, label
+    swish = _swish_after(g, cur, taken)
+    if swish:
+        members.extend(swish[0])
+        label += swish[1]
+    return members, label
+
+
+def _swish_after(g: ModelGraph, x: str, taken: set[str]) -> tuple[list[str], str] | None:
+    """x -> Sigmoid/HardSigmoid -> Mul(x, sig): the exported SiLU/HardSwish pattern."""
+    if x in {o.name for o in g.outputs}:
+        return None
+    cons = g.consumers.get(x, [])
+    if len(cons) != 2:
+        return None
+    sig = next((c for c in cons if c.op_type in ("Sigmoid", "HardSigmoid")), None)
+    mul = next((c for c in cons if c.op_type == "Mul"), None)
+    if sig is None or mul is None or sig.name in taken or mul.name in taken:
+        return None
+    if set(mul.input) != {x, sig.output[0]} or len(g.consumers.get(sig.output[0], [])) != 1:
+        return None
+    return [sig.name, mul.name], ("+SiLU" if sig.op_type == "Sigmoid" else "+HardSwish")
+
+
+def build_quant_ops(g: ModelGraph, fuse: bool = True) -> list[QuantOp]:
+    """Partition the graph into QuantOps in topological order (graph inputs first)."""
+    ops: list[QuantOp] = []
+    for inp in g.inputs:
+        if inp.elem_type in (1, 10, 11, 16):
+            ops.append(QuantOp(inp.name, [], "Input", "input", [inp.name], index=-1))
+    taken: set[str] = set()
+    for idx, node in enumerate(g.nodes):
+        if node.name in taken:
+            continue
+        float_outs = [o for o in node.output if o and not g.is_constant(o) and g.is_float(o)]
+        if not float_outs:
+            taken.add(node.name)
+            continue
+        members, label = [node.name], node.op_type
+        if fuse and node.op_type in WEIGHTED:
+            members, label = _fuse_chain(g, node, taken)
+        elif fuse and node.op_type in ("Sigmoid", "HardSigmoid"):
+            x = node.input[0]
+            sw = _swish_after(g, x, taken)
+            if sw and sw[0][0] == node.name:
+                members, label = sw[0], sw[1].lstrip("+")
+        taken.update(members)
+        if node.op_type in PASSTHROUGH:
+            kind = "passthrough"
+            if node.op_type == "Resize":
+                kind = "compute"
+        elif node.op_type in COMPUTE:
+            kind = "compute"
+            if node.op_type == "Resize" and _resize_nearest(node):
+                kind = "passthrough"
+        else:
+            kind = "float"
+        last = g.node_by_name[members[-1]]
+        outputs = [o for o in last.output if o and g.is_float(o) and not g.is_constant(o)]
+        member_outs = {o for m in members for o in g.node_by_name[m].output}
+        inputs = []
+        weighted = []
+        for m in members:
+            mn = g.node_by_name[m]
+            for k, t in g.non_const_inputs(mn):
+                if t not in member_outs and g.is_float(t):
+                    inputs.append((m, k, t))
+            if mn.op_type in WEIGHTED and len(mn.input) > 1 and g.const_value(mn.input[1]) is not None:
+                weighted.append(m)
+        ops.append(QuantOp(node.name, members, label, kind, outputs, inputs, weighted, idx))
+    return ops
+
+
+def _resize_nearest(node: onnx.NodeProto) -> bool:
+    for a in node.attribute:
+        if a.name == "mode":
+            return a.s in (b"nearest",)
+    return True  # default mode is nearest
+
+
+def group_of(ops: list[QuantOp]) -> dict[str, QuantOp]:
+    """Map every member node name (and graph input name) to its QuantOp."""
+    out: dict[str, QuantOp] = {}
+    for op in ops:
+        out[op.key] = op
+        for n in op.nodes:
+            out[n] = op
+    return out

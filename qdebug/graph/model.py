@@ -1,0 +1,279 @@
+"""ModelGraph: a loaded ONNX model with the maps every later layer needs (producers, consumers, order)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qdebug.errors import ModelError
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class IOInfo:
+    """Name, element type and shape (None for a dynamic dim) of a graph input or output."""
+
+    name: str
+    elem_type: int
+    shape: tuple[int | None, ...] | None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": str(self.dtype), "shape": list(self.shape) if self.shape else None}
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+
+
+class ModelGraph:
+    """An ONNX model plus producer/consumer maps and a topological node order (node names made unique)."""
+
+    def __init__(self, model: onnx.ModelProto, path: str | None = None) -> None:
+        self.path = path
+        self.model = model
+        g = model.graph
+        self._name_nodes()
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
+        self.inputs: list[IOInfo] = [
+            IOInfo(vi.name, vi.type.tensor_type.elem_type, _shape_of(vi))
+            for vi in g.input if vi.name not in self.initializers
+        ]
+        self.outputs: list[IOInfo] = [
+            IOInfo(vi.name, vi.type.tensor_type.elem_type, _shape_of(vi)) for vi in g.output
+        ]
+        self.nodes: list[onnx.NodeProto] = self._toposort(list(g.node))
+        self.node_by_name = {n.name: n for n in self.nodes}
+        self.index_of = {n.name: i for i, n in enumerate(self.nodes)}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for o in n.output:
+                if o:
+                    self.producer[o] = n
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self.constant_tensors = self._find_constants()
+        self.elem_types, self.shapes = self._infer_types()
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | Path) -> ModelGraph:
+        """Load and check an ONNX file, turning every failure into a one-line ModelError."""
+        p = Path(path)
+        if not p.exists():
+            raise ModelError("model file not found", file=str(p), fix="check the path")
+        if p.is_dir():
+            raise ModelError("expected an .onnx file, got a folder", file=str(p))
+        try:
+            model = onnx.load(str(p))
+        except Exception as exc:  # onnx raises DecodeError, ValueError... on corrupt files
+            raise ModelError(f"not a readable ONNX model ({type(exc).__name__})", file=str(p),
+                             fix="re-export the model; the file is corrupt or not ONNX") from None
+        if not model.graph.node:
+            raise ModelError("model graph has no nodes", file=str(p),
+                             fix="re-export the model; the file is not an ONNX model or is empty")
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"ONNX checker rejects the model: {first}", file=str(p),
+                             fix="re-export with a supported opset or run onnxsim") from None
+        return cls(model, str(p))
+
+    def sha256(self) -> str:
+        """Hash of the serialized model, so a JSON result can be tied to its model."""
+        return hashlib.sha256(self.model.SerializeToString()).hexdigest()
+
+    # -------------------------------------------------------------- structure
+    def _name_nodes(self) -> None:
+        seen: set[str] = set()
+        for i, n in enumerate(self.model.graph.node):
+            name = n.name or f"{n.op_type}_{i}"
+            while name in seen:
+                name = f"{name}_{i}"
+            n.name = name
+            seen.add(name)
+
+    @staticmethod
+    def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+        produced = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+        dg = nx.DiGraph()
+        dg.add_nodes_from(range(len(nodes)))
+        for k, n in enumerate(nodes):
+            for i in n.input:
+                if i in produced and produced[i] != k:
+                    dg.add_edge(produced[i], k)
+        try:
+            order = list(nx.lexicographical_topological_sort(dg))
+        except nx.NetworkXUnfeasible:
+            raise ModelError("graph has a cycle", fix="re-export the model") from None
+        return [nodes[k] for k in order]
+
+    def _find_constants(self) -> set[str]:
+        const: set[str] = set(self.initializers)
+        for n in self.nodes:
+            if n.op_type in ("Constant", "ConstantOfShape") and all((not i) or i in const for i in n.input):
+                const.update(o for o in n.output if o)
+            elif n.input and all((not i) or i in const for i in n.input) and n.op_type not in (
+                    "RandomNormal", "RandomUniform"):
+                const.update(o for o in n.output if o)
+        return const
+
+    def _infer_types(self) -> tuple[dict[str, int], dict[str, tuple[int | None, ...] | None]]:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
+            vis = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+        except Exception:
+            vis = list(self.model.graph.value_info) + list(self.model.graph.output) + list(self.model.graph.input)
+        types: dict[str, int] = {}
+        shapes: dict[str, tuple[int | None, ...] | None] = {}
+        for vi in vis:
+            if vi.type.HasField("tensor_type"):
+                types[vi.name] = vi.type.tensor_type.elem_type
+                shapes[vi.name] = _shape_of(vi)
+        for name, t in self.initializers.items():
+            types[name] = t.data_type
+            shapes[name] = tuple(t.dims)
+        return types, shapes
+
+    def is_constant(self, tensor: str) -> bool:
+        """True when the tensor is an initializer or computed only from constants (shape math)."""
+        return tensor in self.constant_tensors
+
+    def const_value(self, tensor: str) -> np.ndarray | None:
+        """Value of an initializer or Constant-node output, None when not a plain constant."""
+        if tensor in self._const_cache:
+            return self._const_cache[tensor]
+        val = None
+        if tensor in self.initializers:
+            val = numpy_helper.to_array(self.initializers[tensor])
+        elif tensor in self.producer and self.producer[tensor].op_type == "Constant":
+            for a in self.producer[tensor].attribute:
+                if a.name == "value":
+                    val = numpy_helper.to_array(a.t)
+                elif a.name == "value_float":
+                    val = np.array(a.f, dtype=np.float32)
+                elif a.name == "value_floats":
+                    val = np.array(list(a.floats), dtype=np.float32)
+                elif a.name == "value_int":
+                    val = np.array(a.i, dtype=np.int64)
+                elif a.name == "value_ints":
+                    val = np.array(list(a.ints), dtype=np.int64)
+        self._const_cache[tensor] = val
+        return val
+
+    def is_float(self, tensor: str) -> bool:
+        """Whether a tensor carries float data (unknown types count as float unless produced by shape ops)."""
+        t = self.elem_types.get(tensor)
+        if t is None:
+            prod = self.producer.get(tensor)
+            return not (prod is not None and prod.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"))
+        return t in FLOAT_TYPES
+
+    def activation_tensors(self) -> list[str]:
+        """Float, non-constant node outputs in topological order: the tensors qdebug compares."""
+        out = []
+        for n in self.nodes:
+            for o in n.output:
+                if o and not self.is_constant(o) and self.is_float(o):
+                    out.append(o)
+        return out
+
+    def non_const_inputs(self, node: onnx.NodeProto) -> list[tuple[int, str]]:
+        """(input index, tensor) pairs of a node's data inputs (constants and empty slots excluded)."""
+        return [(k, i) for k, i in enumerate(node.input) if i and not self.is_constant(i)]
+
+    def static_input_shapes(self, size: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+        """Static shape per graph input; `size` (H, W) fills dynamic spatial dims of 4-D inputs."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for inp in self.inputs:
+            if inp.shape is None:
+                raise ModelError(f"input '{inp.name}' has no shape", file=self.path,
+                                 fix="pass --size H,W or re-export with a static shape")
+            dims = list(inp.shape)
+            if any(d is None for d in dims):
+                if len(dims) == 4 and size is not None:
+                    if dims[0] is None:
+                        dims[0] = 1
+                    ch_first = dims[1] is not None and dims[1] <= 4
+                    if ch_first:
+                        dims[2], dims[3] = size[0], size[1]
+                    else:
+                        dims[1], dims[2] = size[0], size[1]
+                if any(d is None for d in dims):
+                    raise ModelError(f"input '{inp.name}' has dynamic dims {inp.shape}", file=self.path,
+                                     fix="pass --size H,W (and a batch of 1) or re-export with static shapes")
+            shapes[inp.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        return shapes
+
+    # ------------------------------------------------------------- rewriting
+    def with_outputs(self, names: Iterable[str], model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """Copy of the model (or of `model`) with extra float graph outputs exposed for reading."""
+        m = copy.deepcopy(model if model is not None else self.model)
+        existing = {o.name for o in m.graph.output}
+        for name in names:
+            if name in existing:
+                continue
+            elem = self.elem_types.get(name, TensorProto.FLOAT)
+            if elem not in FLOAT_TYPES:
+                elem = TensorProto.FLOAT
+            m.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+            existing.add(name)
+        return m
+
+    def truncate(self, outputs: Sequence[str]) -> ModelGraph:
+        """Subgraph that computes exactly `outputs` from the graph inputs (the "cut" used by bisect)."""
+        unknown = [o for o in outputs if o not in self.producer and o not in {i.name for i in self.inputs}]
+        if unknown:
+            raise ModelError(f"tensor '{unknown[0]}' is not produced by any node", file=self.path,
+                             fix="use a tensor name listed by `qdebug compare`")
+        needed: set[str] = set()
+        stack = list(outputs)
+        keep: set[str] = set()
+        while stack:
+            t = stack.pop()
+            if t in needed:
+                continue
+            needed.add(t)
+            node = self.producer.get(t)
+            if node is not None and node.name not in keep:
+                keep.add(node.name)
+                stack.extend(i for i in node.input if i)
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        g = m.graph
+        del g.node[:]
+        g.node.extend(copy.deepcopy(n) for n in self.nodes if n.name in keep)
+        inits = [t for t in self.model.graph.initializer if t.name in needed]
+        del g.initializer[:]
+        g.initializer.extend(inits)
+        ins = [vi for vi in self.model.graph.input if vi.name in needed and vi.name not in self.initializers]
+        del g.input[:]
+        g.input.extend(ins)
+        del g.output[:]
+        outs_by_name = {vi.name: vi for vi in self.model.graph.output}
+        for o in outputs:
+            if o in outs_by_name:
+                g.output.append(outs_by_name[o])
+            else:
+                elem = self.elem_types.get(o, TensorProto.FLOAT)
+                g.output.append(helper.make_tensor_value_info(o, elem, None))
+        return ModelGraph(m, self.path)

@@ -1,0 +1,139 @@
+"""Comparison engine: streams float / isolated / cumulative values sample by sample into running sums.
+
+Also splits every Concat output into its input parts, so a destroyed score part is not hidden by a
+healthy box part in one per-tensor number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qdebug.graph.hazards import SCORE_OPS, trace_source
+from qdebug.graph.model import ModelGraph
+from qdebug.metrics.stats import Metrics, TensorStats
+
+
+@dataclass
+class PartSpec:
+    """One input part of a Concat output: tensor[..., start:stop along axis]."""
+
+    tensor: str
+    name: str
+    source: str
+    source_op: str
+    axis: int
+    inputs_idx: int
+    start: int = -1
+    stop: int = -1
+
+    def slice(self, a: np.ndarray) -> np.ndarray:
+        idx = [slice(None)] * a.ndim
+        idx[self.axis] = slice(self.start, self.stop)
+        return a[tuple(idx)]
+
+    def to_json(self) -> dict:
+        return {"tensor": self.tensor, "part": self.name, "source": self.source, "source_op": self.source_op,
+                "axis": self.axis, "start": self.start, "stop": self.stop}
+
+
+def concat_parts(g: ModelGraph, tensors: Sequence[str]) -> dict[str, list[PartSpec]]:
+    """Part specs for every Concat among `tensors` (sizes resolved on the first sample)."""
+    wanted = set(tensors)
+    out: dict[str, list[PartSpec]] = {}
+    for node in g.nodes:
+        if node.op_type != "Concat" or node.output[0] not in wanted:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        specs = []
+        for k, t in enumerate(node.input):
+            src, src_op = trace_source(g, t)
+            specs.append(PartSpec(node.output[0], "", t, src_op, axis, k))
+        scores = [s for s in specs if s.source_op in SCORE_OPS]
+        for s in specs:
+            if s.source_op in SCORE_OPS:
+                s.name = "score" if len(scores) == 1 else f"score{scores.index(s)}"
+            elif len(specs) == 2 and len(scores) == 1:
+                s.name = "box"
+            else:
+                s.name = f"part{s.inputs_idx}"
+        out[node.output[0]] = specs
+    return out
+
+
+class CompareAccumulator:
+    """Running metrics for cumulative and isolated errors of every tensor and Concat part."""
+
+    def __init__(self, g: ModelGraph, tensors: Sequence[str], iso_map: dict[str, str],
+                 parts: dict[str, list[PartSpec]]) -> None:
+        self.g = g
+        self.tensors = list(tensors)
+        self.iso_map = iso_map
+        self.parts = parts
+        self.cum = {t: TensorStats() for t in self.tensors}
+        self.iso = {t: TensorStats() for t in self.tensors}
+        self.part_cum = {(t, s.name): TensorStats() for t, ss in parts.items() for s in ss}
+        self.part_iso = {(t, s.name): TensorStats() for t, ss in parts.items() for s in ss}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.nonfinite_quant: list[str] = []
+        self.zero_size: list[str] = []
+        self.samples = 0
+        self._resolved = False
+
+    def _resolve_parts(self, fvals: dict[str, np.ndarray]) -> None:
+        for t, specs in self.parts.items():
+            out = fvals.get(t)
+            if out is None:
+                continue
+            ax = specs[0].axis % out.ndim
+            pos = 0
+            for s in specs:
+                v = fvals.get(s.source)
+                if v is None:
+                    v = self.g.const_value(s.source)
+                n = int(v.shape[ax]) if v is not None and v.ndim == out.ndim else 0
+                s.axis, s.start, s.stop = ax, pos, pos + n
+                pos += n
+        self._resolved = True
+
+    def update(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
+        """Add one sample: float run (with isolated twins) and cumulative quantized run."""
+        if not self._resolved:
+            self._resolve_parts(fvals)
+        self.samples += 1
+        for t in self.tensors:
+            x = fvals.get(t)
+            if x is None:
+                continue
+            if x.size == 0:
+                if t not in self.zero_size:
+                    self.zero_size.append(t)
+                continue
+            self.shapes.setdefault(t, tuple(x.shape))
+            y = qvals.get(t)
+            if y is not None:
+                if not np.isfinite(y).all() and t not in self.nonfinite_quant:
+                    self.nonfinite_quant.append(t)
+                self.cum[t].update(x, y)
+            iso_name = self.iso_map.get(t)
+            yi = fvals.get(iso_name) if iso_name else None
+            self.iso[t].update(x, yi if yi is not None else x)
+            for s in self.parts.get(t, []):
+                if s.stop <= s.start:
+                    continue
+                xs = s.slice(x)
+                if y is not None:
+                    self.part_cum[(t, s.name)].update(xs, s.slice(y))
+                self.part_iso[(t, s.name)].update(xs, s.slice(yi) if yi is not None else xs)
+
+    def cumulative(self, t: str) -> Metrics:
+        return self.cum[t].result()
+
+    def isolated(self, t: str) -> Metrics:
+        return self.iso[t].result()
+
+    def float_range(self, t: str) -> tuple[float, float] | None:
+        s = self.cum[t]
+        return (s.xmin, s.xmax) if s.n else None

@@ -1,0 +1,108 @@
+"""Streaming error metrics between a float tensor x and its quantized counterpart y.
+
+Definitions (docs/metrics.md): over all elements of all samples,
+cosine = <x,y>/(|x||y|), SNR_dB = 10 log10(sum x^2 / sum (x-y)^2), max_abs = max|x-y|,
+rel_l2 = |x-y|/|x|. Only running sums are kept, never the activations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SNR_INF = 999.0  # JSON sentinel for "identical" (infinite SNR); see docs/metrics.md
+
+
+@dataclass
+class Metrics:
+    """Final metric values for one tensor (None where undefined, see docs/metrics.md)."""
+
+    cosine: float | None
+    snr_db: float | None
+    max_abs: float | None
+    rel_l2: float | None
+
+    def to_json(self) -> dict:
+        return {"cosine": _r(self.cosine, 7), "snr_db": _r(self.snr_db, 3), "max_abs": _r(self.max_abs, 6, g=True),
+                "rel_l2": _r(self.rel_l2, 6, g=True)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Metrics:
+        return cls(d.get("cosine"), d.get("snr_db"), d.get("max_abs"), d.get("rel_l2"))
+
+    def get(self, name: str) -> float | None:
+        return getattr(self, name)
+
+
+def _r(v: float | None, nd: int, g: bool = False) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return float(f"{v:.{nd}g}") if g else round(float(v), nd)
+
+
+class TensorStats:
+    """Running sums for one tensor pair; update() per sample, result() at the end."""
+
+    __slots__ = ("n", "sxx", "syy", "sxy", "sdd", "max_abs", "xmin", "xmax")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sxx = self.syy = self.sxy = self.sdd = 0.0
+        self.max_abs = 0.0
+        self.xmin = math.inf
+        self.xmax = -math.inf
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add one sample (any shape; flattened). Shapes must agree."""
+        if x.shape != y.shape:
+            raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
+        if x.size == 0:
+            return
+        xf = np.asarray(x, dtype=np.float64).ravel()
+        yf = np.asarray(y, dtype=np.float64).ravel()
+        d = xf - yf
+        self.n += xf.size
+        self.sxx += float(xf @ xf)
+        self.syy += float(yf @ yf)
+        self.sxy += float(xf @ yf)
+        self.sdd += float(d @ d)
+        m = float(np.max(np.abs(d)))
+        if m > self.max_abs or math.isnan(m):
+            self.max_abs = m
+        self.xmin = min(self.xmin, float(xf.min()))
+        self.xmax = max(self.xmax, float(xf.max()))
+
+    def result(self) -> Metrics:
+        if self.n == 0:
+            return Metrics(None, None, None, None)
+        return metrics_from_sums(self.sxx, self.syy, self.sxy, self.sdd, self.max_abs)
+
+
+def metrics_from_sums(sxx: float, syy: float, sxy: float, sdd: float, max_abs: float) -> Metrics:
+    """Metric values from the running sums, with the zero-vector conventions of docs/metrics.md."""
+    if sxx == 0.0 and syy == 0.0:
+        cos = 1.0
+    elif sxx == 0.0 or syy == 0.0:
+        cos = 0.0
+    else:
+        cos = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    if sdd == 0.0:
+        snr = SNR_INF
+    elif sxx == 0.0:
+        snr = None
+    else:
+        snr = min(SNR_INF, 10.0 * math.log10(sxx / sdd))
+    if sxx == 0.0:
+        rel = 0.0 if sdd == 0.0 else None
+    else:
+        rel = math.sqrt(sdd / sxx)
+    return Metrics(cos, snr, max_abs, rel)
+
+
+def compute_metrics(x: np.ndarray, y: np.ndarray) -> Metrics:
+    """One-shot metrics of two arrays (reference implementation used by tests and small callers)."""
+    s = TensorStats()
+    s.update(x, y)
+    return s.result()

@@ -1,0 +1,232 @@
+"""The compare flow: inputs -> calibration -> float/isolated and cumulative runs -> metrics -> result.
+
+This is the orchestration the CLI (and bisect, and reports) call; it owns no math of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qdebug import __version__
+from qdebug.graph.fusion import QuantOp
+from qdebug.graph.hazards import Hazard, find_hazards
+from qdebug.graph.model import ModelGraph
+from qdebug.inputs.dataset import Dataset
+from qdebug.metrics.engine import CompareAccumulator, concat_parts
+from qdebug.metrics.stats import SNR_INF, Metrics
+from qdebug.quant.scheme import QuantConfig
+from qdebug.quant.simulate import SimPlan
+from qdebug.runners.session import OrtSession
+from qdebug.runners.sim import SimBackend, check_finite
+
+COMPARE_SCHEMA = "qdebug.compare/1"
+JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
+HEALTHY_DB = 40.0  # cumulative SNR at or above this is not highlighted
+
+Progress = Callable[[str, int, int], None]  # (phase, advance, total)
+
+
+@dataclass
+class TensorResult:
+    """Both metrics of one tensor plus where it sits in the graph."""
+
+    tensor: str
+    node: str
+    op_type: str
+    index: int
+    group: str | None
+    quantized: bool
+    shape: tuple[int, ...] | None
+    float_range: tuple[float, float] | None
+    cumulative: Metrics
+    isolated: Metrics
+    jump_db: float | None
+
+    def to_json(self) -> dict:
+        return {"tensor": self.tensor, "node": self.node, "op_type": self.op_type, "index": self.index,
+                "group": self.group, "quantized": self.quantized,
+                "shape": list(self.shape) if self.shape else None,
+                "float_range": [_f(self.float_range[0]), _f(self.float_range[1])] if self.float_range else None,
+                "cumulative": self.cumulative.to_json(), "isolated": self.isolated.to_json(),
+                "jump_db": _f(self.jump_db)}
+
+
+def _f(v: float | None) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return float(f"{v:.6g}")
+
+
+@dataclass
+class CompareResult:
+    """Everything `qdebug compare` found; `to_json()` is the documented qdebug.compare/1 schema."""
+
+    graph: ModelGraph
+    dataset: Dataset
+    config: QuantConfig
+    backend: dict
+    tensors: list[TensorResult]
+    parts: list[dict]
+    outputs: list[dict]
+    hazards: list[Hazard]
+    groups: list[dict]
+    unsupported: list[str]
+    warnings: list[str] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+    command: str = ""
+
+    def worst(self, n: int = 10) -> list[TensorResult]:
+        """Tensors with the largest SNR jump (error introduced at that op)."""
+        ranked = [t for t in self.tensors if t.jump_db is not None]
+        ranked.sort(key=lambda t: -t.jump_db)  # type: ignore[arg-type,operator]
+        return ranked[:n]
+
+    def to_json(self) -> dict:
+        g = self.graph
+        return {
+            "schema": COMPARE_SCHEMA,
+            "qdebug_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command,
+            "model": {"path": g.path, "sha256": g.sha256(), "nodes": len(g.nodes),
+                      "opset": next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), None),
+                      "inputs": [i.to_json() for i in g.inputs], "outputs": [o.to_json() for o in g.outputs]},
+            "samples": {"count": len(self.dataset), "source": self.dataset.source, "kind": self.dataset.kind,
+                        "names": self.dataset.names()[:1000],
+                        "preprocess": self.dataset.preprocess.to_json() if self.dataset.preprocess else None},
+            "quant": {**self.backend, "scheme": self.config.scheme.to_json(), "calib": self.config.source,
+                      "overrides": self.config.overrides_json(), "groups": self.groups,
+                      "unsupported": self.unsupported},
+            "tensors": [t.to_json() for t in self.tensors],
+            "parts": self.parts,
+            "outputs": self.outputs,
+            "hazards": [h.to_json() for h in self.hazards],
+            "warnings": self.warnings,
+            "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            "environment": environment(),
+        }
+
+
+def environment() -> dict:
+    """Versions of everything that can change a number (for bug reports)."""
+    import onnx
+    import onnxruntime
+
+    return {"qdebug": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "os": platform.platform()}
+
+
+def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
+                calib: Dataset | None = None, progress: Progress | None = None) -> CompareResult:
+    """Calibrate (unless done), then measure cumulative and isolated error of every float tensor."""
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    if not backend.ranges:
+        cal = calib or dataset
+        total = len(cal) * (2 if config.scheme.calibrator != "minmax" else 1)
+        backend.prepare(graph, config, list(cal),
+                        progress=(lambda k: progress("calibrate", k, total)) if progress else None)
+    timing["calibrate_s"] = time.perf_counter() - t0
+    ops: list[QuantOp] = backend.quant_ops(graph)
+    sp: SimPlan = backend.plan(graph, config)
+    inputs = [i.name for i in graph.inputs]
+    tensors = inputs + graph.activation_tensors()
+    t1 = time.perf_counter()
+    amodel, iso_map = backend.analysis_model(graph, config, graph.activation_tensors())
+    qmodel = backend.quantized_model(graph, config, graph.activation_tensors())
+    # expose the quantized graph inputs of the cumulative run
+    from onnx import TensorProto, helper
+    qnames = {n.output[0] for n in qmodel.graph.node}
+    for i in inputs:
+        if i + "::q" in qnames:
+            qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
+        if "iso::" + i in iso_map.values():
+            amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
+    asess = OrtSession(amodel, threads=backend.threads, source=graph.path)
+    qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
+    timing["build_s"] = time.perf_counter() - t1
+    parts = concat_parts(graph, tensors)
+    acc = CompareAccumulator(graph, tensors, iso_map, parts)
+    t2 = time.perf_counter()
+    order = graph.activation_tensors()
+    for k, sample in enumerate(dataset):
+        fvals = asess.run(sample)
+        if calib is not None:
+            check_finite(graph, fvals, order, dataset.names()[k])
+        fvals.update(sample)
+        qvals = qsess.run(sample)
+        for i in inputs:
+            qvals[i] = qvals.pop(i + "::q", sample[i])
+        acc.update(fvals, qvals)
+        del fvals, qvals
+        if progress:
+            progress("compare", 1, len(dataset))
+    timing["compare_s"] = time.perf_counter() - t2
+    timing["total_s"] = time.perf_counter() - t0
+    return _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
+
+
+def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
+              ops: list[QuantOp], sp: SimPlan, acc: CompareAccumulator, parts: dict, timing: dict) -> CompareResult:
+    from qdebug.graph.fusion import group_of
+
+    groups = group_of(ops)
+    results: list[TensorResult] = []
+    by_tensor: dict[str, TensorResult] = {}
+    input_names = {i.name for i in graph.inputs}
+    for t in acc.tensors:
+        node = graph.producer.get(t)
+        op = groups.get(node.name if node is not None else t)
+        quantized = op is not None and op.kind in ("compute", "input") and \
+            sp.precision.get(op.key) is not None and t in op.outputs
+        cum = acc.cumulative(t)
+        jump = None
+        if cum.snr_db is not None:
+            if node is None:
+                in_snr = SNR_INF
+            else:
+                ins = [by_tensor[i].cumulative.snr_db for i in node.input if i in by_tensor]
+                ins = [v for v in ins if v is not None]
+                in_snr = min(ins) if ins else SNR_INF
+            jump = min(in_snr, JUMP_REF_DB) - cum.snr_db
+            for s in parts.get(t, []):  # a Concat: the worst part counts (a crushed score part)
+                src = by_tensor.get(s.source)
+                ps = acc.part_cum[(t, s.name)].result().snr_db
+                if src is not None and src.cumulative.snr_db is not None and ps is not None:
+                    jump = max(jump, min(src.cumulative.snr_db, JUMP_REF_DB) - ps)
+        r = TensorResult(
+            t, node.name if node is not None else t, node.op_type if node is not None else "Input",
+            graph.index_of[node.name] if node is not None else -1, op.key if op else None,
+            bool(quantized), acc.shapes.get(t), acc.float_range(t), cum, acc.isolated(t), jump)
+        results.append(r)
+        by_tensor[t] = r
+    part_rows = []
+    for t, specs in parts.items():
+        for s in specs:
+            part_rows.append({**s.to_json(), "cumulative": acc.part_cum[(t, s.name)].result().to_json(),
+                              "isolated": acc.part_iso[(t, s.name)].result().to_json()})
+    outputs = []
+    for o in graph.outputs:
+        r = by_tensor.get(o.name)
+        if r is None:
+            continue
+        outputs.append({"tensor": o.name, "cumulative": r.cumulative.to_json(), "isolated": r.isolated.to_json(),
+                        "parts": [p for p in part_rows if p["tensor"] == o.name]})
+    hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8)
+    warnings = []
+    if sp.unsupported:
+        warnings.append(f"{len(sp.unsupported)} op(s) not supported by the simulator were run in float: "
+                        + ", ".join(sp.unsupported[:10]))
+    for t in acc.nonfinite_quant[:5]:
+        warnings.append(f"quantized run produced NaN/Inf in '{t}' (metrics for it are null)")
+    for t in acc.zero_size[:5]:
+        warnings.append(f"tensor '{t}' is zero-size and was skipped")
+    return CompareResult(graph, dataset, config, backend.describe(), results, part_rows, outputs, hazards,
+                         sp.to_json(ops), sp.unsupported, warnings, timing)

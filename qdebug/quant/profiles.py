@@ -1,0 +1,66 @@
+"""Vendor profiles as data: where a given NPU quantizes, which ops it fuses, which it computes in float16.
+
+See docs/simulator.md for how each profile maps to what the vendor compilers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qdebug.errors import QDebugError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where quantization happens for one NPU family.
+
+    quantize_at: "output" = every quantized op's output tensor is stored in int (RKNN, generic);
+                 "input"  = every layer quantizes its own non-constant inputs with its own record
+                            (HiSilicon ATC's calibration_param.txt describes inputs).
+    fuse:        apply NPU fusions first (Conv+act, Conv+const Mul/Div, x*sigmoid(x)).
+    float16_ops: op types the NPU computes in float16 after dequantizing its (quantized) inputs.
+    int16_weight_bits: weight bits of an op promoted to int16 (RKNN int16 = 16; HiSilicon A16W8 = 8).
+    quantize_graph_inputs: the model input is quantized (image u8) before the first layer.
+    """
+
+    name: str
+    quantize_at: str = "output"
+    fuse: bool = True
+    float16_ops: frozenset[str] = frozenset()
+    int16_weight_bits: int = 16
+    quantize_graph_inputs: bool = True
+    description: str = ""
+
+
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(p: Profile) -> Profile:
+    """Add a profile to the registry (a new NPU family is one call here)."""
+    PROFILES[p.name] = p
+    return p
+
+
+register_profile(Profile(
+    "generic", quantize_at="output", fuse=True,
+    description="int8 at every fused op's output, per-channel int8 weights (typical NPU compiler)"))
+register_profile(Profile(
+    "ort", quantize_at="output", fuse=False,
+    description="QDQ at every ONNX op boundary, like onnxruntime quantize_static (overstates NPU error)"))
+register_profile(Profile(
+    "rknn", quantize_at="output", fuse=True, int16_weight_bits=16,
+    description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams"))
+register_profile(Profile(
+    "hisi", quantize_at="input", fuse=True, int16_weight_bits=8,
+    float16_ops=frozenset({"Add", "Sub", "Mul", "Div", "Sigmoid", "Softmax", "Pow", "Sqrt", "Exp",
+                           "Log", "Tanh", "ReduceMean", "ReduceSum", "Reciprocal", "Erf"}),
+    description="HiSilicon ATC: layers quantize their inputs (S8/S16 records); eltwise/activation in F16"))
+
+
+def get_profile(name: str) -> Profile:
+    """Look up a profile by name with a clear error listing the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise QDebugError(f"unknown profile '{name}'", where="--profile",
+                          fix=f"use one of: {', '.join(sorted(PROFILES))}") from None

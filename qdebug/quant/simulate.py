@@ -1,0 +1,359 @@
+"""Built-in quantization simulator: rewrite a float ONNX graph into a fake-quantized one run by onnxruntime.
+
+Activations are quantize-dequantized inside the graph with the arithmetic equivalent of a
+QuantizeLinear/DequantizeLinear pair, y = clip(round(x * (1/s)), qmin - zp, qmax - zp) * s, which works at
+any opset and any bit width (int8, int16) without bumping the model's opset. Weights are fake-quantized
+offline with the same formula and stored as float initializers. float16 is a Cast round trip.
+Where the quantizers go is decided by the vendor profile; see docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qdebug.graph.fusion import QuantOp, group_of
+from qdebug.graph.model import ModelGraph
+from qdebug.quant.profiles import Profile
+from qdebug.quant.scheme import Precision, QParams, QuantConfig, fake_quant, params_from_range
+
+ISO = "iso::"
+
+
+@dataclass
+class SimPlan:
+    """The resolved decision for every QuantOp: precision, float16 compute, activation/weight params."""
+
+    precision: dict[str, Precision] = field(default_factory=dict)  # op key -> precision
+    fp16_compute: set[str] = field(default_factory=set)  # op keys computed in float16
+    act: dict[str, QParams] = field(default_factory=dict)  # point key -> params (int ops only)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # node name -> fake-quantized weight
+    unsupported: list[str] = field(default_factory=list)  # op types left in float
+
+    def to_json(self, ops: list[QuantOp]) -> list[dict]:
+        rows = []
+        for op in ops:
+            if op.kind in ("const",):
+                continue
+            rows.append({**op.to_json(), "precision": self.precision.get(op.key, Precision.FP32).value,
+                         "fp16_compute": op.key in self.fp16_compute})
+        return rows
+
+
+def _weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return w.ndim - 1
+    return 0
+
+
+def op_precision(op: QuantOp, cfg: QuantConfig) -> Precision:
+    """Effective precision of a group: the most faithful override given to any member, else the default."""
+    asked = [cfg.overrides[n] for n in [op.key, *op.nodes] if n in cfg.overrides]
+    if asked:
+        return max(asked, key=lambda p: p.rank)
+    return cfg.scheme.activation
+
+
+def point_key(op: QuantOp, k: int | None = None, tensor: str | None = None) -> str:
+    """Key of one activation quantization point: the tensor (output side) or 'op:k' (input side)."""
+    return tensor if k is None else f"{op.key}:{k}"
+
+
+def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
+         ranges: dict[str, tuple[float, float]]) -> SimPlan:
+    """Decide precision and parameters for every quant point from the config, vendor params and ranges."""
+    sp = SimPlan()
+    sym = cfg.scheme.symmetric_activations
+    for op in ops:
+        if op.kind in ("passthrough", "const"):
+            continue
+        if op.kind == "float":
+            sp.unsupported.append(f"{op.key} ({op.op_type})")
+            sp.precision[op.key] = Precision.FP32
+            continue
+        p = op_precision(op, cfg)
+        sp.precision[op.key] = p
+        anchor_type = op.op_type.split("+")[0]
+        vendor_fp16 = cfg.source is not None and profile.quantize_at == "input"
+        if op.key in cfg.compute_fp16 or (not vendor_fp16 and anchor_type in profile.float16_ops
+                                          and op.kind == "compute"):
+            sp.fp16_compute.add(op.key)
+        if not p.is_int:
+            continue
+        bits = p.bits or 8
+        points: list[tuple[str, str]] = []  # (point key, tensor)
+        if op.kind == "input" or profile.quantize_at == "output":
+            points = [(t, t) for t in op.outputs]
+        else:
+            points = [(point_key(op, j), t) for j, (_, _, t) in enumerate(op.inputs)]
+        for key, tensor in points:
+            pinned = cfg.act_params.get(key)
+            if pinned is None and op.kind == "input":
+                pinned = cfg.act_params.get(f"{op.key}:0")
+            if pinned is not None:
+                sp.act[key] = pinned if pinned.bits == bits else pinned.with_bits(bits)
+            else:
+                lo, hi = ranges.get(tensor, (0.0, 0.0))
+                sp.act[key] = params_from_range(lo, hi, bits, symmetric=sym)
+        wbits = 8 if p == Precision.INT8 else profile.int16_weight_bits
+        for m in op.weighted:
+            node = g.node_by_name[m]
+            w = g.const_value(node.input[1])
+            if w is None or not np.issubdtype(w.dtype, np.floating):
+                continue
+            pinned = cfg.weight_params.get(m)
+            if pinned is not None:
+                wp = pinned if pinned.bits == wbits else pinned.with_bits(wbits)
+            else:
+                axis = _weight_axis(node, w)
+                if cfg.scheme.per_channel_weights:
+                    red = tuple(i for i in range(w.ndim) if i != axis)
+                    lo, hi = w.min(axis=red), w.max(axis=red)
+                else:
+                    lo, hi, axis = w.min(), w.max(), None
+                wp = params_from_range(lo, hi, wbits, symmetric=cfg.scheme.symmetric_weights, axis=axis)
+            sp.weights[m] = fake_quant(w, wp)
+    return sp
+
+
+class _Emitter:
+    """Accumulates nodes and initializers while rewriting the graph."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        arr = np.asarray(value, dtype=np.float32)
+        key = (hint.split("::")[0], arr.shape, arr.tobytes())
+        if key in self._consts:
+            return self._consts[key]
+        self._n += 1
+        name = f"qdebug::c{self._n}::{hint}"
+        self.inits.append(numpy_helper.from_array(arr, name))
+        self._consts[key] = name
+        return name
+
+    def qdq(self, x: str, y: str, p: QParams, rank: int | None) -> None:
+        """Emit y = clip(round(x * inv_s), qmin - zp, qmax - zp) * s."""
+        shape: tuple[int, ...] = ()
+        if p.scale.size > 1:
+            if rank is None or p.axis is None:
+                raise ValueError(f"per-channel activation params for {x} need a known rank")
+            shape = tuple(-1 if i == p.axis else 1 for i in range(rank))
+        s = p.scale.reshape(shape) if shape else p.scale.reshape(())
+        zp = p.zero_point.reshape(shape) if shape else p.zero_point.reshape(())
+        inv = self.const((1.0 / s).astype(np.float32), "inv_scale")
+        sc = self.const(s.astype(np.float32), "scale")
+        lo = self.const((p.qmin - zp).astype(np.float32), "qlo")
+        hi = self.const((p.qmax - zp).astype(np.float32), "qhi")
+        self._n += 1
+        t = f"{y}::qdq{self._n}"
+        self.nodes += [
+            helper.make_node("Mul", [x, inv], [t + "a"], name=t + "/mul"),
+            helper.make_node("Round", [t + "a"], [t + "b"], name=t + "/round"),
+            helper.make_node("Max", [t + "b", lo], [t + "c"], name=t + "/max"),
+            helper.make_node("Min", [t + "c", hi], [t + "d"], name=t + "/min"),
+            helper.make_node("Mul", [t + "d", sc], [y], name=t + "/dq"),
+        ]
+
+    def cast16(self, x: str, y: str) -> None:
+        self._n += 1
+        t = f"{y}::f16_{self._n}"
+        self.nodes += [
+            helper.make_node("Cast", [x], [t], to=TensorProto.FLOAT16, name=t + "/to16"),
+            helper.make_node("Cast", [t], [y], to=TensorProto.FLOAT, name=t + "/to32"),
+        ]
+
+
+def _rank(g: ModelGraph, t: str) -> int | None:
+    s = g.shapes.get(t)
+    return len(s) if s is not None else None
+
+
+def _emit_op(g: ModelGraph, op: QuantOp, sp: SimPlan, profile: Profile, em: _Emitter,
+             rename: dict[str, str], prefix: str, alias: dict[str, str]) -> None:
+    """Emit one group's nodes quantized. Internal tensors get `prefix`; `alias` rewires external inputs."""
+    p = sp.precision.get(op.key, Precision.FP32)
+    member_outs = {o for m in op.nodes for o in g.node_by_name[m].output if o}
+    input_side = profile.quantize_at == "input" and op.kind == "compute"
+    for m in op.nodes:
+        node = copy.deepcopy(g.node_by_name[m])
+        if prefix:
+            node.name = prefix + node.name
+        for k, t in enumerate(list(node.input)):
+            if not t:
+                continue
+            if t in member_outs:
+                node.input[k] = prefix + t if prefix else t
+            else:
+                node.input[k] = alias.get(t, t)
+        if m in sp.weights:
+            node.input[1] = em.const(sp.weights[m], f"w::{m}")
+        if input_side and p != Precision.FP32:
+            for j, (mm, k, t) in enumerate(op.inputs):
+                if mm != m:
+                    continue
+                src = node.input[k]
+                q = f"{prefix}{t}::in::{op.key}:{j}"
+                if p.is_int:
+                    em.qdq(src, q, sp.act[point_key(op, j)], _rank(g, t))
+                else:
+                    em.cast16(src, q)
+                node.input[k] = q
+        is_last = m == op.nodes[-1]
+        quant_out = is_last and not input_side and p != Precision.FP32
+        fp16_out = is_last and (op.key in sp.fp16_compute or (input_side and p == Precision.FP16))
+        post: list[tuple[str, str]] = []
+        for k, o in enumerate(list(node.output)):
+            if not o:
+                continue
+            final = prefix + o if prefix else o
+            if is_last and o in op.outputs and (quant_out or fp16_out):
+                node.output[k] = final + "::pre"
+                post.append((final + "::pre", o))
+            else:
+                node.output[k] = final
+        em.nodes.append(node)
+        for src, o in post:
+            final = prefix + o if prefix else o
+            if fp16_out and quant_out:
+                em.cast16(src, final + "::f16")
+                src = final + "::f16"
+            if quant_out and p.is_int:
+                em.qdq(src, final, sp.act[o], _rank(g, o))
+            else:
+                em.cast16(src, final)
+        rename.update({o: (prefix + o if prefix else o) for o in member_outs})
+
+
+def _finish(g: ModelGraph, em: _Emitter, outputs: list[str], base: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(base if base is not None else g.model)
+    gr = m.graph
+    del gr.node[:]
+    gr.node.extend(em.nodes)
+    gr.initializer.extend(em.inits)
+    del gr.value_info[:]
+    del gr.output[:]
+    outs_by_name = {vi.name: vi for vi in g.model.graph.output}
+    seen = set()
+    for o in outputs:
+        if o in seen:
+            continue
+        seen.add(o)
+        if o in outs_by_name:
+            gr.output.append(outs_by_name[o])
+        else:
+            gr.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+    return m
+
+
+def _input_ops(ops: list[QuantOp]) -> list[QuantOp]:
+    return [op for op in ops if op.kind == "input"]
+
+
+def build_quantized(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Profile,
+                    outputs: list[str] | None = None) -> onnx.ModelProto:
+    """The cumulative model: every op quantized per the plan. Tensor names keep their meaning
+    (the value downstream ops see), so `outputs` may name any activation of the float graph."""
+    em = _Emitter()
+    alias: dict[str, str] = {}
+    for op in _input_ops(ops):
+        p = sp.precision.get(op.key, Precision.FP32)
+        if profile.quantize_graph_inputs and p != Precision.FP32:
+            q = op.key + "::q"
+            if p.is_int:
+                em.qdq(op.key, q, sp.act[op.key], _rank(g, op.key))
+            else:
+                em.cast16(op.key, q)
+            alias[op.key] = q
+    groups = group_of(ops)
+    done: set[str] = set()
+    rename: dict[str, str] = {}
+    for node in g.nodes:
+        op = groups.get(node.name)
+        if op is None:  # constant subgraphs
+            nn = copy.deepcopy(node)
+            for k, t in enumerate(nn.input):
+                nn.input[k] = alias.get(t, t)
+            em.nodes.append(nn)
+            continue
+        if op.key in done:
+            continue
+        done.add(op.key)
+        if op.kind in ("passthrough", "float") or sp.precision.get(op.key) is None:
+            for m in op.nodes:
+                nn = copy.deepcopy(g.node_by_name[m])
+                for k, t in enumerate(nn.input):
+                    nn.input[k] = alias.get(t, t)
+                em.nodes.append(nn)
+            continue
+        _emit_op(g, op, sp, profile, em, rename, "", alias)
+    outs = outputs if outputs is not None else [o.name for o in g.outputs]
+    model = _finish(g, em, outs)
+    return _prune(model)
+
+
+def build_analysis(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Profile,
+                   tensors: list[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Float graph plus an isolated quantized clone of every op fed by float tensors.
+
+    Returns the model (exposing `tensors` and their isolated twins) and the map tensor -> isolated name.
+    One run of this model gives the float value and the isolated ("single") error of every op.
+    """
+    em = _Emitter()
+    for node in g.nodes:
+        em.nodes.append(copy.deepcopy(node))
+    iso: dict[str, str] = {}
+    for op in _input_ops(ops):
+        p = sp.precision.get(op.key, Precision.FP32)
+        if profile.quantize_graph_inputs and p != Precision.FP32:
+            if p.is_int:
+                em.qdq(op.key, ISO + op.key, sp.act[op.key], _rank(g, op.key))
+            else:
+                em.cast16(op.key, ISO + op.key)
+            iso[op.key] = ISO + op.key
+    for op in ops:
+        if op.kind != "compute":
+            continue
+        if sp.precision.get(op.key, Precision.FP32) == Precision.FP32 and op.key not in sp.fp16_compute:
+            continue
+        rename: dict[str, str] = {}
+        _emit_op(g, op, sp, profile, em, rename, ISO, {})
+        for o, r in rename.items():
+            if g.is_float(o):
+                iso[o] = r
+    wanted = set(tensors)
+    outs = list(tensors) + [iso[t] for t in tensors if t in iso and t in wanted]
+    return _finish(g, em, outs), iso
+
+
+def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes that feed no graph output (e.g. parts of a truncated graph)."""
+    gr = model.graph
+    needed = {o.name for o in gr.output}
+    keep = []
+    for n in reversed(gr.node):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    keep.reverse()
+    if len(keep) != len(gr.node):
+        del gr.node[:]
+        gr.node.extend(keep)
+        inits = [t for t in gr.initializer if t.name in needed]
+        del gr.initializer[:]
+        gr.initializer.extend(inits)
+    return model
