@@ -180,7 +180,6 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     groups = group_of(ops)
     results: list[TensorResult] = []
     by_tensor: dict[str, TensorResult] = {}
-    input_names = {i.name for i in graph.inputs}
     for t in acc.tensors:
         node = graph.producer.get(t)
         op = groups.get(node.name if node is not None else t)

@@ -37,8 +37,8 @@ class Calibrator(ABC):
         else:
             self.observe_hist(tensor, x)
 
-    def observe_hist(self, tensor: str, x: np.ndarray) -> None:  # pragma: no cover - minmax has none
-        pass
+    def observe_hist(self, tensor: str, x: np.ndarray) -> None:  # noqa: B027  (only histogram methods need it)
+        """Second-pass hook; MinMax has no second pass."""
 
     def minmax(self) -> dict[str, tuple[float, float]]:
         return {t: (self.lo[t], self.hi[t]) for t in self.lo}

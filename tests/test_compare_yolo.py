@@ -1,0 +1,118 @@
+"""End-to-end compare on the YOLOv8-style fixture: where the error jumps and what promotion fixes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from qdebug.cli import main
+from qdebug.graph.model import ModelGraph
+from qdebug.inputs.dataset import load_dataset
+from qdebug.pipeline import run_compare
+from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.runners.sim import SimBackend
+
+SCHEMA = Path(__file__).parent.parent / "qdebug" / "report" / "schemas" / "compare-1.json"
+TAIL = {"/model.22/Mul_2", "/model.22/Concat_5", "/model.22/Concat_4", "/model.22/Sigmoid"}
+
+
+@pytest.fixture(scope="module")
+def y8(fx):
+    g = ModelGraph.load(fx["yolov8"])
+    ds = load_dataset(fx["images"], g)
+    be = SimBackend("generic")
+    res = run_compare(g, ds, QuantConfig(), be)
+    return g, ds, be, res
+
+
+def _part(res, name):
+    return next(p for p in res.to_json()["outputs"][0]["parts"] if p["part"] == name)
+
+
+def test_worst_jump_is_in_decode_tail(y8):
+    g, _, _, res = y8
+    worst = res.worst(1)[0]
+    assert worst.node in TAIL, f"worst jump at {worst.node}"
+    # and the crushed part is the score part of output0, hidden in the per-tensor number
+    out = res.to_json()["outputs"][0]
+    assert out["cumulative"]["snr_db"] > 20
+    assert _part(res, "score")["cumulative"]["snr_db"] < 10
+
+
+def test_promoting_tail_to_int16_raises_score_snr(y8):
+    g, ds, be, res = y8
+    before = _part(res, "score")["cumulative"]["snr_db"]
+    cfg = QuantConfig(overrides={"/model.22/Mul_2": Precision.INT16, "/model.22/Concat_5": Precision.INT16})
+    after = _part(run_compare(g, ds, cfg, be), "score")["cumulative"]["snr_db"]
+    assert after > before + 15
+
+
+def test_hazards_name_the_concat_and_stride_mul(y8):
+    kinds = {(h.kind, h.node) for h in y8[3].hazards}
+    assert ("score_concat", "/model.22/Concat_5") in kinds
+    assert ("scale_amplify", "/model.22/Mul_2") in kinds
+
+
+def test_isolated_error_of_passthrough_is_exact_and_cumulative_matches_reference(y8):
+    g, ds, be, res = y8
+    by = {t.tensor: t for t in res.tensors}
+    reshape = by["/model.22/dfl/Reshape_output_0"]
+    assert reshape.isolated.snr_db == 999.0
+    # cumulative error of the graph output equals an independent run of the quantized model
+    import numpy as np
+
+    from qdebug.metrics.stats import compute_metrics
+    from qdebug.runners.session import OrtSession
+
+    qs = OrtSession(be.quantized_model(g, QuantConfig()))
+    fs = OrtSession(g.model)
+    xs, ys = [], []
+    for s in ds:
+        xs.append(fs.run(s)["output0"])
+        ys.append(qs.run(s)["output0"])
+    ref = compute_metrics(np.concatenate(xs), np.concatenate(ys))
+    assert by["output0"].cumulative.snr_db == pytest.approx(ref.snr_db, abs=1e-6)
+
+
+def test_cli_json_validates_and_is_nan_free(fx, tmp_path):
+    out = tmp_path / "run.json"
+    rc = main(["compare", str(fx["yolov8"]), "--data", str(fx["images"]), "--samples", "4",
+               "--json", str(out), "-q"])
+    assert rc == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text)
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()))
+    assert data["schema"] == "qdebug.compare/1" and data["samples"]["count"] == 4
+    idx = [t["index"] for t in data["tensors"]]
+    assert idx == sorted(idx)
+    for t in data["tensors"]:
+        for kind in ("cumulative", "isolated"):
+            for v in t[kind].values():
+                assert v is None or math.isfinite(v)
+
+
+@pytest.mark.parametrize("profile", ["rknn", "hisi", "ort"])
+def test_profiles_run(fx, profile):
+    g = ModelGraph.load(fx["yolov8"])
+    ds = load_dataset(fx["images"], g, samples=2)
+    res = run_compare(g, ds, QuantConfig(), SimBackend(profile))
+    assert res.outputs and res.outputs[0]["cumulative"]["snr_db"] > 10
+
+
+def test_benign_model_has_no_hazards(fx):
+    import numpy as np
+
+    g = ModelGraph.load(fx["benign"])
+    d = fx["benign"].parent / "benign_in"
+    d.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        np.save(d / f"s{i}.npy", rng.uniform(0, 1, size=(1, 3, 16, 16)).astype(np.float32))
+    res = run_compare(g, load_dataset(d, g), QuantConfig(), SimBackend("generic"))
+    assert res.hazards == []
+    assert res.to_json()["outputs"][0]["cumulative"]["cosine"] > 0.999
