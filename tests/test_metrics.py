@@ -44,8 +44,8 @@ def test_streaming_equals_one_shot_on_concatenated_samples():
     X = np.concatenate([x.ravel() for x in xs]).astype(np.float64)
     Y = np.concatenate([y.ravel() for y in ys]).astype(np.float64)
     m = s.result()
-    assert m.snr_db == pytest.approx(10 * np.log10((X**2).sum() / ((X - Y) ** 2).sum()), rel=1e-9)
-    assert m.cosine == pytest.approx(X @ Y / np.linalg.norm(X) / np.linalg.norm(Y), rel=1e-12)
+    assert m.snr_db == pytest.approx(10 * np.log10((X**2).sum() / ((X - Y) ** 2).sum()), rel=1e-6)
+    assert 1 - m.cosine == pytest.approx(1 - X @ Y / np.linalg.norm(X) / np.linalg.norm(Y), rel=1e-4)
     assert m.max_abs == pytest.approx(np.abs(X - Y).max())
     assert m.rel_l2 == pytest.approx(np.linalg.norm(X - Y) / np.linalg.norm(X))
 
@@ -59,3 +59,14 @@ def test_json_is_nan_free():
     m = compute_metrics(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
     d = m.to_json()
     assert all(v is None or math.isfinite(v) for v in d.values())
+
+
+def test_cosine_precise_near_one():
+    """1 - cosine is resolved even when it is far below float32 resolution of the sums."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=200_000).astype(np.float32)
+    y = (x + rng.normal(scale=1e-3, size=x.size)).astype(np.float32)
+    X, Y = x.astype(np.float64), y.astype(np.float64)
+    ref = 1 - X @ Y / np.linalg.norm(X) / np.linalg.norm(Y)
+    m = compute_metrics(x, y)
+    assert 1 - m.cosine == pytest.approx(ref, rel=1e-3)

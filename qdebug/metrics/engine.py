@@ -119,14 +119,20 @@ class CompareAccumulator:
                 self.cum[t].update(x, y)
             iso_name = self.iso_map.get(t)
             yi = fvals.get(iso_name) if iso_name else None
-            self.iso[t].update(x, yi if yi is not None else x)
+            if yi is not None:
+                self.iso[t].update(x, yi)
+            else:
+                self.iso[t].update_identical(x)
             for s in self.parts.get(t, []):
                 if s.stop <= s.start:
                     continue
                 xs = s.slice(x)
                 if y is not None:
                     self.part_cum[(t, s.name)].update(xs, s.slice(y))
-                self.part_iso[(t, s.name)].update(xs, s.slice(yi) if yi is not None else xs)
+                if yi is not None:
+                    self.part_iso[(t, s.name)].update(xs, s.slice(yi))
+                else:
+                    self.part_iso[(t, s.name)].update_identical(xs)
 
     def cumulative(self, t: str) -> Metrics:
         return self.cum[t].result()

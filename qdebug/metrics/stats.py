@@ -55,22 +55,40 @@ class TensorStats:
         self.xmax = -math.inf
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Add one sample (any shape; flattened). Shapes must agree."""
+        """Add one sample (any shape; flattened). Shapes must agree.
+
+        Per-sample sums use float32 BLAS dot products (fast) and are accumulated across samples in
+        float64; cosine is derived from the difference sum in a cancellation-free form (see result()).
+        """
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
         if x.size == 0:
             return
-        xf = np.asarray(x, dtype=np.float64).ravel()
-        yf = np.asarray(y, dtype=np.float64).ravel()
+        xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        yf = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
         d = xf - yf
         self.n += xf.size
-        self.sxx += float(xf @ xf)
-        self.syy += float(yf @ yf)
-        self.sxy += float(xf @ yf)
-        self.sdd += float(d @ d)
-        m = float(np.max(np.abs(d)))
+        sxx = float(np.dot(xf, xf))
+        self.sxx += sxx
+        self.syy += float(np.dot(yf, yf))
+        self.sxy += float(np.dot(xf, yf))
+        self.sdd += float(np.dot(d, d))
+        m = max(float(d.max()), -float(d.min()))
         if m > self.max_abs or math.isnan(m):
             self.max_abs = m
+        self.xmin = min(self.xmin, float(xf.min()))
+        self.xmax = max(self.xmax, float(xf.max()))
+
+    def update_identical(self, x: np.ndarray) -> None:
+        """Add a sample where the quantized value equals the float one (no own quantization)."""
+        if x.size == 0:
+            return
+        xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        sxx = float(np.dot(xf, xf))
+        self.n += xf.size
+        self.sxx += sxx
+        self.syy += sxx
+        self.sxy += sxx
         self.xmin = min(self.xmin, float(xf.min()))
         self.xmax = max(self.xmax, float(xf.max()))
 
@@ -87,7 +105,11 @@ def metrics_from_sums(sxx: float, syy: float, sxy: float, sdd: float, max_abs: f
     elif sxx == 0.0 or syy == 0.0:
         cos = 0.0
     else:
-        cos = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+        # cos = <x,y>/(|x||y|) = 1 - (|x-y|^2 - (|x|-|y|)^2) / (2|x||y|): no cancellation near cos = 1
+        nx, ny = math.sqrt(sxx), math.sqrt(syy)
+        one_minus = (sdd - (nx - ny) ** 2) / (2.0 * nx * ny)
+        cos = 1.0 - one_minus if one_minus < 1e-3 else sxy / (nx * ny)
+        cos = max(-1.0, min(1.0, cos))
     if sdd == 0.0:
         snr = SNR_INF
     elif sxx == 0.0:

@@ -1,0 +1,300 @@
+"""bisect: find where the error first becomes unacceptable and the smallest set of ops to promote.
+
+Steps (docs/bisect.md):
+1. baseline and all-promoted evaluations (is the target met already? can promotion meet it at all?);
+2. first bad cut: the first tensor (topological order) whose cumulative error fails the cut threshold,
+   read from the one-pass comparison when the backend shows intermediates, else by binary search over
+   truncated graphs (about log2 N backend runs);
+3. rank ops by sensitivity from the one-pass comparison (hazard, jump, isolated error);
+4. binary search for the shortest ranked prefix meeting the target, then greedy pruning of members
+   that are not needed, then a verification run. Evaluations are cached by precision map.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qdebug.graph.fusion import QuantOp
+from qdebug.graph.model import ModelGraph
+from qdebug.metrics.engine import concat_parts
+from qdebug.metrics.stats import TensorStats
+from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.runners.base import Backend
+from qdebug.runners.session import OrtSession
+from qdebug.search.evaluate import Evaluator, Score
+from qdebug.search.target import OPS, Target
+
+HAZARD_BONUS = 100.0
+
+
+@dataclass
+class EvalRecord:
+    """One evaluated precision map."""
+
+    id: int
+    purpose: str
+    promoted: tuple[str, ...]
+    score: Score
+    seconds: float
+
+    def to_json(self, precision: Precision) -> dict:
+        return {"id": self.id, "purpose": self.purpose, "promoted": list(self.promoted),
+                "overrides": {k: precision.value for k in self.promoted},
+                "values": {k: _j(v) for k, v in self.score.values.items()}, "passed": self.score.passed,
+                "margin": _j(self.score.margin), "seconds": round(self.seconds, 3)}
+
+
+def _j(v: float | None) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return float(f"{v:.6g}")
+
+
+@dataclass
+class RankedOp:
+    """A candidate op with its sensitivity score and the evidence behind it."""
+
+    key: str
+    op_type: str
+    nodes: list[str]
+    score: float
+    evidence: dict
+
+    def to_json(self, rank: int) -> dict:
+        return {"rank": rank, "op": self.key, "op_type": self.op_type, "nodes": self.nodes,
+                "score": round(self.score, 3), "evidence": self.evidence}
+
+
+@dataclass
+class CutResult:
+    """The first tensor whose cumulative error fails the cut threshold."""
+
+    tensor: str | None
+    node: str | None
+    op_type: str | None
+    index: int | None
+    metric: str
+    bound: float
+    value: float | None
+    part: str | None
+    path: str  # one-pass | truncation
+    evaluations: int
+    probes: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"tensor": self.tensor, "node": self.node, "op_type": self.op_type, "index": self.index,
+                "metric": self.metric, "bound": self.bound, "value": _j(self.value), "part": self.part,
+                "path": self.path, "evaluations": self.evaluations, "probes": self.probes}
+
+
+@dataclass
+class SearchResult:
+    """Outcome of the promotion search."""
+
+    met: bool
+    promoted: list[str]
+    before: Score
+    after: Score
+    best: EvalRecord | None
+    message: str
+    evaluations: list[EvalRecord]
+    seconds: float
+    candidates: int
+
+    @property
+    def quantized_evaluations(self) -> int:
+        return len(self.evaluations)
+
+
+class PromotionSearch:
+    """Cached evaluation of promotion sets plus the prefix-bisection and pruning search."""
+
+    def __init__(self, evaluator: Evaluator, base: QuantConfig, precision: Precision = Precision.INT16,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.evaluator = evaluator
+        self.base = base
+        self.precision = precision
+        self.cache: dict[str, EvalRecord] = {}
+        self.records: list[EvalRecord] = []
+        self.progress = progress
+
+    def config_for(self, promoted: Sequence[str]) -> QuantConfig:
+        return self.base.with_overrides({k: self.precision for k in promoted})
+
+    def evaluate(self, promoted: Sequence[str], purpose: str) -> EvalRecord:
+        """Evaluate a promotion set once; repeated sets come from the cache (no configuration runs twice)."""
+        promoted = tuple(sorted(set(promoted)))
+        cfg = self.config_for(promoted)
+        key = cfg.key()
+        if key in self.cache:
+            return self.cache[key]
+        if self.progress:
+            self.progress(f"{purpose}: {len(promoted)} op(s) promoted")
+        t0 = time.perf_counter()
+        score = self.evaluator.evaluate(cfg)
+        rec = EvalRecord(len(self.records) + 1, purpose, promoted, score, time.perf_counter() - t0)
+        self.cache[key] = rec
+        self.records.append(rec)
+        return rec
+
+    def run(self, ranked: list[str]) -> SearchResult:
+        """Smallest set (prefix bisection + pruning) meeting the target, or the plain fallback."""
+        t0 = time.perf_counter()
+        base = self.evaluate([], "baseline")
+        if base.score.passed:
+            return SearchResult(True, [], base.score, base.score, base, "target met without promoting any op",
+                                self.records, time.perf_counter() - t0, len(ranked))
+        full = self.evaluate(ranked, "all-promoted")
+        if not full.score.passed:
+            best = max(self.records, key=lambda r: r.score.margin)
+            msg = (f"even with all {len(ranked)} candidate ops at {self.precision.value} the target is missed "
+                   f"(worst margin {full.score.margin:.3g}); the problem is not quantization precision: check "
+                   "for unsupported ops, a preprocessing mismatch, or a target tighter than the float model allows")
+            return SearchResult(False, [], base.score, full.score, best, msg, self.records,
+                                time.perf_counter() - t0, len(ranked))
+        lo, hi = 0, len(ranked)  # prefix(lo) fails, prefix(hi) passes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.evaluate(ranked[:mid], "prefix").score.passed:
+                hi = mid
+            else:
+                lo = mid
+        chosen = list(ranked[:hi])
+        for member in reversed(list(chosen)):
+            if len(chosen) == 1:
+                break
+            trial = [m for m in chosen if m != member]
+            if self.evaluate(trial, "prune").score.passed:
+                chosen = trial
+        final = self.evaluate(chosen, "final")
+        msg = f"target met by promoting {len(chosen)} op(s) to {self.precision.value}"
+        return SearchResult(final.score.passed, chosen, base.score, final.score, final, msg, self.records,
+                            time.perf_counter() - t0, len(ranked))
+
+
+# ------------------------------------------------------------------- ranking
+def rank_ops(ops: list[QuantOp], compare: dict, hazards: list[dict], candidates: set[str]) -> list[RankedOp]:
+    """Order candidate ops by sensitivity (see docs/bisect.md for the formula)."""
+    by_tensor = {t["tensor"]: t for t in compare["tensors"]}
+    hazard_nodes: dict[str, list[str]] = {}
+    for h in hazards:
+        hazard_nodes.setdefault(h["node"], []).append(h["kind"])
+    ranked = []
+    for op in ops:
+        if op.key not in candidates:
+            continue
+        rows = [by_tensor[t] for t in op.outputs if t in by_tensor]
+        jump = max((r["jump_db"] for r in rows if r["jump_db"] is not None), default=0.0)
+        iso = min((r["isolated"]["snr_db"] for r in rows if r["isolated"]["snr_db"] is not None), default=None)
+        cum = min((r["cumulative"]["snr_db"] for r in rows if r["cumulative"]["snr_db"] is not None), default=None)
+        kinds = sorted({k for n in [op.key, *op.nodes] for k in hazard_nodes.get(n, [])})
+        score = (HAZARD_BONUS if kinds else 0.0) + max(0.0, jump) + 0.5 * max(0.0, 40.0 - (iso if iso is not None
+                                                                                          else 40.0))
+        ranked.append(RankedOp(op.key, op.op_type, op.nodes, score,
+                               {"jump_db": _j(jump), "isolated_snr_db": _j(iso), "cumulative_snr_db": _j(cum),
+                                "hazards": kinds}))
+    ranked.sort(key=lambda r: (-r.score, r.key))
+    return ranked
+
+
+def ancestors_ops(graph: ModelGraph, ops: list[QuantOp], tensors: Sequence[str]) -> set[str]:
+    """Keys of quantized ops that can influence `tensors`."""
+    needed: set[str] = set()
+    stack = list(tensors)
+    seen_nodes: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        n = graph.producer.get(t)
+        if n is not None and n.name not in seen_nodes:
+            seen_nodes.add(n.name)
+            stack.extend(i for i in n.input if i)
+    out = set()
+    for op in ops:
+        if op.kind not in ("compute", "input"):
+            continue
+        if (op.kind == "input" and op.key in needed) or any(n in seen_nodes for n in op.nodes):
+            out.add(op.key)
+    return out
+
+
+# ------------------------------------------------------------- first bad cut
+def _fails(metric: str, op: str, bound: float, value: float | None) -> bool:
+    return value is None or not OPS[op](value, bound)
+
+
+def first_bad_cut_one_pass(compare: dict, target: Target) -> CutResult:
+    """Scan the one-pass cumulative metrics in topological order for the first failing tensor or part."""
+    metric, op, bound = target.cut_threshold()
+    parts: dict[str, list[dict]] = {}
+    for p in compare["parts"]:
+        parts.setdefault(p["tensor"], []).append(p)
+    for t in compare["tensors"]:
+        if t["index"] < 0:  # graph inputs
+            continue
+        checks = [(None, t["cumulative"].get(metric))] + [(p["part"], p["cumulative"].get(metric))
+                                                            for p in parts.get(t["tensor"], [])]
+        for part, v in checks:
+            if _fails(metric, op, bound, v):
+                return CutResult(t["tensor"], t["node"], t["op_type"], t["index"], metric, bound, v, part,
+                                 "one-pass", 0)
+    return CutResult(None, None, None, None, metric, bound, None, None, "one-pass", 0)
+
+
+def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantConfig,
+                             samples: Sequence[dict[str, np.ndarray]], target: Target,
+                             cuts: Sequence[str]) -> CutResult:
+    """Binary search over topological cut points; each probe truncates the graph at the cut tensor,
+    quantizes that subgraph with the backend (final outputs only) and compares it with the float value."""
+    metric, op, bound = target.cut_threshold()
+    fsess = OrtSession(graph.with_outputs(list(cuts)), source=graph.path)
+    refs = [fsess.run(s) for s in samples]
+    probes: list[dict] = []
+    part_specs = concat_parts(graph, list(cuts))
+
+    def probe(k: int) -> tuple[bool, float | None, str | None]:
+        t = cuts[k]
+        sub = graph.truncate([t])
+        stats = TensorStats()
+        pstats: dict[str, TensorStats] = {}
+        specs = part_specs.get(t, [])
+        if specs:
+            from qdebug.metrics.engine import CompareAccumulator
+
+            CompareAccumulator(graph, [], {}, {t: specs})._resolve_parts({**refs[0], **samples[0]})
+        for ref, out in zip(refs, backend.run(sub, config, samples, [t]), strict=True):
+            stats.update(ref[t], out[t])
+            for s in specs:
+                if s.stop > s.start:
+                    pstats.setdefault(s.name, TensorStats()).update(s.slice(ref[t]), s.slice(out[t]))
+        v = stats.result().get(metric)
+        bad, worst_part = _fails(metric, op, bound, v), None
+        for name, st in pstats.items():
+            pv = st.result().get(metric)
+            if _fails(metric, op, bound, pv):
+                bad, worst_part, v = True, name, pv
+        probes.append({"tensor": t, "index": k, "value": _j(v), "fails": bad, "part": worst_part})
+        return bad, v, worst_part
+
+    lo, hi = -1, len(cuts) - 1
+    bad_hi, v_hi, part_hi = probe(hi)
+    if not bad_hi:
+        return CutResult(None, None, None, None, metric, bound, None, None, "truncation", len(probes), probes)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        bad, v, part = probe(mid)
+        if bad:
+            hi, v_hi, part_hi = mid, v, part
+        else:
+            lo = mid
+    t = cuts[hi]
+    node = graph.producer[t]
+    return CutResult(t, node.name, node.op_type, graph.index_of[node.name], metric, bound, v_hi, part_hi,
+                     "truncation", len(probes), probes)

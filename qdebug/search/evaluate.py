@@ -1,0 +1,101 @@
+"""The evaluation interface bisect searches with: "evaluate this precision map, return a score and pass/fail".
+
+`TensorTargetEvaluator` scores per-tensor metrics of outputs/parts through any Backend (it only needs
+final outputs). Task metrics (detection mAP) plug in as another Evaluator with the same interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qdebug.graph.model import ModelGraph
+from qdebug.metrics.engine import PartSpec, concat_parts
+from qdebug.metrics.stats import TensorStats
+from qdebug.quant.scheme import QuantConfig
+from qdebug.runners.base import Backend
+from qdebug.runners.session import OrtSession
+from qdebug.search.target import Clause, Target
+
+
+@dataclass
+class Score:
+    """Values per clause, overall pass/fail and the worst margin (>= 0 means every clause passes)."""
+
+    values: dict[str, float | None]
+    passed: bool
+    margin: float
+
+
+class Evaluator(ABC):
+    """Scores one QuantConfig against a target."""
+
+    target: Target
+
+    @abstractmethod
+    def evaluate(self, config: QuantConfig) -> Score:
+        """Run the quantized model per `config` on the evaluation samples and score it."""
+
+    def score(self, values: dict[str, float | None]) -> Score:
+        """Pass/fail and worst margin from per-clause values."""
+        margins = [c.margin(values.get(c.text())) for c in self.target.clauses]
+        passed = all(c.check(values.get(c.text())) for c in self.target.clauses)
+        return Score(values, passed, min(margins) if margins else 0.0)
+
+
+class TensorTargetEvaluator(Evaluator):
+    """Per-tensor/part metrics of the target's tensors, float reference computed once and kept."""
+
+    def __init__(self, graph: ModelGraph, samples: Sequence[dict[str, np.ndarray]], backend: Backend,
+                 target: Target) -> None:
+        self.graph = graph
+        self.samples = list(samples)
+        self.backend = backend
+        self.target = target
+        self.tensors = target.tensors()
+        fs = OrtSession(graph.with_outputs(self.tensors), source=graph.path)
+        self.reference = []
+        for s in self.samples:
+            vals = fs.run(s)
+            vals.update({k: v for k, v in s.items() if k in self.tensors})
+            self.reference.append({t: vals[t] for t in self.tensors})
+        self.parts: dict[str, list[PartSpec]] = concat_parts(graph, self.tensors)
+        self._resolve_parts()
+
+    def _resolve_parts(self) -> None:
+        from qdebug.metrics.engine import CompareAccumulator
+
+        if not self.parts or not self.samples:
+            return
+        need = sorted({s.source for ss in self.parts.values() for s in ss} - set(self.tensors))
+        fs = OrtSession(self.graph.with_outputs(need + self.tensors), source=self.graph.path)
+        vals = fs.run(self.samples[0])
+        vals.update(self.samples[0])
+        acc = CompareAccumulator(self.graph, [], {}, self.parts)
+        acc._resolve_parts(vals)
+
+    def clause_stats(self) -> dict[str, TensorStats]:
+        return {c.text(): TensorStats() for c in self.target.clauses if c.tensor}
+
+    def evaluate(self, config: QuantConfig) -> Score:
+        stats = self.clause_stats()
+        clauses: list[Clause] = [c for c in self.target.clauses if c.tensor]
+        outs = self.backend.run(self.graph, config, self.samples, self.tensors)
+        for ref, out in zip(self.reference, outs, strict=True):
+            for c in clauses:
+                x, y = ref[c.tensor], out[c.tensor]  # type: ignore[index]
+                if c.part:
+                    spec = next(s for s in self.parts[c.tensor] if s.name == c.part)  # type: ignore[index]
+                    x, y = spec.slice(x), spec.slice(y)
+                stats[c.text()].update(x, y)
+        values = {}
+        for c in clauses:
+            m = stats[c.text()].result()
+            values[c.text()] = m.get(c.metric)
+        return self.score(values)
+
+    def part_names(self) -> dict[str, list[str]]:
+        return {t: [s.name for s in ss] for t, ss in self.parts.items()}

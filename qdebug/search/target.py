@@ -1,0 +1,164 @@
+"""Target expressions: what "good enough" means for bisect, e.g. `output0.score:snr_db>=30 and output1:cosine>=0.999`.
+
+A clause is `REF:METRIC OP NUMBER` where REF is a graph output (or any tensor) optionally followed by
+`.part` (a Concat input part: `score`, `box`, `part1`...), METRIC is one of snr_db, cosine, max_abs,
+rel_l2 (cumulative error), OP is >=, >, <=, <. A clause without `REF:` names a task metric (e.g.
+`map50_95_vs_float>=0.95`) that a task plug-in provides; see TASK_METRICS.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+from qdebug.errors import QDebugError
+from qdebug.graph.model import ModelGraph
+
+METRICS = ("snr_db", "cosine", "max_abs", "rel_l2")
+HIGHER_BETTER = {"snr_db": True, "cosine": True, "max_abs": False, "rel_l2": False}
+OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+TASK_METRICS: dict[str, bool] = {}
+DEFAULT_CUT_SNR_DB = 20.0  # name -> higher is better; filled by task plug-ins
+
+_CLAUSE = re.compile(r"^\s*(?:(?P<ref>[^:]+?)\s*:\s*)?(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op>>=|<=|>|<)\s*"
+                     r"(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One condition of a target."""
+
+    tensor: str | None  # None for task metrics
+    part: str | None
+    metric: str
+    op: str
+    bound: float
+
+    @property
+    def ref(self) -> str:
+        return self.tensor + (f".{self.part}" if self.part else "") if self.tensor else "task"
+
+    def text(self) -> str:
+        head = f"{self.ref}:" if self.tensor else ""
+        return f"{head}{self.metric}{self.op}{self.bound:g}"
+
+    def check(self, value: float | None) -> bool:
+        """Pass/fail of a measured value (None = undefined = fail, except identical tensors)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return bool(OPS[self.op](value, self.bound))
+
+    def margin(self, value: float | None) -> float:
+        """Signed distance to the bound in the metric's better direction (>= 0 passes)."""
+        if value is None:
+            return -math.inf
+        return value - self.bound if self.op in (">=", ">") else self.bound - value
+
+
+@dataclass(frozen=True)
+class Target:
+    """A conjunction of clauses, plus whether it was assumed by default."""
+
+    clauses: tuple[Clause, ...]
+    assumed: bool = False
+    cut: tuple[str, str, float] | None = None  # explicit first-bad-cut threshold
+
+    def text(self) -> str:
+        return " and ".join(c.text() for c in self.clauses)
+
+    def tensors(self) -> list[str]:
+        return sorted({c.tensor for c in self.clauses if c.tensor})
+
+    def task_metrics(self) -> list[str]:
+        return [c.metric for c in self.clauses if c.tensor is None]
+
+    def to_json(self) -> dict:
+        return {"expression": self.text(), "assumed_default": self.assumed,
+                "cut_threshold": "".join(str(v) for v in self.cut_threshold()),
+                "clauses": [{"ref": c.ref, "tensor": c.tensor, "part": c.part, "metric": c.metric, "op": c.op,
+                             "bound": c.bound} for c in self.clauses]}
+
+    def cut_threshold(self) -> tuple[str, str, float]:
+        """(metric, op, bound) applied to intermediate tensors by the first-bad-cut search.
+
+        The loosest SNR bound of the target when it has one; otherwise 20 dB ("badly damaged"), because
+        an output-level cosine bound says little about an intermediate feature map (docs/bisect.md).
+        """
+        if self.cut is not None:
+            return self.cut
+        snr = [c.bound for c in self.clauses if c.metric == "snr_db"]
+        return ("snr_db", ">=", min(snr)) if snr else ("snr_db", ">=", DEFAULT_CUT_SNR_DB)
+
+
+def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]] | None = None) -> Target:
+    """Parse and validate a target against the model's outputs/tensors and Concat parts.
+
+    With no expression, every graph output part (or output without parts) must reach cosine >= 0.999.
+    """
+    parts = parts or {}
+    outputs = [o.name for o in graph.outputs]
+    if not expr or not expr.strip():
+        clauses = []
+        for o in outputs:
+            if parts.get(o):
+                clauses += [Clause(o, p, "cosine", ">=", 0.999) for p in parts[o]]
+            else:
+                clauses.append(Clause(o, None, "cosine", ">=", 0.999))
+        return Target(tuple(clauses), assumed=True)
+    known = set(graph.producer) | {i.name for i in graph.inputs}
+    clauses = []
+    for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", expr.strip()):
+        if not raw:
+            continue
+        m = _CLAUSE.match(raw)
+        if not m:
+            raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
+                              fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
+        ref, metric, op, num = m.group("ref"), m.group("metric"), m.group("op"), float(m.group("num"))
+        metric = metric.removeprefix("cumulative.")
+        if ref is None:
+            if metric not in TASK_METRICS:
+                raise QDebugError(f"'{metric}' is not a task metric and the clause names no output",
+                                  where="--target",
+                                  fix=f"prefix an output, e.g. {outputs[0]}:{metric}{op}{num:g}"
+                                  + (f"; task metrics: {', '.join(TASK_METRICS)}" if TASK_METRICS else ""))
+            clauses.append(Clause(None, None, metric, op, num))
+            continue
+        if metric not in METRICS:
+            raise QDebugError(f"unknown metric '{metric}' in '{raw}'", where="--target",
+                              fix=f"use one of {', '.join(METRICS)}")
+        tensor, part = _split_ref(ref.strip(), known, parts)
+        if tensor is None:
+            raise QDebugError(f"unknown output or tensor '{ref}' in target", where="--target",
+                              fix=f"graph outputs are {', '.join(outputs)}"
+                              + (f"; parts of {o}: {', '.join(parts[o])}" if (o := outputs[0]) in parts else ""))
+        clauses.append(Clause(tensor, part, metric, op, num))
+    if not clauses:
+        raise QDebugError("empty target", where="--target", fix='e.g. --target "output0:cosine>=0.999"')
+    return Target(tuple(clauses))
+
+
+def _split_ref(ref: str, known: set[str], parts: dict[str, list[str]]) -> tuple[str | None, str | None]:
+    if ref in known:
+        return ref, None
+    m = re.match(r"^(.*)\[(\w+)\]$", ref)
+    if m and m.group(1) in known and m.group(2) in parts.get(m.group(1), []):
+        return m.group(1), m.group(2)
+    head, _, tail = ref.rpartition(".")
+    if head in known:
+        if tail not in parts.get(head, []):
+            raise QDebugError(f"'{head}' has no part '{tail}'", where="--target",
+                              fix=f"parts of {head}: {', '.join(parts.get(head, [])) or 'none (not a Concat)'}")
+        return head, tail
+    return None, None
+
+
+def parse_cut(expr: str) -> tuple[str, str, float]:
+    """Parse a first-bad-cut threshold such as `snr_db>=20` or `cosine>=0.99`."""
+    m = _CLAUSE.match(expr)
+    if not m or m.group("ref") or m.group("metric") not in ("snr_db", "cosine", "rel_l2"):
+        raise QDebugError(f"cannot parse cut threshold '{expr}'", where="--cut-threshold",
+                          fix="write snr_db>=20 or cosine>=0.99")
+    return m.group("metric"), m.group("op"), float(m.group("num"))
