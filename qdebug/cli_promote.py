@@ -1,0 +1,110 @@
+"""`qdebug promote`: write a patched copy of a vendor calibration/config file keeping layers at 16-bit.
+
+The input file is never modified: the output is a new file written atomically, `-o` may not name the
+input, and the patched text is re-parsed before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from qdebug.errors import QDebugError
+
+
+def register(sub) -> None:
+    """Add the `promote` subcommand to the CLI's subparsers."""
+    p = sub.add_parser(
+        "promote", help="patch a vendor calibration/config file so chosen layers stay at 16-bit",
+        description="Write a patched copy of a vendor file (hisi:calibration_param.txt, "
+                    "rknn:model.quantization.cfg, rknn1:...) keeping --layers at higher precision.")
+    p.add_argument("calib", metavar="FORMAT:PATH", help="vendor file, e.g. hisi:out/calibration_param.txt")
+    p.add_argument("--layers", required=True, action="append", metavar="NODE[,NODE...]",
+                   help="ONNX node names to promote (comma-separated, repeatable)")
+    p.add_argument("--dtype", default="int16", help="int16 (default) or fp16")
+    p.add_argument("--from16", default=None, metavar="FORMAT:PATH",
+                   help="HiSilicon: copy the layers' records from this 16-bit (--compile_mode 1) file")
+    p.add_argument("--model", default=None, help="the ONNX model (translates node names, needed by rknn1/qtable)")
+    p.add_argument("-o", "--output", required=True, help="patched file to write (never the input)")
+    p.add_argument("--export", default=None, metavar="LIST",
+                   help="also print the set for other stacks: qtable,horizon,trt,trtexec,ort,nncf,atc,rknn or all")
+    p.add_argument("--diff", action="store_true", help="print a unified diff of the changed records")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_promote)
+
+
+def _layers(values: list[str]) -> list[str]:
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise QDebugError("no layer names given", where="--layers", fix="pass --layers /model.22/Mul_2")
+    return list(dict.fromkeys(names))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Run `qdebug promote`."""
+    from qdebug.fileio import atomic_write
+    from qdebug.formats.base import load_vendor_file, split_spec
+    from qdebug.formats.exports import export_all
+    from qdebug.quant.scheme import Precision
+
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        dtype = Precision.parse(args.dtype)
+    except ValueError as exc:
+        raise QDebugError(str(exc), where="--dtype", fix="use int16 or fp16") from None
+    layers = _layers(args.layers)
+    _, in_path = split_spec(args.calib)
+    out = Path(args.output)
+    if out.resolve() == Path(in_path).resolve():
+        raise QDebugError("refusing to overwrite the input file", file=str(out),
+                          fix="give a different output path with -o")
+    vf = load_vendor_file(args.calib)
+    donor = None
+    donor_path = None
+    if args.from16:
+        donor = load_vendor_file(args.from16)
+        donor_path = split_spec(args.from16)[1]
+    graph = None
+    if args.model:
+        from qdebug.graph.model import ModelGraph
+
+        graph = ModelGraph.load(args.model)
+    exports = None
+    if args.export:
+        names = [e.strip() for e in args.export.split(",") if e.strip()]
+        exports = export_all(graph, layers, dtype, None if names == ["all"] else names)
+    res = vf.promote(layers, dtype, graph=graph, donor=donor)
+    atomic_write(out, res.text, protect=tuple(p for p in (in_path, donor_path, args.model) if p))
+    if args.quiet:
+        return 0
+    t = Table(title=f"promote: {vf.format} file {escape(in_path)}", show_lines=False)
+    t.add_column("changed record / key")
+    t.add_column("to")
+    for name in res.changed:
+        t.add_row(escape(name), dtype.value)
+    if not res.changed:
+        t.add_row("(nothing: already at that precision)", "")
+    console.print(t)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    for key, val in res.extra.items():
+        console.print(f"[cyan]{escape(key)}:[/] {escape(val)}")
+    if exports:
+        for name, text in exports.items():
+            console.print(f"[bold]{escape(name)}[/]")
+            console.print(escape(text.rstrip("\n")), markup=True)
+    if args.diff:
+        diff = difflib.unified_diff(vf.text.splitlines(keepends=True), res.text.splitlines(keepends=True),
+                                    fromfile=in_path, tofile=str(out), n=2)
+        for line in diff:
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else \
+                "cyan" if line.startswith("@@") else None
+            text = escape(line.rstrip("\n"))
+            console.print(f"[{style}]{text}[/]" if style else text)
+    console.print(f"wrote {escape(str(out))}")
+    return 0
