@@ -25,7 +25,10 @@ from qdebug.quant.scheme import Precision, QParams, QuantConfig
 
 DTYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 FLOAT_DTYPES = {"float16": Precision.FP16, "float32": Precision.FP32}
+# non-float tensors (shape constants, indices) the toolkit also lists; kept verbatim, not simulated
+OTHER_DTYPES = {"int32", "int64", "uint16", "uint32", "bool", "float64"}
 TWIN_SUFFIXES = ("_int8", "_int16", "_uint8")  # toolkit's quantized copy of a float boundary tensor
+TOOLKIT_SUFFIXES = ("-rs", "_rs")  # rknn-toolkit2 2.x names of tensors it reshaped to 4-D
 CUSTOM_VALUES = {Precision.INT16: "int16", Precision.FP16: "float16"}
 CUSTOM_KEY = "custom_quantize_layers"
 PARAMS_KEY = "quantize_parameters"
@@ -300,7 +303,7 @@ class RknnQuantCfg(VendorFile):
         known = set(graph.producer) | {i.name for i in graph.inputs}
         if name in known:
             return name
-        for s in TWIN_SUFFIXES:
+        for s in (*TWIN_SUFFIXES, *TOOLKIT_SUFFIXES):
             if name.endswith(s) and name[: -len(s)] in known:
                 return name[: -len(s)]
         return None
@@ -320,8 +323,9 @@ class RknnQuantCfg(VendorFile):
             elif name in graph.producer or name in {i.name for i in graph.inputs}:
                 cands.append(name)
         cands += [f"{name}_output_0"]
-        for c in list(cands):
-            cands += [c + s for s in TWIN_SUFFIXES]
+        # the toolkit computes a reshaped tensor as `<name>-rs` (the plain name is then only the float
+        # boundary copy), and adds `_int8` twins for float tensors: prefer the computed tensor
+        cands = [c + s for c in cands for s in (*TOOLKIT_SUFFIXES, "", *TWIN_SUFFIXES)]
         for c in cands:
             if c in self.params:
                 return c, f"node '{name}' -> tensor '{c}'"
@@ -346,6 +350,13 @@ class RknnQuantCfg(VendorFile):
                 notes.append(how)
             if key not in dict(entries):
                 entries.append((key, value))
+            base = next((key[: -len(sfx)] for sfx in TOOLKIT_SUFFIXES if key.endswith(sfx)), None)
+            outputs = {o.name for o in graph.outputs} if graph is not None else set()
+            if base is not None and base in self.params and base in outputs and base not in dict(entries):
+                # a graph output: `X-rs` is the op's result, `X` the output conversion; without the second
+                # entry the toolkit requantizes the int16 result back to the int8 output grid
+                entries.append((base, value))
+                notes.append(f"'{base}' is a graph output: promoted its output conversion too")
         changed = [k for k, v in entries if self.custom.get(k) != v]
         text = self.text
         items = {str(k.value): (k, v) for k, v in mapping_items(self.node)}
@@ -410,7 +421,7 @@ def _tensor(kn: yaml.Node, vn: yaml.Node, path: str | None) -> TensorParams:
                           fix="restore the values the toolkit wrote")
 
     dtype = str(val("dtype") or "int8")
-    if dtype not in DTYPES and dtype not in FLOAT_DTYPES:
+    if dtype not in DTYPES and dtype not in FLOAT_DTYPES and dtype not in OTHER_DTYPES:
         raise FormatError(f"{name}: unknown dtype {dtype!r}", file=path, where=line_of(fields.get("dtype", kn)),
                           fix="the toolkit writes int8, int16, float16 or float32; do not edit dtype")
     qmethod = str(val("qmethod") or "layer")

@@ -1,0 +1,250 @@
+"""Rockchip backend: rknn-toolkit2's PC simulator driven as a worker process in its own interpreter.
+
+qdebug never imports `rknn`: the toolkit pins old numpy/onnx/torch, so it lives in a separate virtual
+environment (`qdebug doctor --setup-rknn DIR`) found via `--rknn-python`, `QDEBUG_RKNN_PYTHON` or the
+default cache folder. Arrays travel as .npy files in a run folder (kept with --keep-work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from qdebug.errors import QDebugError
+from qdebug.graph.fusion import QuantOp, build_quant_ops
+from qdebug.graph.model import ModelGraph
+from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.runners.base import Backend, register_backend
+
+WORKER = Path(__file__).with_name("rknn_worker.py")
+DEFAULT_ENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qdebug" / "rknn-env"
+PLATFORMS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106", "rv1103b", "rv1106b",
+             "rk2118", "rv1126b")
+SETUP_STEPS = [
+    ["-m", "pip", "install", "-q", "torch==2.13.0"],
+    ["-m", "pip", "install", "-q", "setuptools<70"],
+    ["-m", "pip", "install", "-q", "--no-deps", "rknn-toolkit2==2.5.0"],
+    ["-m", "pip", "install", "-q", "fast-histogram", "numpy<2", "onnx==1.18.0", "onnxruntime==1.26.0",
+     "opencv-python-headless", "protobuf==4.25.4", "psutil", "ruamel.yaml", "scipy", "tqdm"],
+]
+
+
+class ToolkitError(QDebugError):
+    """The toolkit (or its worker) failed; carries the first real error line of its log."""
+
+
+def find_rknn_python(explicit: str | None = None) -> str | None:
+    """The interpreter of the rknn-toolkit2 environment, or None when not found."""
+    for cand in (explicit, os.environ.get("QDEBUG_RKNN_PYTHON"), str(DEFAULT_ENV / "bin" / "python")):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def setup_rknn_env(target: str | Path, log=print) -> str:
+    """Create the toolkit's own virtual environment (about 1.5 GB, a minute or two) and return its python."""
+    target = Path(target)
+    py = target / "bin" / "python"
+    if not py.exists():
+        log(f"creating virtual environment {target}")
+        subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    for step in SETUP_STEPS:
+        log("pip " + " ".join(step[2:]))
+        r = subprocess.run([str(py), *step], capture_output=True, text=True)
+        if r.returncode != 0 and "rknn-toolkit2" in " ".join(step):
+            raise ToolkitError(f"installing rknn-toolkit2 failed: {r.stderr.strip().splitlines()[-1:]}",
+                               fix="check network access to the package registry")
+    r = subprocess.run([str(py), "-c", "from rknn.api import RKNN"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ToolkitError(f"rknn-toolkit2 does not import: {r.stderr.strip().splitlines()[-1:]}",
+                           file=str(target), fix="remove the folder and run the setup again")
+    return str(py)
+
+
+class RknnWorker:
+    """Runs one worker command per process (the toolkit refuses repeated steps on one RKNN object)."""
+
+    def __init__(self, python: str, workdir: Path, timeout: float = 1800.0) -> None:
+        self.python = python
+        self.workdir = workdir
+        self.timeout = timeout
+        self._n = 0
+
+    def call(self, cmd: str, **req) -> dict:
+        """Run `cmd` in a fresh worker process and return its response (raises ToolkitError on failure)."""
+        self._n += 1
+        job = self.workdir / f"job{self._n:03d}_{cmd}"
+        job.mkdir(parents=True, exist_ok=True)
+        req = {"cmd": cmd, "workdir": str(job), **req}
+        (job / "request.json").write_text(json.dumps(req))
+        try:
+            proc = subprocess.run([self.python, str(WORKER), str(job / "request.json")], capture_output=True,
+                                  text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolkitError(f"rknn worker timed out after {self.timeout:.0f} s in {cmd}", file=str(job),
+                               fix="use fewer samples or a smaller model; rerun with --keep-work to inspect") from None
+        resp_path = job / "response.json"
+        if not resp_path.exists():
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            raise ToolkitError(f"rknn worker crashed in {cmd} (exit {proc.returncode}): {tail[0][:300]}",
+                               file=str(job / "worker.log"), fix="rerun with --keep-work and read the log")
+        resp = json.loads(resp_path.read_text())
+        if not resp.get("ok"):
+            raise ToolkitError(f"rknn-toolkit2 failed in {cmd}: {resp.get('toolkit_error') or resp.get('error')}",
+                               file=str(job / "worker.log"), fix="see the log; check --platform and the model")
+        return resp
+
+
+@register_backend
+class RknnBackend(Backend):
+    """rknn-toolkit2 PC simulator: build (plain or hybrid with a patched cfg), then simulate."""
+
+    name = "rknn"
+    intermediates = False  # final outputs only; per-tensor results come from accuracy_analysis
+
+    def __init__(self, python: str | None = None, platform: str = "rk3588", keep_work: bool = False,
+                 work_root: str | None = None, algorithm: str = "normal", mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        py = find_rknn_python(python)
+        if py is None:
+            raise QDebugError("rknn-toolkit2 environment not found", where="--backend rknn",
+                              fix=f"run `qdebug doctor --setup-rknn {DEFAULT_ENV}` or set QDEBUG_RKNN_PYTHON")
+        if platform not in PLATFORMS:
+            raise QDebugError(f"unknown platform '{platform}'", where="--platform",
+                              fix=f"use one of {', '.join(PLATFORMS)}")
+        self.python = py
+        self.platform = platform
+        self.algorithm = algorithm
+        self.keep_work = keep_work
+        root = Path(work_root) if work_root else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="qdebug-rknn-", dir=str(root)))
+        self.worker = RknnWorker(py, self.workdir)
+        self.mean = [list(mean)] if mean is not None else None
+        self.std = [list(std)] if std is not None else None
+        self.calib_paths: list[str] = []
+        self._models: dict[str, str] = {}
+        self._hybrid: dict[str, dict] = {}
+        self.builds = 0
+        self._ops: dict[int, list[QuantOp]] = {}
+
+    def __del__(self) -> None:  # pragma: no cover - best effort cleanup
+        self.close()
+
+    def close(self) -> None:
+        """Remove the run folder unless --keep-work."""
+        if not self.keep_work and getattr(self, "workdir", None) and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- data
+    def _to_toolkit(self, x: np.ndarray) -> np.ndarray:
+        """Undo qdebug's normalization so the toolkit applies config mean/std itself, like the NPU does."""
+        if self.mean is None:
+            return x.astype(np.float32)
+        m = np.asarray(self.mean[0], dtype=np.float32).reshape(1, -1, 1, 1)
+        s = np.asarray(self.std[0], dtype=np.float32).reshape(1, -1, 1, 1)
+        return (x.astype(np.float32) * s + m).astype(np.float32)
+
+    def _save_samples(self, samples: Iterable[dict[str, np.ndarray]], tag: str) -> list[str]:
+        d = self.workdir / tag
+        d.mkdir(exist_ok=True)
+        paths = []
+        for k, s in enumerate(samples):
+            if len(s) != 1:
+                raise QDebugError("the rknn backend supports single-input models", where="--backend rknn",
+                                  fix="use the built-in simulator for multi-input models")
+            p = d / f"{k:04d}.npy"
+            np.save(p, self._to_toolkit(next(iter(s.values()))))
+            paths.append(str(p))
+        return paths
+
+    def prepare(self, graph: ModelGraph, config: QuantConfig, calib: Iterable[dict[str, np.ndarray]]) -> None:
+        self.calib_paths = self._save_samples(calib, "calib")
+
+    def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
+        key = id(graph)
+        if key not in self._ops:
+            self._ops[key] = build_quant_ops(graph, fuse=True)
+        return self._ops[key]
+
+    def _model_path(self, graph: ModelGraph) -> str:
+        data = graph.model.SerializeToString()
+        h = hashlib.sha1(data).hexdigest()[:12]
+        if h not in self._models:
+            p = self.workdir / f"model_{h}.onnx"
+            onnx.save(graph.model, str(p))
+            self._models[h] = str(p)
+        return self._models[h]
+
+    def _base_req(self, graph: ModelGraph, outputs: Sequence[str]) -> dict:
+        return {"model": self._model_path(graph), "platform": self.platform, "mean": self.mean, "std": self.std,
+                "dataset": self.calib_paths, "outputs": list(outputs), "quantized_algorithm": self.algorithm}
+
+    # ---------------------------------------------------------------- runs
+    def hybrid_cfg(self, graph: ModelGraph, outputs: Sequence[str], proposal: bool = False) -> dict:
+        """hybrid_quantization_step1 once per (model, outputs); returns {'base', 'cfg'} paths."""
+        key = f"{self._model_path(graph)}|{','.join(outputs)}|{proposal}"
+        if key not in self._hybrid:
+            self.builds += 1
+            self._hybrid[key] = self.worker.call("hybrid_step1", **self._base_req(graph, outputs), proposal=proposal)
+        return self._hybrid[key]
+
+    def patched_cfg(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> tuple[str, str] | None:
+        """Write a .quantization.cfg with the config's promotions; None when nothing is promoted."""
+        promoted = {k: p for k, p in config.overrides.items() if p in (Precision.INT16, Precision.FP16,
+                                                                         Precision.FP32)}
+        if not promoted:
+            return None
+        from qdebug.formats.rknn2 import RknnQuantCfg
+
+        step1 = self.hybrid_cfg(graph, outputs)
+        text = Path(step1["cfg"]).read_text()
+        cfg = RknnQuantCfg.parse(text, step1["cfg"])
+        for prec in (Precision.INT16, Precision.FP16, Precision.FP32):
+            nodes = sorted(k for k, p in promoted.items() if p == prec)
+            if nodes:
+                dtype = Precision.FP16 if prec == Precision.FP32 else prec
+                res = cfg.promote(nodes, dtype, graph=graph)
+                cfg = RknnQuantCfg.parse(res.text, step1["cfg"])
+        h = hashlib.sha1(cfg.text.encode()).hexdigest()[:10]
+        out = Path(step1["cfg"]).with_name(f"patched_{h}.quantization.cfg")
+        out.write_text(cfg.text)
+        return step1["base"], str(out)
+
+    def run(self, graph: ModelGraph, config: QuantConfig, samples: Iterable[dict[str, np.ndarray]],
+            outputs: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        inputs = self._save_samples(samples, f"in_{len(os.listdir(self.workdir))}")
+        req = self._base_req(graph, outputs)
+        patched = self.patched_cfg(graph, config, outputs)
+        if patched:
+            req["cfg_base"], req["cfg"] = patched
+        self.builds += 1
+        resp = self.worker.call("simulate", **req, inputs=inputs)
+        names = [o.name for o in graph.outputs] if set(outputs) >= {o.name for o in graph.outputs} else list(outputs)
+        for paths in resp["outputs"]:
+            vals = {n: np.load(p) for n, p in zip(names, paths, strict=False)}
+            yield {o: vals[o] for o in outputs if o in vals}
+
+    def accuracy_analysis(self, graph: ModelGraph, sample: dict[str, np.ndarray]) -> dict:
+        """Run the toolkit's per-tensor analysis on one sample; returns the worker's file paths."""
+        inputs = self._save_samples([sample], f"aa_{len(os.listdir(self.workdir))}")
+        self.builds += 1
+        return self.worker.call("accuracy_analysis", **self._base_req(graph, [o.name for o in graph.outputs]),
+                                inputs=inputs)
+
+    def versions(self) -> dict:
+        return self.worker.call("versions")
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "profile": "rknn", "platform": self.platform, "python": self.python,
+                "quantized_algorithm": self.algorithm}
