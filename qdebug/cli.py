@@ -57,7 +57,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     """Quantization scheme options shared by compare and bisect."""
     g = p.add_argument_group("quantization")
-    g.add_argument("--backend", default="sim", help="sim (built-in simulator)")
+    g.add_argument("--backend", default="sim", help="sim (built-in simulator) | rknn (rknn-toolkit2 simulator)")
+    g.add_argument("--platform", default="rk3588", help="rknn target platform (rk3588, rk3568, rk3576, ...)")
+    g.add_argument("--rknn-python", default=None, metavar="PATH",
+                   help="python of the rknn-toolkit2 environment (or QDEBUG_RKNN_PYTHON; see qdebug doctor)")
+    g.add_argument("--rknn-analysis-samples", type=int, default=1,
+                   help="samples for the toolkit's per-tensor accuracy_analysis (slow: ~1 min each at 640)")
+    g.add_argument("--keep-work", action="store_true", help="keep the vendor backend's run folder")
     g.add_argument("--profile", default="generic", help="generic | rknn | hisi | ort (where the NPU quantizes)")
     g.add_argument("--dtype", default="int8", help="default activation precision: int8 | int16")
     g.add_argument("--calibrator", default="minmax", help="minmax | percentile | mse")
@@ -171,14 +177,21 @@ def load_inputs(args: argparse.Namespace):
     return graph, ds, calib
 
 
-def make_backend(args: argparse.Namespace):
+def make_backend(args: argparse.Namespace, dataset=None):
+    """The built-in simulator, or a vendor backend configured from the CLI (rknn)."""
     from qdebug.runners.base import get_backend
-
-    if args.backend != "sim":
-        return get_backend(args.backend)
     from qdebug.runners.sim import SimBackend
 
-    return SimBackend(args.profile)
+    if args.backend == "sim":
+        return SimBackend(args.profile)
+    if args.backend == "rknn":
+        from qdebug.runners.rockchip import RknnBackend
+
+        images = dataset is not None and dataset.kind == "images" and dataset.preprocess is not None
+        prep = dataset.preprocess if images else None
+        return RknnBackend(python=args.rknn_python, platform=args.platform, keep_work=args.keep_work,
+                           mean=prep.mean if prep else None, std=prep.std if prep else None)
+    return get_backend(args.backend)
 
 
 def _progress_factory(console: Console, quiet: bool):
@@ -206,8 +219,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False)
     graph, ds, calib = load_inputs(args)
+    if args.backend == "rknn" and args.profile == "generic":
+        args.profile = "rknn"
     cfg, mapping = build_config(args, graph)
-    backend = make_backend(args)
+    vendor = make_backend(args, ds) if args.backend != "sim" else None
+    from qdebug.runners.sim import SimBackend
+
+    backend = SimBackend(args.profile)
     prog, cb = _progress_factory(err_console, args.quiet)
     if prog:
         with prog:
@@ -218,8 +236,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     data = res.to_json()
     if mapping is not None:
         data["quant"]["calib_mapping"] = mapping.to_json()
+    if vendor is not None:
+        from qdebug.vendor_compare import rknn_compare
+
+        if not args.quiet:
+            err_console.print(f"[dim]· running {args.backend} simulator on {len(ds)} samples and its per-tensor "
+                              f"analysis on {args.rknn_analysis_samples}[/]")
+        try:
+            data["vendor"] = rknn_compare(graph, ds, cfg, vendor, data, calib, args.rknn_analysis_samples)
+        finally:
+            vendor.close()
     if not args.quiet:
         render_compare(data, console, top=args.top, show_all=args.all)
+        if "vendor" in data:
+            from qdebug.report.terminal import render_vendor
+
+            render_vendor(data["vendor"], console)
     if args.json:
         atomic_write(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n",
                      protect=(args.model, args.data))

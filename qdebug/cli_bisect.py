@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qdebug.errors import QDebugError
+from qdebug.quant.scheme import Precision
 
 
 def register(sub) -> None:
@@ -32,6 +33,8 @@ def register(sub) -> None:
     b.add_argument("--format", default=None, help="vendor format of -o when no --calib is given (e.g. rknn)")
     b.add_argument("--json", default=None, help="write the result (schema qdebug.bisect/1)")
     b.add_argument("--report", default=None, metavar="DIR", help="also write report.md/report.html into DIR")
+    b.add_argument("--rknn-proposal", action="store_true",
+                   help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
     b.add_argument("--quiet", "-q", action="store_true")
     b.set_defaults(func=cmd_bisect)
 
@@ -47,17 +50,28 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         prec = Precision.parse(args.promote_dtype)
     except ValueError as exc:
         raise QDebugError(str(exc), where="--promote-dtype") from None
-    if args.output and not (args.calib or args.format):
+    if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
     graph, ds, calib = load_inputs(args)
+    if args.backend == "rknn" and args.profile == "generic":
+        args.profile = "rknn"
     cfg, _mapping = build_config(args, graph)
-    backend = make_backend(args)
+    from qdebug.runners.sim import SimBackend
+
+    backend = SimBackend(args.profile)
+    judge = make_backend(args, ds) if args.backend != "sim" else None
     log = None if args.quiet else (lambda s: err_console.print(f"[dim]· {s}[/]"))
-    doc = run_bisect(graph, ds, cfg, backend, args.target, prec, args.cut_search, calib, log=log,
-                     cut_threshold=args.cut_threshold)
+    try:
+        doc = run_bisect(graph, ds, cfg, backend, args.target, prec, args.cut_search, calib, log=log,
+                         cut_threshold=args.cut_threshold, eval_backend=judge)
+        if judge is not None and getattr(judge, "name", "") == "rknn":
+            _rknn_outputs(args, graph, ds, cfg, judge, doc, prec, log)
+    finally:
+        if judge is not None and hasattr(judge, "close"):
+            judge.close()
     doc["command"] = args.command_line
-    if args.calib or args.format:
+    if (args.calib or args.format) and args.backend != "rknn":
         _vendor_outputs(args, graph, doc, prec)
     _exports(graph, doc, prec)
     if not args.quiet:
@@ -71,6 +85,49 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         paths = write_report(doc, args.report)
         console.print(f"wrote {paths['md']} and {paths['html']}")
     return 0 if doc["result"]["met"] else 1
+
+
+def _rknn_outputs(args, graph, ds, cfg, rk, doc: dict, prec, log) -> None:
+    """Patched .quantization.cfg from the toolkit's own step-1 file, and the toolkit's proposal beside ours."""
+    import shutil
+
+    from qdebug.fileio import atomic_write
+    from qdebug.formats.rknn2 import RknnQuantCfg
+    from qdebug.search.evaluate import TensorTargetEvaluator
+    from qdebug.search.target import parse_target
+
+    outs = [o.name for o in graph.outputs]
+    nodes = doc["result"]["set"]
+    doc["patched_file"] = None
+    if nodes:
+        base, patched = rk.patched_cfg(graph, cfg.with_overrides({k: prec for k in nodes}), outs)
+        original = rk.hybrid_cfg(graph, outs)["cfg"]
+        text = open(patched).read()
+        if args.output:
+            atomic_write(args.output, text)
+        doc["patched_file"] = {"path": args.output, "source": original, "format": "rknn",
+                               "changed": sorted(RknnQuantCfg.parse(text, patched).custom),
+                               "notes": ["verified by hybrid_quantization_step2 + simulator (the final evaluation)"],
+                               "extra": {}, "diff": _diff(open(original).read(), text)}
+        if args.keep_work:
+            shutil.copy(patched, rk.workdir / "final.quantization.cfg")
+    if args.rknn_proposal:
+        if log:
+            log("rknn-toolkit2 proposal (hybrid_quantization_step1 proposal=True)")
+        step = rk.hybrid_cfg(graph, outs, proposal=True)
+        prop = RknnQuantCfg.parse(open(step["cfg"]).read(), step["cfg"])
+        parts = {t: [p["part"] for p in o["parts"]] for o in doc["compare_before"]["outputs"] for t in [o["tensor"]]}
+        target = parse_target(doc["target"]["expression"], graph, parts)
+        ev = TensorTargetEvaluator(graph, list(ds), rk, target)
+        prec_map = {}
+        for tensor, value in prop.custom.items():
+            t = prop.tensor_of(tensor, graph)
+            node = graph.producer.get(t) if t else None
+            if node is not None:
+                prec_map[node.name] = Precision.parse(value)
+        score = ev.evaluate(cfg.with_overrides(prec_map)) if prec_map else None
+        doc["toolkit_proposal"] = {"tensors": sorted(prop.custom), "count": len(prop.custom),
+                                   "values": score.values if score else {}, "passed": score.passed if score else None}
 
 
 def _exports(graph, doc: dict, prec) -> None:
@@ -151,6 +208,14 @@ def render_bisect(doc: dict, console: Console) -> None:
     for name, text in (doc.get("exports") or {}).items():
         console.print(f"[dim]{name}:[/] {text.strip().splitlines()[0] if text.strip() else ''}"
                       + (" ..." if len(text.strip().splitlines()) > 1 else ""))
+    tp = doc.get("toolkit_proposal")
+    if tp:
+        vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in tp["values"].items())
+        console.print(f"rknn-toolkit2's own proposal: {tp['count']} tensor(s) -> {vals} "
+                      f"({'meets' if tp['passed'] else 'misses'} the target)")
+    unp = (doc["quant"].get("judge") or {}).get("unpromotable")
+    if unp:
+        console.print("[yellow]the toolkit cannot promote:[/] " + "; ".join(f"{k} ({v})" for k, v in unp.items()))
     pf = doc.get("patched_file")
     if pf:
         console.print(f"patched {pf['format']} file: [bold]{pf['path']}[/] (changed: {', '.join(pf['changed'])})")

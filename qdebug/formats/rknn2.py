@@ -311,6 +311,10 @@ class RknnQuantCfg(VendorFile):
     # ------------------------------------------------------------- promote
     def tensor_key(self, name: str, graph: ModelGraph | None) -> tuple[str, str | None]:
         """Translate a user's node or tensor name into a tensor key of the file (key, how it was found)."""
+        if graph is not None and name in {i.name for i in graph.inputs}:
+            raise FormatError(f"Invalid operands name '{name}' in {CUSTOM_KEY}!", file=self.path,
+                              fix="a graph input cannot be promoted in the hybrid cfg (the toolkit rejects it); "
+                              "promote the first layer instead")
         if name in self.params:
             return name, None
         cands: list[str] = []

@@ -88,3 +88,24 @@ def render_compare(res: dict, console: Console, top: int = 15, show_all: bool = 
             line += (f"\n    .{p['part']} [{p['start']}:{p['stop']}] ({p['source_op']}): cosine {fmt_cos(pc['cosine'])}"
                      f"  SNR [{snr_style(pc['snr_db'])}]{fmt_snr(pc['snr_db'])} dB[/]  max_abs {fmt_g(pc['max_abs'])}")
         console.print(line)
+
+
+def render_vendor(v: dict, console: Console) -> None:
+    """The vendor simulator's verdict next to the built-in simulator's (outputs, parts, disagreements)."""
+    console.print(f"[bold]{v['backend']} simulator[/] ({v['platform']}, rknn-toolkit2 {v.get('toolkit')}): "
+                  f"{v['samples']} samples, per-tensor analysis on {v['analysis_samples']}, {v['builds']} build(s)")
+    for o in v["outputs"]:
+        c, b = o["cumulative"], o.get("builtin") or {}
+        console.print(f"  {o['tensor']}: vendor cosine {fmt_cos(c['cosine'])} SNR {fmt_snr(c['snr_db'])} dB"
+                      f"  |  built-in cosine {fmt_cos(b.get('cosine'))} SNR {fmt_snr(b.get('snr_db'))} dB")
+        for p in o["parts"]:
+            pc, pb = p["cumulative"], p.get("builtin") or {}
+            console.print(f"    .{p['part']}: vendor SNR [{snr_style(pc['snr_db'])}]{fmt_snr(pc['snr_db'])} dB[/]"
+                          f"  |  built-in SNR {fmt_snr(pb.get('snr_db'))} dB")
+    if v["disagreements"]:
+        d = v["disagreements"][0]
+        console.print(f"  largest vendor/built-in gap: {d['tensor']} (cosine {d['vendor_cosine']:.5f} vs "
+                      f"{d['builtin_cosine']:.5f})")
+    if v["fused_away"]:
+        console.print(f"  [dim]{len(v['fused_away'])} ONNX tensor(s) fused away by the toolkit (no per-tensor "
+                      f"result), e.g. {', '.join(v['fused_away'][:3])}[/]")

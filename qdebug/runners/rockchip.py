@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,10 @@ SETUP_STEPS = [
     ["-m", "pip", "install", "-q", "fast-histogram", "numpy<2", "onnx==1.18.0", "onnxruntime==1.26.0",
      "opencv-python-headless", "protobuf==4.25.4", "psutil", "ruamel.yaml", "scipy", "tqdm"],
 ]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+UNSUPPORTED = re.compile(r"unsupported tensor dtype in (?P<op>\w+), tensor name is: (?P<tensor>\S+)")
 
 
 class ToolkitError(QDebugError):
@@ -95,9 +100,12 @@ class RknnWorker:
                                fix="use fewer samples or a smaller model; rerun with --keep-work to inspect") from None
         resp_path = job / "response.json"
         if not resp_path.exists():
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            log = job / "worker.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            err = [ln for ln in (ANSI.sub("", x).strip() for x in text.splitlines()) if ln.startswith("E ")]
+            tail = err[:1] or (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
             raise ToolkitError(f"rknn worker crashed in {cmd} (exit {proc.returncode}): {tail[0][:300]}",
-                               file=str(job / "worker.log"), fix="rerun with --keep-work and read the log")
+                               file=str(log), fix="rerun with --keep-work and read the log")
         resp = json.loads(resp_path.read_text())
         if not resp.get("ok"):
             raise ToolkitError(f"rknn-toolkit2 failed in {cmd}: {resp.get('toolkit_error') or resp.get('error')}",
@@ -137,6 +145,7 @@ class RknnBackend(Backend):
         self._hybrid: dict[str, dict] = {}
         self.builds = 0
         self._ops: dict[int, list[QuantOp]] = {}
+        self.unpromotable: dict[str, str] = {}  # op -> toolkit message (e.g. int16 Sub with a constant)
 
     def __del__(self) -> None:  # pragma: no cover - best effort cleanup
         self.close()
@@ -201,8 +210,9 @@ class RknnBackend(Backend):
 
     def patched_cfg(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> tuple[str, str] | None:
         """Write a .quantization.cfg with the config's promotions; None when nothing is promoted."""
-        promoted = {k: p for k, p in config.overrides.items() if p in (Precision.INT16, Precision.FP16,
-                                                                         Precision.FP32)}
+        inputs = {i.name for i in graph.inputs}
+        promoted = {k: p for k, p in config.overrides.items()
+                    if p in (Precision.INT16, Precision.FP16, Precision.FP32) and k not in inputs}
         if not promoted:
             return None
         from qdebug.formats.rknn2 import RknnQuantCfg
@@ -224,16 +234,39 @@ class RknnBackend(Backend):
     def run(self, graph: ModelGraph, config: QuantConfig, samples: Iterable[dict[str, np.ndarray]],
             outputs: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         inputs = self._save_samples(samples, f"in_{len(os.listdir(self.workdir))}")
-        req = self._base_req(graph, outputs)
-        patched = self.patched_cfg(graph, config, outputs)
-        if patched:
-            req["cfg_base"], req["cfg"] = patched
-        self.builds += 1
-        resp = self.worker.call("simulate", **req, inputs=inputs)
+        resp = self._simulate(graph, config, outputs, inputs)
         names = [o.name for o in graph.outputs] if set(outputs) >= {o.name for o in graph.outputs} else list(outputs)
         for paths in resp["outputs"]:
             vals = {n: np.load(p) for n, p in zip(names, paths, strict=False)}
             yield {o: vals[o] for o in outputs if o in vals}
+
+    def _simulate(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str]) -> dict:
+        """Build + simulate; an op the toolkit cannot run at the promoted dtype is dropped and remembered."""
+        overrides = {k: v for k, v in config.overrides.items() if k not in self.unpromotable}
+        for _ in range(8):
+            cfg = QuantConfig(config.scheme, overrides, config.act_params, config.weight_params,
+                              config.compute_fp16, config.source)
+            req = self._base_req(graph, outputs)
+            patched = self.patched_cfg(graph, cfg, outputs)
+            if patched:
+                req["cfg_base"], req["cfg"] = patched
+            self.builds += 1
+            try:
+                return self.worker.call("simulate", **req, inputs=inputs)
+            except ToolkitError as exc:
+                m = UNSUPPORTED.search(exc.problem)
+                culprit = None
+                if m and patched:
+                    for node in graph.consumers.get(m.group("tensor"), []):
+                        hit = next((k for k in overrides if k == node.name), None)
+                        if hit:
+                            culprit = hit
+                            break
+                if culprit is None:
+                    raise
+                self.unpromotable[culprit] = m.group(0)  # type: ignore[union-attr]
+                overrides.pop(culprit)
+        raise ToolkitError("too many ops the toolkit cannot promote", fix="rerun with --keep-work")
 
     def accuracy_analysis(self, graph: ModelGraph, sample: dict[str, np.ndarray]) -> dict:
         """Run the toolkit's per-tensor analysis on one sample; returns the worker's file paths."""
@@ -247,4 +280,5 @@ class RknnBackend(Backend):
 
     def describe(self) -> dict:
         return {"backend": self.name, "profile": "rknn", "platform": self.platform, "python": self.python,
-                "quantized_algorithm": self.algorithm}
+                "quantized_algorithm": self.algorithm, "unpromotable": dict(self.unpromotable),
+                "builds": self.builds}

@@ -15,6 +15,7 @@ from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import concat_parts
 from qdebug.pipeline import environment, run_compare
 from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.runners.base import Backend
 from qdebug.runners.sim import SimBackend
 from qdebug.search.bisect import (
     PromotionSearch,
@@ -37,8 +38,13 @@ def evaluation_bound(n: int, found: int) -> int:
 def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: SimBackend, target_expr: str | None,
                precision: Precision = Precision.INT16, cut_path: str = "auto", calib: Dataset | None = None,
                evaluator: Evaluator | None = None, log: Callable[[str], None] | None = None,
-               cut_threshold: str | None = None) -> dict:
-    """Find the first bad cut and the smallest promotion set meeting the target; verify it."""
+               cut_threshold: str | None = None, eval_backend: Backend | None = None) -> dict:
+    """Find the first bad cut and the smallest promotion set meeting the target; verify it.
+
+    `backend` (the built-in simulator) gives the one-pass comparison used for ranking; `eval_backend`
+    (default: the same) judges every candidate set, e.g. rknn-toolkit2's simulator.
+    """
+    judge = eval_backend or backend
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     samples = list(dataset)
@@ -54,27 +60,31 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     before = run_compare(graph, dataset, base, backend, calib)
     before_json = before.to_json()
     if evaluator is None:
-        evaluator = TensorTargetEvaluator(graph, samples, backend, target)
+        if judge is not backend:
+            judge.prepare(graph, base, list(calib) if calib is not None else samples)
+        evaluator = TensorTargetEvaluator(graph, samples, judge, target)
     else:
         evaluator.target = target
     # first bad cut
     if cut_path == "auto":
-        cut_path = "one-pass" if backend.intermediates else "truncation"
+        cut_path = "one-pass" if judge.intermediates else "truncation"
     say(f"first bad cut ({cut_path})")
     if cut_path == "one-pass":
         cut = first_bad_cut_one_pass(before_json, target)
     else:
         cuts = [t for t in graph.activation_tensors()]
-        cut = first_bad_cut_truncation(graph, backend, base, samples, target, cuts)
+        cut = first_bad_cut_truncation(graph, judge, base, samples, target, cuts)
     # ranking and search
     ops = backend.quant_ops(graph)
     cand = ancestors_ops(graph, ops, target.tensors() or [o.name for o in graph.outputs])
+    if judge is not backend:  # vendor hybrid configs cannot promote the graph input's quantization
+        cand -= {i.name for i in graph.inputs}
     ranked = rank_ops(ops, before_json, before_json["hazards"], cand)
     search = PromotionSearch(evaluator, base, precision, progress=say)
     res = search.run([r.key for r in ranked])
     after_json = None
     if res.met and res.promoted:
-        say("verification: full comparison with the promotion set")
+        say("verification: full comparison with the promotion set (built-in simulator)")
         verify = run_compare(graph, dataset, search.config_for(res.promoted), backend, calib)
         after_json = verify.to_json()
     total_s = time.perf_counter() - t0
@@ -87,7 +97,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
         "command": "",
         "model": before_json["model"],
         "samples": before_json["samples"],
-        "quant": before_json["quant"],
+        "quant": {**before_json["quant"], "judge": judge.describe()},
         "target": target.to_json(),
         "promote_precision": precision.value,
         "first_bad_cut": cut.to_json(),

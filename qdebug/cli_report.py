@@ -1,0 +1,33 @@
+"""`qdebug report`: turn a compare/bisect JSON result into report.md, report.html and plots."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+
+def register(sub) -> None:
+    """Add the `report` subcommand."""
+    r = sub.add_parser("report", help="Markdown/HTML report with plots from a compare or bisect JSON result",
+                       description="Write DIR/report.md (paste into an issue, images next to it), "
+                                   "DIR/report.html (one self-contained file) and DIR/*.png.")
+    r.add_argument("result", metavar="RESULT.json", help="file written by `qdebug compare/bisect --json`")
+    r.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the report (created)")
+    r.add_argument("--model", default=None, help="the float ONNX model, when not at the path in the result "
+                   "(used to re-run two inputs for the why-plots)")
+    r.add_argument("--data", default=None, help="the input set, when not at the path in the result")
+    r.add_argument("--top", type=int, default=15, help="rows of the worst-ops tables in the body (default 15)")
+    r.add_argument("--no-why", action="store_true", help="skip the why-plots (no model re-run)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qdebug.report.build import write_report
+
+    paths = write_report(args.result, args.output, model=args.model, data=args.data, top=args.top,
+                         why=not args.no_why)
+    pngs = [k for k in paths if k.endswith(".png")]
+    Console(highlight=False).print(f"wrote {paths['md']} and {paths['html']}"
+                                   + (f" ({len(pngs)} plot{'s' * (len(pngs) != 1)})" if pngs else ""))
+    return 0

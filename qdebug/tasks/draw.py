@@ -1,0 +1,86 @@
+"""Pictures for the report: float boxes (green) and quantized boxes (red, dashed) over the image (Pillow only).
+
+Float boxes the quantized model lost are drawn thick with a "lost" tag; quantized boxes without a float
+partner carry an "added" tag, so lost and shifted boxes are visible at a glance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qdebug.tasks.agreement import agreement
+from qdebug.tasks.base import Detections
+
+GREEN = (0, 200, 0)
+RED = (230, 30, 30)
+MIN_SIDE = 480  # small images are upscaled so boxes and tags stay readable
+MAX_TAGS = 40  # above this many boxes only "lost"/"added" boxes get a text tag
+
+
+def _dashed_rect(draw, box: tuple[float, float, float, float], color: tuple[int, int, int], width: int,
+                 dash: float = 6.0) -> None:
+    x1, y1, x2, y2 = box
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = float(np.hypot(bx - ax, by - ay))
+        n = max(1, int(length // (2 * dash)))
+        for k in range(n + 1):
+            t0, t1 = 2 * k * dash / max(length, 1e-6), min(1.0, (2 * k + 1) * dash / max(length, 1e-6))
+            if t0 >= 1.0:
+                break
+            draw.line([(ax + (bx - ax) * t0, ay + (by - ay) * t0), (ax + (bx - ax) * t1, ay + (by - ay) * t1)],
+                      fill=color, width=width)
+
+
+def draw_detections(image_path, float_dets: Detections, quant_dets: Detections, out_png: str | Path,
+                    names: dict[int, str] | None = None, match_iou: float = 0.5, label: str = "quantized") -> Path:
+    """Draw float (green) and quantized (red dashed) boxes over `image_path` (path, PIL image or HxWx3 uint8).
+
+    Boxes must be in the image's pixel coordinates (what decoders return for image inputs).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if isinstance(image_path, Image.Image):
+        im = image_path.convert("RGB")
+    elif isinstance(image_path, np.ndarray):
+        im = Image.fromarray(np.asarray(image_path, dtype=np.uint8)).convert("RGB")
+    else:
+        with Image.open(image_path) as src:
+            im = src.convert("RGB")
+    scale = max(1.0, MIN_SIDE / max(1, min(im.size)))
+    if scale > 1.0:
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
+    agr = agreement([float_dets], [quant_dets], match_iou=match_iou)
+    fm, qm = agr.ref_matched[0], agr.test_matched[0]
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default()
+    names = names or {}
+    all_tags = len(float_dets) + len(quant_dets) <= MAX_TAGS
+
+    def tag(x: float, y: float, text: str, color: tuple[int, int, int]) -> None:
+        x0, y0, x1, y1 = draw.textbbox((x, y), text, font=font)
+        y = max(0.0, y - (y1 - y0) - 2)
+        draw.rectangle((x, y, x + (x1 - x0) + 2, y + (y1 - y0) + 2), fill=color)
+        draw.text((x + 1, y), text, fill=(255, 255, 255), font=font)
+
+    for box, s, c, ok in zip(float_dets.boxes, float_dets.scores, float_dets.classes, fm, strict=True):
+        b = tuple(float(v) * scale for v in box)
+        draw.rectangle(b, outline=GREEN, width=2 if ok else 4)
+        if all_tags or not ok:
+            tag(b[0], b[1], f"{names.get(int(c), int(c))} {s:.2f}" + ("" if ok else " lost"), GREEN)
+    for box, s, c, ok in zip(quant_dets.boxes, quant_dets.scores, quant_dets.classes, qm, strict=True):
+        b = tuple(float(v) * scale for v in box)
+        _dashed_rect(draw, b, RED, 2)  # type: ignore[arg-type]
+        if not ok:
+            tag(b[0], b[3] + 12, f"{names.get(int(c), int(c))} {s:.2f} added", RED)
+    c = agr.counts
+    legend = (f"float (green): {c['reference']}   {label} (red, dashed): {c['test']}   "
+              f"lost {c['lost']}   added {c['added']}")
+    *_, right, bottom = draw.textbbox((4, 4), legend, font=font)
+    draw.rectangle((2, 2, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 4), legend, fill=(255, 255, 255), font=font)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    im.save(out, format="PNG")
+    return out

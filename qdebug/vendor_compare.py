@@ -1,0 +1,110 @@
+"""Compare against a vendor simulator (rknn-toolkit2), next to the float run and the built-in simulator.
+
+Final outputs come from the vendor simulator on every sample; per-tensor results come from the
+toolkit's accuracy_analysis dumps on the first K samples (our metrics computed from the dumps, the
+toolkit's own table parsed beside them). Tensors the toolkit fused away are listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qdebug.graph.model import ModelGraph
+from qdebug.inputs.dataset import Dataset
+from qdebug.metrics.engine import CompareAccumulator, concat_parts
+from qdebug.metrics.stats import TensorStats
+from qdebug.quant.scheme import QuantConfig
+from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map
+from qdebug.runners.rockchip import RknnBackend
+from qdebug.runners.session import OrtSession
+
+
+def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: RknnBackend, compare: dict,
+                 calib: Dataset | None = None, analysis_samples: int = 1) -> dict:
+    """The `vendor` section of a compare document; also annotates compare['tensors'][i]['vendor']."""
+    samples = list(dataset)
+    rk.prepare(graph, config, list(calib) if calib is not None else samples)
+    outs = [o.name for o in graph.outputs]
+    fs = OrtSession(graph.with_outputs(outs), source=graph.path)
+    parts = concat_parts(graph, outs)
+    stats = {o: TensorStats() for o in outs}
+    pstats: dict[tuple[str, str], TensorStats] = {}
+    first = True
+    for s, q in zip(samples, rk.run(graph, config, samples, outs), strict=True):
+        f = fs.run(s)
+        if first and parts:
+            need = sorted({p.source for ps in parts.values() for p in ps})
+            vals = OrtSession(graph.with_outputs(need), source=graph.path).run(s)
+            CompareAccumulator(graph, [], {}, parts)._resolve_parts({**vals, **f, **s})
+            first = False
+        for o in outs:
+            stats[o].update(f[o], q[o])
+            for p in parts.get(o, []):
+                if p.stop > p.start:
+                    pstats.setdefault((o, p.name), TensorStats()).update(p.slice(f[o]), p.slice(q[o]))
+    sim_out = {o["tensor"]: o for o in compare["outputs"]}
+    outputs = []
+    for o in outs:
+        outputs.append({"tensor": o, "cumulative": stats[o].result().to_json(),
+                        "builtin": sim_out.get(o, {}).get("cumulative"),
+                        "parts": [{"part": p.name, "cumulative": pstats[(o, p.name)].result().to_json(),
+                                   "builtin": next((bp["cumulative"] for bp in sim_out.get(o, {}).get("parts", [])
+                                                    if bp["part"] == p.name), None)}
+                                  for p in parts.get(o, []) if (o, p.name) in pstats]})
+    # per-tensor analysis on the first K samples
+    rows_all: list = []
+    tstats: dict[str, TensorStats] = {}
+    table: dict[str, dict] = {}
+    toolkit_names: dict[str, str] = {}
+    for s in samples[:max(0, analysis_samples)]:
+        files = rk.accuracy_analysis(graph, s)
+        rows = parse_error_analysis(Path(files["error_analysis"]).read_text(), files["error_analysis"])
+        rows_all = rows
+        name_map = parse_name_map(Path(files["map_name_to_file"]).read_text())
+        out_dir = Path(files["output_dir"])
+        for r in rows:
+            t = onnx_name(r.name)
+            if t not in graph.producer or t in toolkit_names and toolkit_names[t] != r.name:
+                continue
+            toolkit_names[t] = r.name
+            table[t] = {**r.to_json(), "toolkit_name": r.name}
+            fname = name_map.get(r.name)
+            g, q = out_dir / "golden" / (fname or ""), out_dir / "simulator" / (fname or "")
+            if fname and g.is_file() and q.is_file():
+                gv, qv = load_dump(g), load_dump(q)
+                if gv.shape == qv.shape:
+                    tstats.setdefault(t, TensorStats()).update(gv, qv)
+    by_tensor = {t["tensor"]: t for t in compare["tensors"]}
+    disagreements = []
+    for t, row in table.items():
+        entry = {"toolkit_name": row["toolkit_name"], "op_type": row["op_type"],
+                 "table": {k: row[k] for k in ("entire_cos", "entire_euc", "single_cos", "single_euc")}}
+        if t in tstats:
+            entry["cumulative"] = tstats[t].result().to_json()
+        if t in by_tensor:
+            by_tensor[t]["vendor"] = entry
+            vc = entry.get("cumulative", {}).get("cosine") or row["entire_cos"]
+            bc = by_tensor[t]["cumulative"]["cosine"]
+            if vc is not None and bc is not None:
+                disagreements.append({"tensor": t, "vendor_cosine": vc, "builtin_cosine": bc,
+                                      "gap": abs(float(vc) - float(bc))})
+    disagreements.sort(key=lambda d: -d["gap"])
+    try:
+        versions = rk.versions()
+    except Exception:  # noqa: BLE001 - versions are informational
+        versions = {}
+    return {
+        "backend": "rknn", "platform": rk.platform, "toolkit": versions.get("rknn_toolkit2"),
+        "samples": len(samples), "analysis_samples": min(analysis_samples, len(samples)),
+        "outputs": outputs,
+        "tensors_matched": len(table),
+        "fused_away": fused_away(graph.activation_tensors(), rows_all) if rows_all else [],
+        "disagreements": disagreements[:20],
+        "builds": rk.builds,
+    }
+
+
+def _finite(v) -> bool:
+    return v is not None and np.isfinite(v)
