@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_more(sub) -> None:
     """Subcommands from later layers register here (promote, bisect, report, doctor)."""
-    for mod in ("qdebug.cli_promote", "qdebug.cli_bisect", "qdebug.cli_report"):
+    for mod in ("qdebug.cli_promote", "qdebug.cli_bisect", "qdebug.cli_report", "qdebug.cli_doctor"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:

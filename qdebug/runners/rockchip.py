@@ -257,8 +257,16 @@ class RknnBackend(Backend):
                 m = UNSUPPORTED.search(exc.problem)
                 culprit = None
                 if m and patched:
-                    for node in graph.consumers.get(m.group("tensor"), []):
-                        hit = next((k for k in overrides if k == node.name), None)
+                    from qdebug.graph.fusion import group_of
+                    from qdebug.runners.rknn_results import onnx_name
+
+                    t = onnx_name(m.group("tensor"))
+                    groups = group_of(self.quant_ops(graph))
+                    near = list(graph.consumers.get(t, [])) + ([graph.producer[t]] if t in graph.producer else [])
+                    for node in near:
+                        op = groups.get(node.name)
+                        hit = next((k for k in overrides if k == node.name or (op is not None and k == op.key)),
+                                   None)
                         if hit:
                             culprit = hit
                             break

@@ -1,0 +1,56 @@
+"""`qdebug doctor`: report what this machine has for qdebug, and set up the rknn-toolkit2 environment."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import subprocess
+
+from rich.console import Console
+
+
+def register(sub) -> None:
+    """Add the `doctor` subcommand."""
+    d = sub.add_parser("doctor", help="check the environment; --setup-rknn DIR creates the rknn-toolkit2 env")
+    d.add_argument("--setup-rknn", metavar="DIR", default=None,
+                   help="create rknn-toolkit2's own virtual environment in DIR (about 1.5 GB)")
+    d.add_argument("--rknn-python", default=None, metavar="PATH")
+    d.set_defaults(func=cmd_doctor)
+
+
+def _version(mod: str) -> str | None:
+    try:
+        m = importlib.import_module(mod)
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return getattr(m, "__version__", "installed")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from qdebug.pipeline import environment
+    from qdebug.runners.rockchip import DEFAULT_ENV, find_rknn_python, setup_rknn_env
+
+    console = Console(highlight=False)
+    if args.setup_rknn:
+        py = setup_rknn_env(args.setup_rknn, log=lambda s: console.print(f"[dim]· {s}[/]"))
+        console.print(f"rknn-toolkit2 environment ready: {py}\nuse it with --rknn-python {py} "
+                      f"or export QDEBUG_RKNN_PYTHON={py}")
+    env = environment()
+    for k, v in env.items():
+        console.print(f"{k:12s} {v}")
+    for mod, what in (("matplotlib", "plots in reports (extra: plot)"), ("pycocotools", "true mAP (extra: coco)")):
+        v = _version(mod)
+        console.print(f"{mod:12s} {v or '[yellow]missing[/]'}  ({what})")
+    chrome = shutil.which("chromium")
+    console.print(f"{'chromium':12s} {chrome or 'missing'}  (optional: report rendering test)")
+    py = find_rknn_python(args.rknn_python)
+    if py is None:
+        console.print(f"{'rknn':12s} [yellow]not found[/] (run `qdebug doctor --setup-rknn {DEFAULT_ENV}` or set "
+                      "QDEBUG_RKNN_PYTHON)")
+        return 0
+    r = subprocess.run([py, "-c", "from importlib.metadata import version; print(version('rknn-toolkit2'))"],
+                       capture_output=True, text=True)
+    ok = r.returncode == 0
+    console.print(f"{'rknn':12s} {py}: rknn-toolkit2 {r.stdout.strip() if ok else '[red]broken[/]'}")
+    return 0 if ok else 1
