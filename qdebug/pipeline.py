@@ -6,7 +6,6 @@ This is the orchestration the CLI (and bisect, and reports) call; it owns no mat
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from qdebug.graph.hazards import Hazard, find_hazards
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import CompareAccumulator, concat_parts
-from qdebug.metrics.stats import SNR_INF, Metrics
+from qdebug.metrics.stats import SNR_INF, Metrics, json_float
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.runners.session import OrtSession
@@ -58,10 +57,7 @@ class TensorResult:
                 "jump_db": _f(self.jump_db)}
 
 
-def _f(v: float | None) -> float | None:
-    if v is None or not math.isfinite(v):
-        return None
-    return float(f"{v:.6g}")
+_f = json_float
 
 
 @dataclass

@@ -132,7 +132,7 @@ def test_search_cache_reuses_results(fx):
     ("nope:cosine>=0.9", "unknown output or tensor"),
     ("output0.bogus:cosine>=0.9", "has no part 'bogus'"),
     ("output0:cosine=>0.9", "cannot parse"),
-    ("map50>=0.9", "not a task metric"),
+    ("foo_metric>=0.9", "not a task metric"),
 ])
 def test_bad_targets(fx, expr, msg):
     g = ModelGraph.load(fx["yolov8"])

@@ -239,24 +239,29 @@ class ModelGraph:
             existing.add(name)
         return m
 
-    def truncate(self, outputs: Sequence[str]) -> ModelGraph:
-        """Subgraph that computes exactly `outputs` from the graph inputs (the "cut" used by bisect)."""
-        unknown = [o for o in outputs if o not in self.producer and o not in {i.name for i in self.inputs}]
-        if unknown:
-            raise ModelError(f"tensor '{unknown[0]}' is not produced by any node", file=self.path,
-                             fix="use a tensor name listed by `qdebug compare`")
+    def ancestors(self, tensors: Iterable[str]) -> tuple[set[str], set[str]]:
+        """(tensors, node names) needed to compute `tensors` from the graph inputs."""
         needed: set[str] = set()
-        stack = list(outputs)
-        keep: set[str] = set()
+        nodes: set[str] = set()
+        stack = list(tensors)
         while stack:
             t = stack.pop()
             if t in needed:
                 continue
             needed.add(t)
             node = self.producer.get(t)
-            if node is not None and node.name not in keep:
-                keep.add(node.name)
+            if node is not None and node.name not in nodes:
+                nodes.add(node.name)
                 stack.extend(i for i in node.input if i)
+        return needed, nodes
+
+    def truncate(self, outputs: Sequence[str]) -> ModelGraph:
+        """Subgraph that computes exactly `outputs` from the graph inputs (the "cut" used by bisect)."""
+        unknown = [o for o in outputs if o not in self.producer and o not in {i.name for i in self.inputs}]
+        if unknown:
+            raise ModelError(f"tensor '{unknown[0]}' is not produced by any node", file=self.path,
+                             fix="use a tensor name listed by `qdebug compare`")
+        needed, keep = self.ancestors(outputs)
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         g = m.graph

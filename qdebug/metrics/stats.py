@@ -36,6 +36,13 @@ class Metrics:
         return getattr(self, name)
 
 
+def json_float(v: float | None) -> float | None:
+    """A JSON-safe number with 6 significant digits (None for missing, NaN or infinite)."""
+    if v is None or not math.isfinite(v):
+        return None
+    return float(f"{v:.6g}")
+
+
 def _r(v: float | None, nd: int, g: bool = False) -> float | None:
     if v is None or not math.isfinite(v):
         return None

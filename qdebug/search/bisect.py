@@ -12,7 +12,6 @@ Steps (docs/bisect.md):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.model import ModelGraph
 from qdebug.metrics.engine import concat_parts
-from qdebug.metrics.stats import TensorStats
+from qdebug.metrics.stats import TensorStats, json_float
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
@@ -49,10 +48,7 @@ class EvalRecord:
                 "margin": _j(self.score.margin), "seconds": round(self.seconds, 3)}
 
 
-def _j(v: float | None) -> float | None:
-    if v is None or not math.isfinite(v):
-        return None
-    return float(f"{v:.6g}")
+_j = json_float
 
 
 @dataclass
@@ -204,18 +200,7 @@ def rank_ops(ops: list[QuantOp], compare: dict, hazards: list[dict], candidates:
 
 def ancestors_ops(graph: ModelGraph, ops: list[QuantOp], tensors: Sequence[str]) -> set[str]:
     """Keys of quantized ops that can influence `tensors`."""
-    needed: set[str] = set()
-    stack = list(tensors)
-    seen_nodes: set[str] = set()
-    while stack:
-        t = stack.pop()
-        if t in needed:
-            continue
-        needed.add(t)
-        n = graph.producer.get(t)
-        if n is not None and n.name not in seen_nodes:
-            seen_nodes.add(n.name)
-            stack.extend(i for i in n.input if i)
+    needed, seen_nodes = graph.ancestors(tensors)
     out = set()
     for op in ops:
         if op.kind not in ("compute", "input"):

@@ -13,6 +13,7 @@ from qdebug import __version__
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import concat_parts
+from qdebug.metrics.stats import json_float
 from qdebug.pipeline import environment, run_compare
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.base import Backend
@@ -121,9 +122,4 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     }
 
 
-def _round(v: float | None) -> float | None:
-    import math
-
-    if v is None or not math.isfinite(v):
-        return None
-    return float(f"{v:.6g}")
+_round = json_float
