@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from qdebug import __version__
 from qdebug.errors import QDebugError
@@ -136,7 +137,7 @@ def build_config(args: argparse.Namespace, graph):
         vcfg, report = vf.to_config(graph, cfg)
         vcfg.overrides.update(overrides)
         for note in _mapping_notes(report):
-            err_console.print(f"[yellow]calib:[/] {note}")
+            err_console.print(f"[yellow]calib:[/] {escape(note)}")
         return vcfg, report
     return cfg, None
 

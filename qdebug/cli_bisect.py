@@ -6,6 +6,7 @@ import argparse
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qdebug.errors import QDebugError
@@ -197,7 +198,7 @@ def render_bisect(doc: dict, console: Console) -> None:
     console.print(tbl)
     res = doc["result"]
     color = "green" if res["met"] else "red"
-    console.print(f"[bold {color}]{res['message']}[/]")
+    console.print(f"[bold {color}]{escape(res['message'])}[/]")
     if res["set"]:
         console.print("promote: " + ", ".join(f"[bold]{k}[/]" for k in res["set"]))
     for k, v in res["before"].items():
@@ -206,7 +207,7 @@ def render_bisect(doc: dict, console: Console) -> None:
     console.print(f"{c['evaluations']} quantized evaluations (bound {c['bound']}; naive one-per-op: "
                   f"{c['naive_evaluations']}), {c['total_seconds']:.1f} s")
     for name, text in (doc.get("exports") or {}).items():
-        console.print(f"[dim]{name}:[/] {text.strip().splitlines()[0] if text.strip() else ''}"
+        console.print(f"[dim]{name}:[/] {escape(text.strip().splitlines()[0]) if text.strip() else ''}"
                       + (" ..." if len(text.strip().splitlines()) > 1 else ""))
     tp = doc.get("toolkit_proposal")
     if tp:
@@ -220,4 +221,4 @@ def render_bisect(doc: dict, console: Console) -> None:
     if pf:
         console.print(f"patched {pf['format']} file: [bold]{pf['path']}[/] (changed: {', '.join(pf['changed'])})")
         for n in pf["notes"]:
-            console.print(f"  [yellow]note:[/] {n}")
+            console.print(f"  [yellow]note:[/] {escape(n)}")

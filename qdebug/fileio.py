@@ -16,8 +16,14 @@ def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Pa
         if q and Path(q).exists() and p.exists() and os.path.samefile(p, q):
             raise QDebugError("refusing to overwrite an input file", file=str(p),
                               fix="give a different output path with -o")
-    p.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
+    if p.exists() and not p.is_file():  # /dev/null, /dev/stdout, a FIFO: write through, never replace
+        if p.is_dir():
+            raise QDebugError("output path is a folder", file=str(p), fix="give a file name")
+        with open(p, mode) as f:
+            f.write(data)
+        return p
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:

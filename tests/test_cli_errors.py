@@ -133,3 +133,23 @@ def test_console_script_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qdebug.cli", "compare", str(tmp_path / "x.onnx"), "--data", "."],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_atomic_write_to_device_and_folder(tmp_path):
+    import os
+    import stat
+
+    from qdebug.errors import QDebugError
+    from qdebug.fileio import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    atomic_write(fifo, "x\n")
+    assert os.read(fd, 10) == b"x\n" and stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a FIFO, not replaced
+    os.close(fd)
+    with pytest.raises(QDebugError, match="folder"):
+        atomic_write(tmp_path, "x")
+    out = tmp_path / "a" / "b.json"
+    atomic_write(out, "1")
+    assert out.read_text() == "1" and not list(out.parent.glob(".b.json.*"))

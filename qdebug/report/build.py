@@ -69,8 +69,8 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
     from qdebug.report import plots
 
     if not plots.available():
-        ctx.notes.append("matplotlib is not installed, so this report has tables only "
-                         "(install the plot extra: pip install 'qdebug[plot]').")
+        ctx.notes.append(md.il("matplotlib is not installed, so this report has tables only (install the plot "
+                               "extra: ", md.c("pip install 'qdebug[plot]'"), ")."))
         return {}
     doc, before, after = ctx.doc, ctx.before, ctx.after
     images: dict[str, bytes] = {}

@@ -32,6 +32,7 @@ code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu San
        font-size: 85%; background: #eff1f3; padding: .1em .35em; border-radius: 4px; word-break: break-all; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 10px 12px; overflow-x: auto;
       font-size: 13px; line-height: 1.4; }
+td code { white-space: nowrap; word-break: normal; }
 pre code { background: none; padding: 0; font-size: 100%; word-break: normal; white-space: pre; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; display: block; overflow-x: auto;
         max-width: 100%; }

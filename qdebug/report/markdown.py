@@ -287,7 +287,7 @@ class Ctx:
 
     doc: dict
     images: list[tuple[str, str, str, str]] = field(default_factory=list)  # (group, file, alt, caption)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str | Inline] = field(default_factory=list)
     top: int = 15
 
     @property
@@ -525,9 +525,11 @@ def build_blocks(ctx: Ctx) -> list[Block]:
         blocks += _ranking(ctx)
     blocks += _worst_ops(ctx)
     blocks += _hazards(cmp)
+    blocks += _vendor_sim(ctx)
     if ctx.kind == "bisect":
         blocks += _first_bad_cut(ctx)
         blocks += _evaluation_log(ctx)
+        blocks += _toolkit_proposal(ctx)
         blocks += _vendor_file(ctx)
         blocks += _exports(ctx)
     blocks += _warnings(ctx)
@@ -576,6 +578,19 @@ def _headline(ctx: Ctx) -> list[Block]:
                     il(", sha256 ", c(sha)) if sha else None))
     items.append(il(b("Input set: "), _describe_inputs(doc["samples"])))
     items.append(il(b("Quantization: "), _describe_quant(q)))
+    judge = q.get("judge") or {}
+    if judge and judge.get("backend") not in (None, "sim"):
+        items.append(il(b("Judge: "), f"every candidate set was scored by the {judge['backend']} backend",
+                        f" ({judge['platform']})" if judge.get("platform") else "",
+                        "; the ranking comes from the built-in simulator"))
+    vendor = cmp.get("vendor") or {}
+    if vendor.get("outputs"):
+        vrefs = _vendor_refs(vendor)
+        worst = min(vrefs, key=lambda r: r[1]["snr_db"] if r[1]["snr_db"] is not None else -1e9)
+        items.append(il(b("Vendor simulator: "), f"{vendor.get('backend', '?')} toolkit "
+                        f"{vendor.get('toolkit') or '?'}: worst ", c(worst[0]),
+                        f" SNR {f_snr(worst[1]['snr_db'])} dB, cosine {f_cos(worst[1]['cosine'])} "
+                        f"(built-in simulator: {f_snr((worst[2] or {}).get('snr_db'))} dB)"))
     if q.get("calib"):
         mapping = cmp["quant"].get("calib_mapping") or {}
         extra = ""
@@ -855,14 +870,40 @@ def _first_bad_cut(ctx: Ctx) -> list[Block]:
     return out
 
 
-def _precision_map(ev: dict, prec: str, n_cand: int) -> Inline:
+def _precision_map(ev: dict, prec: str, n_cand: int, order: list[str],
+                   earlier: list[dict] | None = None) -> tuple[Inline, bool]:
+    """Compact description of a promotion set; True when the description names every op exactly.
+
+    Ranked prefixes read "top k ranked ops"; pruning steps read "#j without X" (relative to an earlier row).
+    """
     p = ev["promoted"]
     if not p:
-        return il("all default")
+        return il("none (all at the default)"), True
     if n_cand and len(p) >= n_cand:
-        return il(f"{prec}: all {len(p)} candidates")
-    shown = join([il(c(x)) for x in p[:3]])
-    return il(f"{prec}: ", shown, f" +{len(p) - 3} more" if len(p) > 3 else "")
+        return il(f"{prec}: all {len(p)} candidates"), True
+    if len(p) <= 3:
+        return il(f"{prec}: ", join([il(c(x)) for x in p])), True
+    pos = {k: i for i, k in enumerate(order)}
+    missing: list[str] | None = None
+    k = 0
+    if all(x in pos for x in p):
+        k = max(pos[x] for x in p) + 1  # the smallest ranked prefix holding the set
+        missing = [x for x in order[:k] if x not in set(p)]
+        if not missing:
+            return il(f"{prec}: top {k} ranked ops"), True
+    best = None
+    for e in earlier or []:
+        gone, new = sorted(set(e["promoted"]) - set(p)), sorted(set(p) - set(e["promoted"]))
+        key = (len(gone) + len(new), bool(new), -e["id"])  # fewest changes, removals first, most recent
+        if e["promoted"] and key[0] <= 2 and (best is None or key < best[0]):
+            best = (key, e["id"], gone, new)
+    if best is not None:
+        _, j, gone, new = best
+        return il(f"as #{j}", il(" without ", join([il(c(x)) for x in gone])) if gone else None,
+                  il(" plus ", join([il(c(x)) for x in new])) if new else None), True
+    if missing is not None and len(missing) <= 3:
+        return il(f"{prec}: top {k} ranked ops except ", join([il(c(x)) for x in missing])), True
+    return il(f"{prec}: ", join([il(c(x)) for x in p[:3]]), f" +{len(p) - 3} more"), False
 
 
 def _evaluation_log(ctx: Ctx) -> list[Block]:
@@ -874,10 +915,11 @@ def _evaluation_log(ctx: Ctx) -> list[Block]:
     header = ["#", "purpose", "precision map", *[f"{cl['ref']} {cl['metric']} {f_bound(cl['op'], cl['bound'])}"
                                                     for cl in clauses], "margin", "result"]
     best = (doc["result"].get("best") or {}).get("id")
+    order = [r["op"] for r in doc["ranking"]]
     rows = []
-    for ev in evs:
+    for k, ev in enumerate(evs):
         cells = [il(str(ev["id"]) + (" ★" if ev["id"] == best else "")), il(ev["purpose"]),
-                 _precision_map(ev, prec, n_cand)]
+                 _precision_map(ev, prec, n_cand, order, evs[:k])[0]]
         for cl in clauses:
             v = ev["values"].get(_clause_key(cl))
             cells.append(il(f_metric(cl["metric"], v)))
@@ -889,7 +931,8 @@ def _evaluation_log(ctx: Ctx) -> list[Block]:
                         Para(il(f"{cnt.get('evaluations', len(evs))} quantized evaluations (promised bound "
                                 f"{cnt.get('bound', '?')}; one per op would need {cnt.get('naive_evaluations', '?')}), "
                                 f"search {f_secs(cnt.get('search_seconds'))}, total {f_secs(cnt.get('total_seconds'))}. "
-                                f"Precision map = ops at {prec} (everything else at the default); margin = worst "
+                                f"Precision map = ops at {prec} (everything else at the default; \"top k\" = the first k ops "
+                                "of the sensitivity ranking); margin = worst "
                                 "distance to a bound in the metric's better direction (≥ 0 passes); ★ = the "
                                 "chosen configuration."))]
     align = "rll" + "r" * len(clauses) + "rl"
@@ -898,10 +941,67 @@ def _evaluation_log(ctx: Ctx) -> list[Block]:
         out.append(Details(f"All {len(rows)} evaluations", [Table(header, rows, align)]))
     else:
         out.append(Table(header, rows, align))
-    maps = [ev for ev in evs if len(ev["promoted"]) > 3 and not (n_cand and len(ev["promoted"]) >= n_cand)]
+    maps = [ev for k, ev in enumerate(evs) if not _precision_map(ev, prec, n_cand, order, evs[:k])[1]]
     if maps:
         lines = "\n".join(f"#{ev['id']} {ev['purpose']}: " + " ".join(ev["promoted"]) for ev in maps)
         out.append(Details("Full precision maps", [Code(lines)]))
+    return out
+
+
+def _vendor_refs(vendor: dict) -> list[tuple[str, dict, dict | None]]:
+    """(ref, vendor metrics, built-in metrics) for every output and part of a vendor comparison."""
+    out = []
+    for o in vendor.get("outputs", []):
+        out.append((o["tensor"], o["cumulative"], o.get("builtin")))
+        for p in o.get("parts", []):
+            out.append((f"{o['tensor']}.{p['part']}", p["cumulative"], p.get("builtin")))
+    return out
+
+
+def _vendor_sim(ctx: Ctx) -> list[Block]:
+    v = ctx.before.get("vendor")
+    if not v:
+        return []
+    name = v.get("backend", "vendor")
+    out: list[Block] = [Heading(2, "Vendor simulator"),
+                        Para(il(f"The {name} toolkit's own simulator ({v.get('toolkit') or 'version unknown'}, "
+                                f"platform {v.get('platform', '?')}) on {v.get('samples', '?')} sample(s), next to "
+                                f"qdebug's built-in simulator; per-tensor analysis on {v.get('analysis_samples', '?')} "
+                                f"sample(s), {v.get('tensors_matched', 0)} tensors matched."))]
+    rows = []
+    for ref, vm, bm in _vendor_refs(v):
+        bm = bm or {}
+        rows.append([il(c(ref)), il(f_snr(vm.get("snr_db"))), il(f_cos(vm.get("cosine"))), il(f_g(vm.get("max_abs"))),
+                     il(f_snr(bm.get("snr_db"))), il(f_cos(bm.get("cosine")))])
+    out.append(Table(["output / part", "vendor SNR", "vendor cosine", "vendor max abs", "built-in SNR",
+                      "built-in cosine"], rows, "lrrrrr"))
+    dis = v.get("disagreements") or []
+    if dis:
+        out.append(Para(il("Largest gaps between the two simulators (cumulative cosine):")))
+        out.append(Table(["tensor", "vendor cosine", "built-in cosine", "gap"],
+                         [[il(c(d["tensor"])), il(f_cos(d["vendor_cosine"])), il(f_cos(d["builtin_cosine"])),
+                           il(f_g(d["gap"]))] for d in dis[:10]], "lrrr"))
+    fused = v.get("fused_away") or []
+    if fused:
+        out.append(Para(il(f"{len(fused)} ONNX tensor(s) were fused away by the toolkit (no per-tensor result), "
+                           "e.g. ", join([il(c(x)) for x in fused[:5]]), ".")))
+    return out
+
+
+def _toolkit_proposal(ctx: Ctx) -> list[Block]:
+    tp = ctx.doc.get("toolkit_proposal")
+    if not tp:
+        return []
+    judge = (ctx.doc["quant"].get("judge") or {}).get("backend", "vendor")
+    verdict = (good("meets") if tp.get("passed") else bad("misses")) if tp.get("passed") is not None else il("–")
+    vals = "; ".join(f"{k} = {v if v is None else f_g(v, 4)}" for k, v in (tp.get("values") or {}).items())
+    tensors = tp.get("tensors") or []
+    out: list[Block] = [Heading(2, "Toolkit proposal"),
+                        Para(il(f"The {judge} toolkit's own hybrid-quantization proposal promotes {tp.get('count', 0)} "
+                                f"tensor(s) (ours: {len(ctx.doc['result']['set'])} op(s)); scored on the same target "
+                                "it ", verdict, " it", f" ({vals})." if vals else "."))]
+    if tensors:
+        out.append(Details(f"The {len(tensors)} tensors the toolkit proposes", [Code("\n".join(tensors))]))
     return out
 
 
@@ -911,7 +1011,8 @@ def _vendor_file(ctx: Ctx) -> list[Block]:
         return []
     out: list[Block] = [Heading(2, "Patched vendor file")]
     items = [il(b("Format: "), c(pf["format"])),
-             il(b("Original → patched: "), c(pf.get("source") or "?"), " → ", c(pf["path"])),
+             il(b("Original → patched: "), c(pf.get("source") or "?"), " → ",
+                c(pf["path"]) if pf.get("path") else "not written (pass -o FILE to bisect)"),
              il(b(f"Changed records ({len(pf['changed'])}): "), join([il(c(x)) for x in pf["changed"][:20]]),
                 f" +{len(pf['changed']) - 20} more" if len(pf["changed"]) > 20 else "")]
     for k, v in (pf.get("extra") or {}).items():
@@ -924,7 +1025,11 @@ def _vendor_file(ctx: Ctx) -> list[Block]:
         nlines = diff.count("\n") + 1
         code = Code(diff, "diff")
         if nlines > 60:
-            out.append(Details(f"Diff of the changed records ({nlines} lines)", [code]))
+            hunks = re.split(r"(?m)^(?=@@ )", diff)
+            head = "".join(hunks[:3]).rstrip("\n")  # the file header and the first two changed records
+            out.append(Para(il(f"Diff of the changed records (first 2 of {len(hunks) - 1} hunks):")))
+            out.append(Code(head, "diff"))
+            out.append(Details(f"Full diff of the changed records ({nlines} lines)", [code]))
         else:
             out.append(Para(il("Diff of the changed records:")))
             out.append(code)
@@ -967,6 +1072,9 @@ def _warnings(ctx: Ctx) -> list[Block]:
     if nr:
         items.append(il(f"calibration file: {len(nr)} quantized op(s) have no record (calibrated by qdebug), e.g. ",
                         join([il(c(x)) for x in nr[:3]])))
+    unp = (ctx.doc["quant"].get("judge") or {}).get("unpromotable") or {}
+    for k, why in unp.items():
+        items.append(il("the toolkit cannot promote ", c(k), f" ({why})"))
     if cmp["quant"].get("unsupported"):
         items.append(il("ops the simulator ran in float: ", join([il(c(x)) for x in cmp["quant"]["unsupported"][:10]])))
     if not items:
@@ -976,7 +1084,7 @@ def _warnings(ctx: Ctx) -> list[Block]:
 
 STANDARD_ENV = ("qdebug", "onnx", "onnxruntime", "numpy", "python", "os")
 _QUANT_STD = {"backend", "profile", "quantize_at", "fuse", "scheme", "calib", "overrides", "groups", "unsupported",
-              "calib_mapping"}
+              "calib_mapping", "judge"}
 
 
 def _environment(ctx: Ctx) -> list[Block]:
@@ -988,9 +1096,19 @@ def _environment(ctx: Ctx) -> list[Block]:
     for k, v in env.items():
         if k not in STANDARD_ENV:
             rows.append([il(k), il(c(str(v)))])
-    for k, v in doc["quant"].items():  # vendor toolkit versions reported by non-simulator backends
+    for k, v in doc["quant"].items():  # versions reported by non-simulator backends
         if k not in _QUANT_STD and not isinstance(v, (dict, list)):
             rows.append([il(f"backend {k}"), il(c(str(v)))])
+    vendor = ctx.before.get("vendor") or {}
+    if vendor:
+        rows.append([il(f"{vendor.get('backend', 'vendor')} toolkit"), il(c(str(vendor.get("toolkit") or "?")))])
+        if vendor.get("platform"):
+            rows.append([il("vendor platform"), il(c(str(vendor["platform"])))])
+    judge = doc["quant"].get("judge") or {}
+    if judge and judge.get("backend") not in (None, "sim"):
+        for k in ("backend", "platform", "quantized_algorithm", "toolkit", "version", "builds"):
+            if judge.get(k) is not None:
+                rows.append([il(f"judge {k}"), il(c(str(judge[k])))])
     pf = doc.get("patched_file")
     if pf:
         rows.append([il("vendor file format"), il(c(pf["format"]))])

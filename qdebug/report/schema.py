@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,14 @@ def first_error(doc: Any, schema: dict) -> tuple[str, str] | None:
 
 
 def _path(parts: Any) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
+    return "".join(_step(p) for p in parts)
+
+
+def _step(p: Any) -> str:
+    """One JSONPath step: [3], .key, or ["/model.22/Mul_2"] for keys that are not identifiers."""
+    if isinstance(p, int):
+        return f"[{p}]"
+    return f".{p}" if re.fullmatch(r"[A-Za-z_]\w*", str(p)) else f"[{json.dumps(str(p))}]"
 
 
 def _short(msg: str, n: int = 160) -> str:
@@ -162,9 +167,9 @@ def _mini_validate(v: Any, s: dict | bool, root: dict, path: str) -> tuple[str, 
         props = s.get("properties", {})
         for key, val in v.items():
             if key in props:
-                found = _mini_validate(val, props[key], root, f"{path}.{key}")
+                found = _mini_validate(val, props[key], root, path + _step(key))
             elif "additionalProperties" in s:
-                found = _mini_validate(val, s["additionalProperties"], root, f"{path}.{key}")
+                found = _mini_validate(val, s["additionalProperties"], root, path + _step(key))
             else:
                 found = None
             if found:

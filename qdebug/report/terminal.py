@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qdebug.metrics.stats import SNR_INF
@@ -66,7 +67,7 @@ def render_compare(res: dict, console: Console, top: int = 15, show_all: bool = 
     for t in rows:
         c, i = t["cumulative"], t["isolated"]
         mark = "[bold red]▶ [/]" if t["tensor"] in worst_keys else ""
-        tbl.add_row(str(t["index"]), mark + t["tensor"], t["op_type"], fmt_cos(c["cosine"]),
+        tbl.add_row(str(t["index"]), mark + escape(t["tensor"]), t["op_type"], fmt_cos(c["cosine"]),
                     f"[{snr_style(c['snr_db'])}]{fmt_snr(c['snr_db'])}[/]",
                     f"[{snr_style(i['snr_db'])}]{fmt_snr(i['snr_db'])}[/]",
                     "-" if t["jump_db"] is None else f"{t['jump_db']:+.1f}", fmt_g(c["max_abs"]))
@@ -74,10 +75,10 @@ def render_compare(res: dict, console: Console, top: int = 15, show_all: bool = 
     if res["hazards"]:
         console.print(f"[bold yellow]Hazards ({len(res['hazards'])})[/]")
         for h in res["hazards"]:
-            console.print(f"  [yellow]⚠ {h['kind']}[/] [bold]{h['node']}[/]: {h['message']}")
-            console.print(f"    [dim]fix:[/] {h['fix']}")
+            console.print(f"  [yellow]⚠ {h['kind']}[/] [bold]{h['node']}[/]: {escape(h['message'])}")
+            console.print(f"    [dim]fix:[/] {escape(h['fix'])}")
     for w in res.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     console.print("[bold]Outputs[/]")
     for o in res["outputs"]:
         c = o["cumulative"]

@@ -151,6 +151,10 @@ class PromotionSearch:
             msg = (f"even with all {len(ranked)} candidate ops at {self.precision.value} the target is missed "
                    f"(worst margin {full.score.margin:.3g}); the problem is not quantization precision: check "
                    "for unsupported ops, a preprocessing mismatch, or a target tighter than the float model allows")
+            if self.base.act_params:
+                msg += ("; with a calibration file, also check that its ranges cover this data (promotion keeps "
+                        "each record's range, so values outside it stay clipped): re-calibrate on representative "
+                        "inputs")
             return SearchResult(False, [], base.score, full.score, best, msg, self.records,
                                 time.perf_counter() - t0, len(ranked))
         lo, hi = 0, len(ranked)  # prefix(lo) fails, prefix(hi) passes

@@ -35,18 +35,35 @@ def greedy_match(iou: np.ndarray, thrs: np.ndarray) -> np.ndarray:
     dtm = np.full((t_n, d_n), -1, dtype=np.int64)
     if d_n == 0 or g_n == 0:
         return dtm
-    gtm = np.zeros((t_n, g_n), dtype=bool)
-    ar = np.arange(t_n)
-    below = thrs[:, None]
-    for d in np.flatnonzero(iou.max(axis=1) >= thrs.min()):
-        row = iou[d][None, :]
-        m = np.where(gtm | (row < below), -1.0, row)
-        j = g_n - 1 - np.argmax(m[:, ::-1], axis=1)
-        ok = m[ar, j] >= 0
-        if ok.any():
-            dtm[ok, d] = j[ok]
-            gtm[ar[ok], j[ok]] = True
-    return dtm
+    cand = iou >= thrs.min()
+    rows, cols = cand.sum(axis=1), cand.sum(axis=0)
+    g_of = cand.argmax(axis=1)
+    # uncontested pairs (one candidate each way) are decided directly; the rest in score order
+    simple = np.flatnonzero((rows == 1) & (cols[g_of] == 1))
+    if simple.size:
+        ok = iou[simple, g_of[simple]][None, :] >= thrs[:, None]
+        dtm[:, simple] = np.where(ok, g_of[simple][None, :], -1)
+    contested = np.flatnonzero((rows > 1) | ((rows == 1) & (cols[g_of] > 1)))
+    if not contested.size:
+        return dtm
+    rr, gg = np.nonzero(cand[contested])
+    vals = iou[contested[rr], gg].tolist()
+    gg_l = gg.tolist()
+    bounds = np.concatenate([[0], np.cumsum(rows[contested])]).tolist()
+    thr_l = [float(t) for t in thrs]
+    taken: list[set[int]] = [set() for _ in thr_l]
+    out = dtm.tolist()
+    for k, d in enumerate(contested.tolist()):  # candidates are few per row: plain Python is fastest
+        gs, vs = gg_l[bounds[k]:bounds[k + 1]], vals[bounds[k]:bounds[k + 1]]
+        for t, th in enumerate(thr_l):
+            best, bv, used = -1, th, taken[t]
+            for g, v in zip(gs, vs, strict=True):
+                if v >= bv and g not in used:  # ">=": the last of equal IoUs wins, as in pycocotools
+                    best, bv = g, v
+            if best >= 0:
+                used.add(best)
+                out[t][d] = best
+    return np.asarray(out, dtype=np.int64)
 
 
 def average_precision(scores: np.ndarray, tp: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarray]:

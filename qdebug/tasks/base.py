@@ -188,8 +188,10 @@ class Decoder(ABC):
             | ~np.isfinite(boxes).all(axis=1)
         boxes = np.nan_to_num(boxes, nan=0.0, posinf=1e6, neginf=-1e6)
         keep = batched_nms(boxes, scores, classes, self.iou, self.max_det, self.agnostic)
-        return Detections(undo_letterbox(boxes[keep].astype(np.float32), letterbox, input_hw),
-                          scores[keep].astype(np.float32), classes[keep].astype(np.int64),
+        out = undo_letterbox(boxes[keep].astype(np.float32), letterbox, input_hw)
+        inside = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])  # boxes wholly in the padding vanish
+        keep = keep[inside]
+        return Detections(out[inside], scores[keep].astype(np.float32), classes[keep].astype(np.int64),
                           candidates=int(sel.size), implausible=int(bad.sum()))
 
     def describe(self) -> dict:
