@@ -28,6 +28,9 @@ def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Pa
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -101,9 +101,15 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
     bounds = {}
     if ctx.kind == "bisect":
         bounds = {cl["ref"]: cl["bound"] for cl in doc["target"]["clauses"] if cl["metric"] == "snr_db"}
-    images["parts.png"] = plots.parts_plot(before, after, bounds, after_label or "after promotion")
+    if ctx.kind == "bisect":
+        res = doc["result"]["before"]
+        failing = {cl["ref"] for cl in doc["target"]["clauses"] if not md._passes(cl, res.get(md._clause_key(cl)))}
+    else:
+        failing = {ref for ref, _ in md.default_failures(before)}
+    images["parts.png"] = plots.parts_plot(before, after, bounds, after_label or "after promotion", failing)
     ctx.images.append(("parts", "parts.png", "SNR of each output and output part",
-                       "Cumulative SNR per graph output and Concat part (cosine in brackets)"
+                       "Cumulative SNR per graph output and Concat part (cosine in brackets; red: fails the "
+                       "target)"
                        + ("; black ticks: the target's SNR bounds" if bounds else "") + "."))
     if not why:
         ctx.notes.append("why-plots not drawn (--no-why).")

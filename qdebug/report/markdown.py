@@ -421,8 +421,10 @@ def _describe_quant(q: dict) -> Inline:
     parts: list[Any] = [f"{act}{cal} calibration), {weights}; ", prof]
     if q.get("backend") and q["backend"] != "sim":
         parts = [il("backend ", c(q["backend"]), "; "), *parts]
-    if q.get("overrides"):
-        parts.append(f"; {len(q['overrides'])} op(s) pinned by --override")
+    ov = q.get("overrides") or {}
+    if ov:
+        shown = join([il(c(f"{k}={v}")) for k, v in list(ov.items())[:5]])
+        parts += [f"; overrides ({len(ov)}): ", shown, f" +{len(ov) - 5} more" if len(ov) > 5 else ""]
     return il(*parts)
 
 
@@ -559,6 +561,11 @@ def _headline(ctx: Ctx) -> list[Block]:
                          f"{q['scheme']['activation']}; nothing to promote.")
         else:
             verdict = il(bad("FAIL"), ": ", res["message"], ". Failing: ", fail_txt, ".")
+        covered = {cl["ref"] for cl in tgt["clauses"]}
+        loose = [(ref, m) for ref, m in default_failures(cmp) if ref not in covered]
+        if loose:
+            verdict = il(verdict, " Not in the target but below cosine 0.999: ",
+                         join([il(c(ref), f" (SNR {f_snr(m['snr_db'])} dB)") for ref, m in loose]), ".")
         out.append(Para(il(b("Verdict: "), verdict)))
     else:
         fails = default_failures(cmp)

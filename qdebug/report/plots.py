@@ -194,7 +194,7 @@ def _line_rows(compare: dict) -> list[dict]:
 
 # --------------------------------------------------------------------- output parts
 def parts_plot(before: dict, after: dict | None = None, bounds: dict[str, float] | None = None,
-               after_label: str = "after promotion") -> bytes:
+               after_label: str = "after promotion", failing: set[str] | None = None) -> bytes:
     """Horizontal bars: SNR of each graph output and output part, before (and after) promotion."""
     rows: list[tuple[str, dict, dict | None]] = []
     amap = {}
@@ -213,17 +213,24 @@ def parts_plot(before: dict, after: dict | None = None, bounds: dict[str, float]
     ax = axes[0, 0]
     h = 0.38 if after is not None else 0.6
     ys = np.arange(len(rows))[::-1]
+    seen: set[str] = set()
     for y, (ref, b, a) in zip(ys, rows, strict=True):
-        vals = [(b, C_BEFORE, "before" if after is not None else "cumulative", +h / 2 if after is not None else 0)]
+        bad = ref in (failing or set())
+        vals = [(b, C_BAD if bad else C_BEFORE, ("fails the target (before)" if bad else
+                                                ("before" if after is not None else "cumulative")),
+                 +h / 2 if after is not None else 0)]
         if a is not None:
             vals.append((a, C_AFTER, after_label, -h / 2))
         for m, color, lab, off in vals:
             v = _snr(m["snr_db"])
             v0 = 0.0 if v != v else v
-            ax.barh(y + off, v0, height=h, color=color, label=lab if y == ys[0] else None)
+            ax.barh(y + off, v0, height=h, color=color, label=lab if lab not in seen else None)
+            seen.add(lab)
             cos = "-" if m["cosine"] is None else f"{m['cosine']:.5f}"
             txt = ("n/a" if v != v else ("inf" if (m["snr_db"] or 0) >= 999 else f"{m['snr_db']:.1f} dB"))
-            ax.text(v0 + 0.8, y + off, f"{txt}  (cos {cos})", va="center", fontsize=8)
+            tick = (bounds or {}).get(ref)
+            xt = max(v0, tick if tick is not None and abs(tick - v0) < 4 else v0)
+            ax.text(xt + 0.8, y + off, f"{txt}  (cos {cos})", va="center", fontsize=8)
         if bounds and ref in bounds:
             ax.plot([bounds[ref]] * 2, [y - 0.45, y + 0.45], color="black", lw=2)
     if bounds:

@@ -152,7 +152,7 @@ class RknnBackend(Backend):
 
     def close(self) -> None:
         """Remove the run folder unless --keep-work."""
-        if not self.keep_work and getattr(self, "workdir", None) and self.workdir.exists():
+        if not getattr(self, "keep_work", True) and getattr(self, "workdir", None) and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ----------------------------------------------------------------- data

@@ -1,0 +1,362 @@
+"""`qdebug report` / `bisect --report`: golden structure of report.md, report.html and the plots."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from markdown_it import MarkdownIt
+
+from qdebug.cli import main
+from qdebug.errors import QDebugError
+from qdebug.report import plots
+from qdebug.report.build import write_report
+from qdebug.report.schema import load_result, validate_result
+
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+TOP = 15
+
+
+@pytest.fixture(scope="module")
+def runs(fx, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A compare and a bisect run of the YOLOv8 fixture, with reports (bisect via --report in one go)."""
+    d = tmp_path_factory.mktemp("report")
+    model, images = str(fx["yolov8"]), str(fx["images"])
+    assert main(["compare", model, "--data", images, "--json", str(d / "run.json"), "-q"]) == 0
+    assert main(["bisect", model, "--data", images, "--json", str(d / "bisect.json"), "--report",
+                 str(d / "rep_bisect"), "-q"]) == 0
+    assert main(["report", str(d / "run.json"), "-o", str(d / "rep_compare")]) == 0
+    return {"dir": d, "compare_json": d / "run.json", "bisect_json": d / "bisect.json",
+            "compare": d / "rep_compare", "bisect": d / "rep_bisect"}
+
+
+def _headings(md: str) -> list[str]:
+    return re.findall(r"(?m)^#{1,3} (.+)$", md)
+
+
+# ------------------------------------------------------------------ structure
+def test_bisect_report_headline_and_sections(runs: dict[str, Path]) -> None:
+    doc = json.loads(runs["bisect_json"].read_text())
+    md = (runs["bisect"] / "report.md").read_text()
+    heads = _headings(md)
+    for h in ("Outputs", "Plots", "Recommended promotion set", "Sensitive ops", "Worst ops by error jump",
+              "Hazards", "First bad cut", "Bisect evaluation log", "Export lists", "Environment",
+              "Appendix: full tables"):
+        assert h in heads, h
+    assert heads[0].startswith("Quantization report: ")
+    head = md.split("## Outputs")[0]  # the five-second part
+    assert "**Verdict: FAIL** as quantized → **PASS**" in head
+    for key in ("**Model:**", "**Input set:**", "**Quantization:**", "**Target:**", "**Sensitive ops:**",
+                "**First bad cut:**", "**Recommended promotion:**", "SNR = 10·log10", "higher is better"):
+        assert key in head, key
+    assert doc["result"]["set"] == ["/model.22/Concat_5"]
+    assert "`/model.22/Concat_5` → int16" in head
+    assert "`output0.score` cosine 0.00000 → 0.9" in head  # before → after of the failing part
+    assert f"```sh\n{doc['command']}\n```" in head  # the exact reproduce command
+    assert "--report" in doc["command"]
+    # promotion set section: table row and a copy-paste list; a simulator check with --override
+    promo = md.split("## Recommended promotion set")[1].split("\n## ")[0]
+    assert "| `/model.22/Concat_5` | Concat | 1 |" in promo
+    assert "--override=/model.22/Concat_5=int16" in promo and "qdebug compare" in promo
+    # evaluation log has one row per evaluation, with pass/fail and the chosen one starred
+    log = md.split("## Bisect evaluation log")[1].split("\n## ")[0]
+    assert len(re.findall(r"(?m)^\| \d+", log)) == len(doc["evaluations"])
+    assert "★" in log and "**fail**" in log and "**pass**" in log
+    # export lists (ATC etc.) and environment versions
+    assert "--high_precision_layer=/model.22/Concat_5" in md
+    env = md.split("## Environment")[1].split("\n## ")[0]
+    for k in ("qdebug", "onnx", "onnxruntime", "numpy", "python", "os"):
+        assert f"| {k} | `{doc['environment'][k]}` |" in env
+    # numbers: SNR one decimal, cosine 5 decimals, max_abs 3 significant digits
+    assert re.search(r"\| `output0\.score` \| 0\.0 \| 0\.00000 \| 1 \|", md)
+
+
+def test_compare_report_headline(runs: dict[str, Path]) -> None:
+    doc = json.loads(runs["compare_json"].read_text())
+    md = (runs["compare"] / "report.md").read_text()
+    head = md.split("## Outputs")[0]
+    assert "**Verdict: FAIL** — `output0.score` SNR 0.0 dB" in head
+    assert "`/model.22/Concat_5` (Concat; score_concat)" in head
+    assert "**Next step:** `qdebug bisect " in head and "--json" not in head.split("**Next step:**")[1].split("\n")[0]
+    assert f"```sh\n{doc['command']}\n```" in head
+    assert "Bisect evaluation log" not in md
+    hz = md.split("## Hazards")[1].split("\n## ")[0]
+    assert "score_concat" in hz and "scale_amplify" in hz and "keep /model.22/Concat_5 at int16/fp16" in hz
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_plots_are_valid_small_pngs(runs: dict[str, Path], which: str) -> None:
+    from PIL import Image
+
+    d = runs[which]
+    md = (d / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {"snr.png", "parts.png", "why-1.png", "why-2.png", "why-3.png"} <= set(linked)
+    for name in linked:
+        p = d / name
+        data = p.read_bytes()
+        assert data[:8] == PNG_SIG, name
+        assert len(data) < 200_000, (name, len(data))
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width >= 800 and im.height >= 300
+            dpi = im.info.get("dpi", (110, 110))[0]
+            assert 100 <= dpi <= 120
+    assert "why-plots re-ran the model on 2 of the 8 input(s)" in md
+
+
+def _table_rows(md: str, lines: list[str], start: int, end: int) -> list[list[str]]:
+    rows = []
+    for line in lines[start:end]:
+        s = line.strip()
+        assert s.startswith("|") and s.endswith("|"), line
+        cells = re.split(r"(?<!\\)\|", s[1:-1])
+        rows.append(cells)
+    return rows
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_markdown_is_well_formed_for_github(runs: dict[str, Path], which: str) -> None:
+    md = (runs[which] / "report.md").read_text()
+    tokens = MarkdownIt("commonmark").enable("table").parse(md)
+    lines = md.split("\n")
+    tables = [t for t in tokens if t.type == "table_open"]
+    separators = [ln for ln in lines if re.fullmatch(r"\|(:?-{3,}:?\|)+", ln)]
+    assert len(tables) == len(separators) >= 5  # every intended table is parsed as a table
+    for t in tables:
+        rows = _table_rows(md, lines, t.map[0], t.map[1])
+        n = len(rows[0])
+        assert all(len(r) == n for r in rows), f"ragged table at line {t.map[0] + 1}"
+    # the table tokens agree: same cell count in every row
+    cells, widths = 0, []
+    for t in tokens:
+        if t.type == "tr_open":
+            cells = 0
+        elif t.type in ("th_open", "td_open"):
+            cells += 1
+        elif t.type == "tr_close":
+            widths.append(cells)
+        elif t.type == "table_close":
+            assert len(set(widths)) == 1
+            widths = []
+    # no raw HTML beyond <details>/<summary>
+    for t in tokens:
+        if t.type == "html_block":
+            tags = re.findall(r"</?([a-zA-Z]+)", t.content)
+            assert set(tags) <= {"details", "summary"}, t.content
+        for child in t.children or []:
+            assert child.type != "html_inline", child.content
+    # <details> blocks: a blank line after </summary> so GitHub renders the Markdown inside
+    assert md.count("</summary>") == md.count("</summary>\n\n") >= 1
+    assert md.count("<details>") == md.count("</details>") >= 1
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_html_is_self_contained(runs: dict[str, Path], which: str) -> None:
+    text = (runs[which] / "report.html").read_text()
+
+    class Refs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refs: list[str] = []
+            self.tags: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.append(tag)
+            self.refs += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "poster", "data", "action")]
+
+    p = Refs()
+    p.feed(text)
+    assert not [r for r in p.refs if re.match(r"\s*(https?:)?//", r, re.I)]
+    assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
+    assert "@import" not in text and "url(" not in text
+    imgs = [r for r in p.refs if r.startswith("data:")]
+    assert len(imgs) == len(list(runs[which].glob("*.png"))) == 5
+    assert all(r.startswith("data:image/png;base64,") for r in imgs)
+    assert "<details>" in text and "Appendix: full tables" in text
+
+
+def test_report_for_a_1000_op_model_stays_readable(runs: dict[str, Path], tmp_path: Path) -> None:
+    doc = json.loads(runs["compare_json"].read_text())
+    base = [t for t in doc["tensors"] if t["index"] >= 0]
+    tensors = [t for t in doc["tensors"] if t["index"] < 0]
+    for i in range(1000):
+        t = copy.deepcopy(base[i % len(base)])
+        t["tensor"], t["node"], t["index"] = f"/blocks.{i}/conv/Conv_output_0", f"/blocks.{i}/conv/Conv", i
+        t["group"] = t["node"]
+        if t["jump_db"] is not None:
+            t["jump_db"] = round(t["jump_db"] + (i % 7) * 0.1, 3)
+        tensors.append(t)
+    tensors[-1]["tensor"] = "output0"
+    doc["tensors"] = tensors
+    doc["model"]["path"] = str(tmp_path / "gone.onnx")  # no model: why-plots are skipped with a note
+    validate_result(doc)
+    src = tmp_path / "big.json"
+    src.write_text(json.dumps(doc))
+    paths = write_report(src, tmp_path / "rep", top=TOP)
+    md = Path(paths["md"]).read_text()
+    body, appendix = md.split("## Appendix: full tables")
+    worst = body.split("## Worst ops by error jump")[1].split("\n## ")[0]
+    assert len(re.findall(r"(?m)^\| \d+ \|", worst)) == TOP
+    assert "<details>" in appendix and "All 1001 tensors in execution order" in appendix
+    assert len(re.findall(r"(?m)^\| \d+ \| `/blocks", appendix)) == 999
+    assert len(body) < 40_000  # the pasteable part stays small
+    assert "why-plots skipped: model" in md
+    if len(md) > 65_536:
+        assert "GitHub accepts 65,536" in md.split("## Outputs")[0]
+    html = Path(paths["html"]).read_text()
+    assert html.count("<tr>") > 1000
+
+
+# ------------------------------------------------------------------ validation
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, " ".join(err.split())
+
+
+def test_report_refuses_unknown_schema_version(runs: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(runs["compare_json"].read_text())
+    doc["schema"] = "qdebug.compare/9"
+    bad = tmp_path / "future.json"
+    bad.write_text(json.dumps(doc))
+    code, err = _cli(capsys, "report", str(bad), "-o", str(tmp_path / "out"))
+    assert code == 2
+    assert err.count("qdebug: error:") == 1 and "Traceback" not in err
+    assert f"{bad}:$.schema: schema version 'qdebug.compare/9' is not supported" in err
+    assert "qdebug.compare/1" in err and "(fix: re-run" in err
+    assert not (tmp_path / "out").exists()
+    del doc["schema"]
+    bad.write_text(json.dumps(doc))
+    code, err = _cli(capsys, "report", str(bad), "-o", str(tmp_path / "out"))
+    assert code == 2 and "no 'schema' key" in err
+    bad.write_text("{not json")
+    code, err = _cli(capsys, "report", str(bad), "-o", str(tmp_path / "out"))
+    assert code == 2 and "not valid JSON" in err and "line 1" in err
+    code, err = _cli(capsys, "report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "out"))
+    assert code == 2 and "result file not found" in err
+
+
+@pytest.mark.parametrize("jsonschema_present", [True, False])
+def test_invalid_document_names_the_json_path(runs: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, jsonschema_present: bool) -> None:
+    if not jsonschema_present:
+        monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails: built-in checker
+    doc = json.loads(runs["bisect_json"].read_text())
+    assert validate_result(doc) == "qdebug.bisect/1"
+    bad = copy.deepcopy(doc)
+    bad["compare_before"]["tensors"][3]["cumulative"]["snr_db"] = "high"
+    with pytest.raises(QDebugError) as exc:
+        validate_result(bad, "b.json")
+    assert exc.value.where == "$.compare_before.tensors[3].cumulative.snr_db"
+    assert "does not match schema qdebug.compare/1" in exc.value.one_line()
+    bad = copy.deepcopy(doc)
+    del bad["result"]["set"]
+    with pytest.raises(QDebugError) as exc:
+        validate_result(bad, "b.json")
+    assert exc.value.where == "$.result" and "'set' is a required property" in exc.value.problem
+    cmp = json.loads(runs["compare_json"].read_text())
+    cmp["quant"]["overrides"] = {"/x": "int4"}
+    with pytest.raises(QDebugError) as exc:
+        validate_result(cmp, "c.json")
+    assert exc.value.where == '$.quant.overrides["/x"]'
+    assert load_result(runs["compare_json"])["schema"] == "qdebug.compare/1"
+
+
+def test_report_never_overwrites_its_input(runs: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    src = out / "report.md"  # a result that happens to carry the report's name
+    shutil.copy(runs["compare_json"], src)
+    before = src.read_bytes()
+    code, err = _cli(capsys, "report", str(src), "-o", str(out), "--no-why")
+    assert code == 2 and "refusing to overwrite an input file" in err
+    assert src.read_bytes() == before
+    code, err = _cli(capsys, "report", str(runs["compare_json"]), "-o", str(runs["compare_json"]))
+    assert code == 2 and "must be a folder" in err
+
+
+def test_report_degrades_to_tables_without_matplotlib(runs: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "available", lambda: False)
+    paths = write_report(runs["bisect_json"], tmp_path / "rep")
+    md = Path(paths["md"]).read_text()
+    assert "matplotlib is not installed" in md and "`pip install 'qdebug[plot]'`" in md
+    assert "![" not in md and not list((tmp_path / "rep").glob("*.png"))
+    assert "## Worst ops by error jump" in md and "## Bisect evaluation log" in md
+    assert "<img" not in Path(paths["html"]).read_text()
+
+
+def test_why_plots_need_the_model_of_the_run(runs: dict[str, Path], tmp_path: Path, fx) -> None:
+    paths = write_report(runs["compare_json"], tmp_path / "rep", model=str(fx["yolov5"]))
+    md = Path(paths["md"]).read_text()
+    assert "is not the model of this run (sha256 differs)" in md
+    assert "why-1.png" not in md and "snr.png" in md
+
+
+# ------------------------------------------------------------------ rendering
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+def test_html_renders_headless_to_a_non_blank_page(runs: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    shot = tmp_path / "out.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+           f"--screenshot={shot}", "--window-size=1200,2000", (runs["bisect"] / "report.html").as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("L"), dtype=np.float64)
+    assert px.shape[0] >= 1000 and px.std() > 20  # text, tables and plots, not a blank page
+    assert (px < 128).mean() > 0.01  # some dark ink (text) on the page
+
+
+def test_vendor_backend_sections(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A bisect judged by rknn-toolkit2 (as cli_bisect writes it) and a compare with the toolkit beside ours."""
+    doc = json.loads(runs["bisect_json"].read_text())
+    doc["quant"]["judge"] = {"backend": "rknn", "profile": "rknn", "platform": "rk3588", "python": "/env/bin/python",
+                             "quantized_algorithm": "normal", "unpromotable": {"/model.22/Mul_2": "no int16 kernel"},
+                             "builds": 9}
+    doc["toolkit_proposal"] = {"tensors": ["output0", "/model.22/Mul_2_output_0"], "count": 2,
+                               "values": {k: 0.5 for k in doc["result"]["before"]}, "passed": False}
+    doc["patched_file"] = {"path": None, "source": "/work/step1.quantization.cfg", "format": "rknn",
+                           "changed": ["output0"], "notes": ["verified by hybrid_quantization_step2"], "extra": {},
+                           "diff": "--- original\n+++ patched\n@@ -1,2 +1,3 @@\n custom_quantize_layers:\n"
+                                   "+    output0: int16\n"}
+    doc["compare_before"]["vendor"] = {
+        "backend": "rknn", "platform": "rk3588", "toolkit": "2.3.2", "samples": 8, "analysis_samples": 1,
+        "outputs": [{"tensor": "output0", "cumulative": {"cosine": 0.9991, "snr_db": 30.2, "max_abs": 20.0,
+                                                         "rel_l2": 0.03},
+                     "builtin": doc["compare_before"]["outputs"][0]["cumulative"],
+                     "parts": [{"part": "score", "cumulative": {"cosine": 0.1, "snr_db": 0.4, "max_abs": 1.0,
+                                                               "rel_l2": 0.99}, "builtin": None}]}],
+        "tensors_matched": 80, "fused_away": ["/model.0/act/Sigmoid_output_0"],
+        "disagreements": [{"tensor": "output0", "vendor_cosine": 0.9991, "builtin_cosine": 0.9998, "gap": 0.0007}],
+        "builds": 3}
+    validate_result(doc)
+    paths = write_report(doc, tmp_path / "rep", why=False)
+    md = Path(paths["md"]).read_text()
+    head = md.split("## Outputs")[0]
+    assert "**Judge:** every candidate set was scored by the rknn backend (rk3588)" in head
+    assert "**Vendor simulator:** rknn toolkit 2.3.2: worst `output0.score` SNR 0.4 dB" in head
+    for h in ("## Vendor simulator", "## Toolkit proposal", "## Patched vendor file"):
+        assert h in md
+    assert "not written (pass -o FILE to bisect)" in md and "+    output0: int16" in md
+    assert "the toolkit cannot promote `/model.22/Mul_2` (no int16 kernel)" in md
+    env = md.split("## Environment")[1].split("\n## ")[0]
+    assert "| rknn toolkit | `2.3.2` |" in env and "| judge platform | `rk3588` |" in env
+    assert "why-1.png" not in md and "why-plots not drawn (--no-why)" in md
