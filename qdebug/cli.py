@@ -217,8 +217,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from qdebug.fileio import atomic_write
     from qdebug.pipeline import run_compare
     from qdebug.report.terminal import render_compare
+    from qdebug.tasks.cli import decoder_from_args, render_detection
+    from qdebug.tasks.evaluator import DetectionCollector, run_detection
 
     console = Console(highlight=False)
+    decoder = decoder_from_args(args)  # None without --task; checks --anchors/--labels/pycocotools up front
     graph, ds, calib = load_inputs(args)
     if args.backend == "rknn" and args.profile == "generic":
         args.profile = "rknn"
@@ -227,16 +230,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from qdebug.runners.sim import SimBackend
 
     backend = SimBackend(args.profile)
+    collector = DetectionCollector(graph, ds, decoder) if decoder is not None else None
+    hook = collector.add if collector is not None else None
     prog, cb = _progress_factory(err_console, args.quiet)
     if prog:
         with prog:
-            res = run_compare(graph, ds, cfg, backend, calib, progress=cb)
+            res = run_compare(graph, ds, cfg, backend, calib, progress=cb, on_sample=hook)
     else:
-        res = run_compare(graph, ds, cfg, backend, calib)
+        res = run_compare(graph, ds, cfg, backend, calib, on_sample=hook)
     res.command = args.command_line
     data = res.to_json()
     if mapping is not None:
         data["quant"]["calib_mapping"] = mapping.to_json()
+    if decoder is not None:
+        det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
+        data["detection"] = det.to_json()
+        for png in det.draw(args.draw) if args.draw else []:
+            console.print(f"wrote {png}")
     if vendor is not None:
         from qdebug.vendor_compare import rknn_compare
 
@@ -253,6 +263,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             from qdebug.report.terminal import render_vendor
 
             render_vendor(data["vendor"], console)
+        if "detection" in data:
+            render_detection(data["detection"], console)
     if args.json:
         atomic_write(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n",
                      protect=(args.model, args.data))
@@ -273,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=15, help="rows in the worst-ops table")
     c.add_argument("--all", action="store_true", help="print every tensor in execution order")
     c.add_argument("--quiet", "-q", action="store_true")
+    from qdebug.tasks.cli import add_task_args
+
+    add_task_args(c)
     c.set_defaults(func=cmd_compare)
     _register_more(sub)
     return ap

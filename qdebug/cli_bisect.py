@@ -37,6 +37,9 @@ def register(sub) -> None:
     b.add_argument("--rknn-proposal", action="store_true",
                    help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
     b.add_argument("--quiet", "-q", action="store_true")
+    from qdebug.tasks.cli import add_task_args
+
+    add_task_args(b, draw=False)
     b.set_defaults(func=cmd_bisect)
 
 
@@ -54,6 +57,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
+    from qdebug.tasks.cli import check_target_task, decoder_from_args
+    from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
+
+    check_target_task(args)  # a task metric in --target needs --task
+    decoder = decoder_from_args(args)  # None without --task
+    if decoder is not None and not args.target:
+        from qdebug.tasks import DEFAULT_TASK_TARGET
+
+        args.target = DEFAULT_TASK_TARGET
     graph, ds, calib = load_inputs(args)
     if args.backend == "rknn" and args.profile == "generic":
         args.profile = "rknn"
@@ -63,9 +75,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     backend = SimBackend(args.profile)
     judge = make_backend(args, ds) if args.backend != "sim" else None
     log = None if args.quiet else (lambda s: err_console.print(f"[dim]· {s}[/]"))
+    evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     try:
         doc = run_bisect(graph, ds, cfg, backend, args.target, prec, args.cut_search, calib, log=log,
-                         cut_threshold=args.cut_threshold, eval_backend=judge)
+                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator)
+        if decoder is not None and evaluator is not None:
+            nodes = doc["result"]["set"]
+            promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
+            doc["detection"] = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
+                                             labels=evaluator.labels).to_json()
         if judge is not None and getattr(judge, "name", "") == "rknn":
             _rknn_outputs(args, graph, ds, cfg, judge, doc, prec, log)
     finally:
@@ -77,6 +95,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     _exports(graph, doc, prec)
     if not args.quiet:
         render_bisect(doc, console)
+        if "detection" in doc:
+            from qdebug.tasks.cli import render_detection
+
+            render_detection(doc["detection"], console)
     if args.json:
         atomic_write(args.json, json.dumps(doc, indent=1, allow_nan=False) + "\n", protect=(args.model,))
         console.print(f"wrote {args.json}")

@@ -120,8 +120,13 @@ def environment() -> dict:
 
 
 def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
-                calib: Dataset | None = None, progress: Progress | None = None) -> CompareResult:
-    """Calibrate (unless done), then measure cumulative and isolated error of every float tensor."""
+                calib: Dataset | None = None, progress: Progress | None = None,
+                on_sample: Callable[[int, dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
+                ) -> CompareResult:
+    """Calibrate (unless done), then measure cumulative and isolated error of every float tensor.
+
+    `on_sample(k, float_values, quant_values)` sees each sample's tensors (e.g. the detection decoder).
+    """
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     if not backend.ranges:
@@ -161,6 +166,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         for i in inputs:
             qvals[i] = qvals.pop(i + "::q", sample[i])
         acc.update(fvals, qvals)
+        if on_sample is not None:
+            on_sample(k, fvals, qvals)
         del fvals, qvals
         if progress:
             progress("compare", 1, len(dataset))

@@ -60,9 +60,9 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     say("one-pass comparison (float, isolated, cumulative)")
     before = run_compare(graph, dataset, base, backend, calib)
     before_json = before.to_json()
+    if judge is not backend:  # also when a task evaluator (detection) judges through it
+        judge.prepare(graph, base, list(calib) if calib is not None else samples)
     if evaluator is None:
-        if judge is not backend:
-            judge.prepare(graph, base, list(calib) if calib is not None else samples)
         evaluator = TensorTargetEvaluator(graph, samples, judge, target)
     else:
         evaluator.target = target

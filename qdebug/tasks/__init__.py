@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 AGREEMENT_METRICS = {"map50_95_vs_float": True, "map50_vs_float": True, "recall_vs_float": True,
                      "lost_frac": False}
 LABEL_METRICS = {"map50_95": True, "map50": True}
+DEFAULT_TASK_TARGET = "map50_95_vs_float>=0.9"  # bisect --task without --target
 TASK_METRICS.update(AGREEMENT_METRICS)
 TASK_METRICS.update(LABEL_METRICS)
 
@@ -64,4 +65,4 @@ ALIASES = {"yolo11": "yolov8", "yolov11": "yolov8", "yolov7": "yolov5"}
 
 from qdebug.tasks import yolov5, yolov8  # noqa: E402,F401  (register the built-in decoders)
 
-__all__ = ["AGREEMENT_METRICS", "DECODERS", "LABEL_METRICS", "get_decoder", "register_decoder", "task_metrics_in"]
+__all__ = ["AGREEMENT_METRICS", "DECODERS", "DEFAULT_TASK_TARGET", "LABEL_METRICS", "get_decoder", "register_decoder", "task_metrics_in"]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from qdebug.errors import QDebugError
-from qdebug.tasks import DECODERS, get_decoder, task_metrics_in
+from qdebug.tasks import DECODERS, LABEL_METRICS, get_decoder, task_metrics_in
 from qdebug.tasks.base import Decoder
 
 
@@ -54,11 +55,15 @@ def decoder_from_args(args: argparse.Namespace) -> Decoder | None:
 
 
 def check_target_task(args: argparse.Namespace) -> None:
-    """Refuse a target with task metrics (map50_95_vs_float...) when no --task is given."""
+    """Refuse a target with task metrics without --task (or true-mAP metrics without --labels), before any run."""
     used = task_metrics_in(getattr(args, "target", None))
     if used and not getattr(args, "task", None):
         raise QDebugError(f"target uses task metric(s) {', '.join(used)} but no --task was given", where="--target",
                           fix="add --task yolov8 (or yolov5) so qdebug can decode the detections")
+    need = [m for m in used if m in LABEL_METRICS]
+    if need and not getattr(args, "labels", None):
+        raise QDebugError(f"target uses {', '.join(need)} (true mAP against labels) but no --labels were given",
+                          where="--target", fix="pass --labels, or use map50_95_vs_float (agreement with float)")
 
 
 def _f(v: float | None, spec: str = ".3f") -> str:
@@ -73,24 +78,26 @@ def render_detection(det: dict, console: Console, classes: int = 10) -> None:
                   f"NMS IoU {th['nms_iou']:g}; float detections are the reference, matched at IoU "
                   f"≥ {th['match_iou']:g})")
     sides = [("quantized", det["quantized"])] + ([("promoted", det["promoted"])] if det.get("promoted") else [])
-    tbl = Table(header_style="bold")
-    for col in ("run", "detections", "mAP50-95 vs float", "mAP50 vs float", "recall", "lost", "added",
-                "class flips", "mean IoU", "score shift"):
-        tbl.add_column(col, justify="left" if col == "run" else "right")
+    tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("run", "dets", "mAP50-95", "mAP50", "AR", "lost", "added", "flips", "IoU", "Δscore"):
+        tbl.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
     tbl.add_row("float", str(det["float"]["detections"]), "1.000", "1.000", "1.000", "-", "-", "-", "-", "-")
     for name, s in sides:
         m, c = s["metrics"], s["counts"]
-        lost = f"{c['lost']} ({100 * (m['lost_frac'] or 0):.0f}%)"
+        lost = f"{c['lost']} {100 * (m['lost_frac'] or 0):.0f}%"
         style = "green" if (m["map50_95_vs_float"] or 0) >= 0.9 else "yellow" if (m["map50_95_vs_float"] or 0) >= 0.7 \
             else "bold red"
         tbl.add_row(name, str(s["detections"]), f"[{style}]{_f(m['map50_95_vs_float'])}[/]",
                     _f(m["map50_vs_float"]), _f(m["recall_vs_float"]), lost, str(c["added"]),
-                    str(c["class_flips"]), _f(c["mean_iou"]), _f(c["mean_score_shift"], "+.3f"))
+                    str(c["class_flips"]), _f(c["mean_iou"], ".2f"), _f(c["mean_score_shift"], "+.2f"))
     console.print(tbl)
+    console.print("[dim]mAP and AR (COCO recall) against the float detections; lost/added at IoU ≥ 0.5; flips: "
+                  "lost to another class; IoU, Δscore: mean over matched pairs[/]")
     rows = [r for r in det["quantized"]["per_class"] if r["float"]]
     if len(rows) > 1:
         rows.sort(key=lambda r: (r["ap50_95"] if r["ap50_95"] is not None else 1.0, -r["float"]))
-        ct = Table(title=f"Per class (quantized, worst {min(classes, len(rows))} of {len(rows)})", header_style="bold")
+        console.print(f"Per class (quantized; worst {min(classes, len(rows))} of {len(rows)} classes by AP50-95)")
+        ct = Table(header_style="bold", box=box.SIMPLE_HEAD)
         for col in ("class", "float", "quantized", "AP50-95", "AP50", "lost", "added"):
             ct.add_column(col, justify="left" if col == "class" else "right")
         for r in rows[:classes]:
@@ -99,8 +106,9 @@ def render_detection(det: dict, console: Console, classes: int = 10) -> None:
         console.print(ct)
     lab = det.get("labels")
     if lab:
-        lt = Table(title=f"True mAP against {lab['format']} labels ({lab['images']} images, {lab['objects']} objects)",
-                   header_style="bold")
+        console.print(f"[bold]True mAP[/] against {lab['format']} labels ({lab['images']} images, "
+                      f"{lab['objects']} objects; COCO protocol, pycocotools)")
+        lt = Table(header_style="bold", box=box.SIMPLE_HEAD)
         runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
         lt.add_column("metric")
         for k in runs:

@@ -7,11 +7,15 @@ partner carry an "added" tag, so lost and shifted boxes are visible at a glance.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qdebug.tasks.agreement import agreement
 from qdebug.tasks.base import Detections
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
 
 GREEN = (0, 200, 0)
 RED = (230, 30, 30)
@@ -19,7 +23,7 @@ MIN_SIDE = 480  # small images are upscaled so boxes and tags stay readable
 MAX_TAGS = 40  # above this many boxes only "lost"/"added" boxes get a text tag
 
 
-def _dashed_rect(draw, box: tuple[float, float, float, float], color: tuple[int, int, int], width: int,
+def _dashed_rect(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], color: tuple[int, int, int], width: int,
                  dash: float = 6.0) -> None:
     x1, y1, x2, y2 = box
     for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
@@ -33,7 +37,7 @@ def _dashed_rect(draw, box: tuple[float, float, float, float], color: tuple[int,
                       fill=color, width=width)
 
 
-def draw_detections(image_path, float_dets: Detections, quant_dets: Detections, out_png: str | Path,
+def draw_detections(image_path: str | Path | np.ndarray | Image.Image, float_dets: Detections, quant_dets: Detections, out_png: str | Path,
                     names: dict[int, str] | None = None, match_iou: float = 0.5, label: str = "quantized") -> Path:
     """Draw float (green) and quantized (red dashed) boxes over `image_path` (path, PIL image or HxWx3 uint8).
 
@@ -84,3 +88,25 @@ def draw_detections(image_path, float_dets: Detections, quant_dets: Detections, 
     out.parent.mkdir(parents=True, exist_ok=True)
     im.save(out, format="PNG")
     return out
+
+
+def _dets(rows: list[dict]) -> Detections:
+    return Detections.make([r["box"] for r in rows], [r["score"] for r in rows], [r["class"] for r in rows])
+
+
+def draw_examples(section: dict, out_dir: str | Path, promoted: bool = False,
+                  names: dict[int, str] | None = None) -> list[Path]:
+    """Pictures of the `examples` of a `detection` JSON section (skips images whose file is gone)."""
+    out = Path(out_dir)
+    if names is None:
+        names = {r["class"]: r["name"] for r in section.get("quantized", {}).get("per_class", [])}
+    paths = []
+    for ex in section.get("examples", []):
+        test = ex.get("promoted") if promoted else ex.get("quantized")
+        if not ex.get("path") or test is None or not Path(ex["path"]).exists():
+            continue
+        png = out / f"detections_{Path(ex['image']).stem}{'_promoted' if promoted else ''}.png"
+        paths.append(draw_detections(ex["path"], _dets(ex["float"]), _dets(test), png, names=names,
+                                     match_iou=section["thresholds"]["match_iou"],
+                                     label="promoted" if promoted else "quantized"))
+    return paths

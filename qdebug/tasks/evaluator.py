@@ -229,9 +229,22 @@ class DetectionRun:
             "labels": lab,
             "per_image": per_image[:1000],
             "worst_images": [r["image"] for r in self.worst_images()],
+            "examples": self.examples(),
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
         }
+
+    def examples(self, n: int = 3) -> list[dict]:
+        """Detections of the `n` worst images (enough for a report to draw them from the JSON alone)."""
+        idx = {m.name: k for k, m in enumerate(self.metas)}
+        out = []
+        for r in self.worst_images(n):
+            k = idx[r["image"]]
+            path = self.metas[k].path
+            out.append({"image": r["image"], "path": str(path) if path else None,
+                        "float": self.float_dets[k].to_json(), "quantized": self.quant_dets[k].to_json(),
+                        "promoted": self.promoted_dets[k].to_json() if self.promoted_dets else None})
+        return out
 
     def worst_images(self, n: int = 3) -> list[dict]:
         """Images with the most lost + added detections (ties: most float detections)."""

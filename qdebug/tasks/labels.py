@@ -23,7 +23,7 @@ from qdebug.tasks.base import Detections, ImageMeta
 COCO_FIX = "pip install 'qdebug[coco]' (or: pip install pycocotools)"
 
 
-def require_pycocotools():
+def require_pycocotools() -> tuple[type, type]:
     """The pycocotools modules (COCO, COCOeval), or a one-line error naming the fix."""
     try:
         from pycocotools.coco import COCO
