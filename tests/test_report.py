@@ -360,3 +360,247 @@ def test_vendor_backend_sections(runs: dict[str, Path], tmp_path: Path) -> None:
     env = md.split("## Environment")[1].split("\n## ")[0]
     assert "| rknn toolkit | `2.3.2` |" in env and "| judge platform | `rk3588` |" in env
     assert "why-1.png" not in md and "why-plots not drawn (--no-why)" in md
+
+
+# ------------------------------------------------------------------ detection verdict (--task)
+@pytest.fixture(scope="module")
+def det_runs(fx, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """compare and bisect of the YOLOv8 fixture with --task yolov8 (a `detection` section), and their reports."""
+    d = tmp_path_factory.mktemp("report_det")
+    model, images = str(fx["yolov8"]), str(fx["images"])
+    assert main(["compare", model, "--data", images, "--task", "yolov8", "--json", str(d / "c.json"), "-q"]) == 0
+    assert main(["bisect", model, "--data", images, "--task", "yolov8", "--target", "map50_95_vs_float>=0.8",
+                 "--json", str(d / "b.json"), "-q"]) == 0
+    assert main(["report", str(d / "c.json"), "-o", str(d / "rep_compare"), "--no-why"]) == 0
+    assert main(["report", str(d / "b.json"), "-o", str(d / "rep_bisect"), "--no-why"]) == 0
+    return {"compare_json": d / "c.json", "bisect_json": d / "b.json", "compare": d / "rep_compare",
+            "bisect": d / "rep_bisect"}
+
+
+def _section(md: str, heading: str) -> str:
+    return md.split(f"\n## {heading}\n")[1].split("\n## ")[0]
+
+
+def _md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, body rows) of every table markdown-it parses, from its tokens."""
+    tables, rows, row, cell = [], [], [], None
+    for t in MarkdownIt("commonmark").enable("table").parse(md):
+        if t.type == "table_open":
+            rows = []
+        elif t.type == "tr_open":
+            row = []
+        elif t.type in ("th_open", "td_open"):
+            cell = ""
+        elif t.type == "inline" and cell is not None:
+            cell = t.content
+        elif t.type in ("th_close", "td_close"):
+            row.append(cell or "")
+            cell = None
+        elif t.type == "tr_close":
+            rows.append(row)
+        elif t.type == "table_close":
+            tables.append((rows[0], rows[1:]))
+    return tables
+
+
+def _check_markdown(md: str) -> None:
+    """Every table is a parsed, rectangular table; no raw HTML beyond <details>/<summary>."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(md)
+    separators = [ln for ln in md.split("\n") if re.fullmatch(r"\|(:?-{3,}:?\|)+", ln)]
+    assert len([t for t in tokens if t.type == "table_open"]) == len(separators)
+    for header, body in _md_tables(md):
+        assert all(len(r) == len(header) for r in body), header
+    for t in tokens:
+        if t.type == "html_block":
+            assert set(re.findall(r"</?([a-zA-Z]+)", t.content)) <= {"details", "summary"}, t.content
+        assert not [ch for ch in t.children or [] if ch.type == "html_inline"]
+    assert md.count("</summary>") == md.count("</summary>\n\n")
+
+
+def _external_refs(html_text: str) -> tuple[list[str], list[str]]:
+    """(external URLs, data: URIs) referenced by the page's tags."""
+
+    class Refs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refs: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.refs += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "poster", "data", "action")]
+
+    p = Refs()
+    p.feed(html_text)
+    return ([r for r in p.refs if re.match(r"\s*(https?:)?//", r, re.I)], [r for r in p.refs if r.startswith("data:")])
+
+
+def _f2(v: float) -> str:
+    return f"{v:.2f}"
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_detection_section_and_table(det_runs: dict[str, Path], which: str) -> None:
+    doc = json.loads(det_runs[f"{which}_json"].read_text())
+    det = doc["detection"]
+    md = (det_runs[which] / "report.md").read_text()
+    heads = _headings(md)
+    assert heads[heads.index("Outputs") + 1] == "Detection verdict"  # in the first screen, before the plots
+    sec = _section(md, "Detection verdict")
+    assert "Decoder `yolov8` (concat layout, 4 classes, outputs `output0`); confidence ≥ 0.25, NMS IoU 0.7" in sec
+    _check_markdown(md)
+    tables = _md_tables(sec)
+    header, body = tables[0]
+    assert header == ["run", "dets", "mAP50-95", "mAP50", "recall", "lost", "added", "flips", "mean IoU", "Δscore"]
+    q = det["quantized"]
+    assert body[0][:3] == ["float (reference)", str(det["float"]["detections"]), "1.000"]
+    assert body[1][:3] == ["quantized", str(q["detections"]), f"**{q['metrics']['map50_95_vs_float']:.3f}**"]
+    assert body[1][5] == f"{q['counts']['lost']} (100%)"  # the int8 run loses every detection
+    # per-class table (4 classes: inline, not collapsed), worst first
+    per_class = [t for t in tables if t[0][0] == "class"]
+    assert len(per_class) == 1 and len(per_class[0][1]) == 4
+    head = md.split("## Outputs")[0]
+    line = next(ln for ln in head.split("\n") if ln.startswith("- **Detections**"))
+    if which == "bisect":
+        p = det["promoted"]
+        assert len(body) == 3 and body[2][0] == "promoted (1 op → int16)"
+        assert body[2][2] == f"{p['metrics']['map50_95_vs_float']:.3f}"
+        assert per_class[0][0][-2:] == ["promoted AP50-95", "promoted lost"]
+        after = p["metrics"]["map50_95_vs_float"]
+        assert f"mAP50-95 vs float **0.00** → {_f2(after)} after promotion" in line
+        assert f"100% lost → {100 * p['metrics']['lost_frac']:.0f}% lost" in line
+        # the task clause of the target reads with its values (not "–")
+        assert "Failing before: detections map50_95_vs_float 0.000 (needs ≥ 0.8)" in head
+        assert f"detections map50_95_vs_float 0.000 → {after:.3f}" in head
+    else:
+        assert len(body) == 2
+        assert "mAP50-95 vs float **0.00** (mAP50 0.00); 100% lost of" in line
+    assert "[details](#detection-verdict)" in line
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_detection_pictures_are_valid_pngs(det_runs: dict[str, Path], which: str) -> None:
+    from PIL import Image
+
+    d = det_runs[which]
+    doc = json.loads(det_runs[f"{which}_json"].read_text())
+    md = (d / "report.md").read_text()
+    sec = _section(md, "Detection verdict")
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", sec)
+    n = len(doc["detection"]["examples"])
+    assert n == 3
+    want = [f"detections-{k}.png" for k in range(1, n + 1)]
+    if which == "bisect":  # float vs quantized, then float vs promoted, per image
+        want = [x for k in range(1, n + 1) for x in (f"detections-{k}.png", f"detections-{k}-promoted.png")]
+    assert linked == want
+    assert sorted(p.name for p in d.glob("detections-*.png")) == sorted(want)
+    ex = doc["detection"]["examples"][0]
+    assert f"*{ex['image']}: float (green) vs quantized (red, dashed): " in sec
+    for name in linked:
+        data = (d / name).read_bytes()
+        assert data[:8] == PNG_SIG and len(data) < 200_000, (name, len(data))
+        with Image.open(d / name) as im:
+            im.verify()
+        with Image.open(d / name) as im:
+            assert im.format == "PNG" and min(im.size) >= 240
+    # the plots section keeps only the plots
+    plots_sec = _section(md, "Plots")
+    assert "detections-" not in plots_sec and "snr.png" in plots_sec
+
+
+@pytest.mark.parametrize("which", ["compare", "bisect"])
+def test_detection_html_is_self_contained(det_runs: dict[str, Path], which: str) -> None:
+    text = (det_runs[which] / "report.html").read_text()
+    external, data = _external_refs(text)
+    assert not external and "<script" not in text and "url(" not in text
+    assert len(data) == len(list(det_runs[which].glob("*.png")))
+    assert '<h2 id="detection-verdict">Detection verdict</h2>' in text
+    assert '<a href="#detection-verdict">details</a>' in text
+    assert "missing)" not in text  # every Image block found its bytes
+
+
+def test_report_without_detection_renders_as_before(det_runs: dict[str, Path], runs: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    doc = json.loads(det_runs["compare_json"].read_text())
+    del doc["detection"]
+    paths = write_report(doc, tmp_path / "rep", why=False)
+    md = Path(paths["md"]).read_text()
+    assert "Detection verdict" not in md and "**Detections**" not in md and "detections-" not in md
+    assert not list((tmp_path / "rep").glob("detections-*.png"))
+    plain = (runs["compare"] / "report.md").read_text()
+    assert _headings(md) == _headings(plain)
+    _check_markdown(md)
+
+
+def test_detection_pictures_degrade_when_images_are_gone(det_runs: dict[str, Path], fx, tmp_path: Path) -> None:
+    doc = json.loads(det_runs["bisect_json"].read_text())
+    for ex in doc["detection"]["examples"]:
+        ex["path"] = str(tmp_path / "moved" / ex["image"])
+    doc["samples"]["source"] = str(tmp_path / "moved")
+    paths = write_report(copy.deepcopy(doc), tmp_path / "rep", why=False)
+    md = Path(paths["md"]).read_text()
+    sec = _section(md, "Detection verdict")
+    assert "detection pictures skipped for 3 example image(s)" in sec and "`--data FOLDER`" in sec
+    assert _md_tables(sec)[0][0][0] == "run"  # the tables stay
+    assert not list((tmp_path / "rep").glob("detections-*.png"))
+    assert "missing)" not in Path(paths["html"]).read_text()
+    _check_markdown(md)
+    # --data points at the images again: found by name
+    paths = write_report(doc, tmp_path / "rep2", data=str(fx["images"]), why=False)
+    assert len(list((tmp_path / "rep2").glob("detections-*.png"))) == 6
+    assert "pictures skipped" not in Path(paths["md"]).read_text()
+
+
+def test_detection_labels_classes_and_warnings(det_runs: dict[str, Path], tmp_path: Path) -> None:
+    """True mAP rows with --labels, many classes collapsed, warnings, and an almost empty section."""
+    doc = json.loads(det_runs["bisect_json"].read_text())
+    det = doc["detection"]
+    det["labels"] = {"source": "coco.json", "format": "coco", "images": 8, "objects": 40,
+                     "map50_95": {"float": 0.443, "quantized": 0.391, "promoted": 0.43},
+                     "map50": {"float": 0.61, "quantized": 0.55, "promoted": 0.6},
+                     "recall": {"float": 0.5, "quantized": 0.45, "promoted": 0.49}}
+    row = det["quantized"]["per_class"][0]
+    det["quantized"]["per_class"] = [dict(row, **{"class": k, "name": f"cls{k}", "ap50_95": k / 10}) for k in range(8)]
+    det["warnings"] = ["decoded boxes look implausible: 90 of 100 candidate boxes"]
+    paths = write_report(doc, tmp_path / "rep", why=False)
+    md = Path(paths["md"]).read_text()
+    sec = _section(md, "Detection verdict")
+    _check_markdown(md)
+    true = [t for t in _md_tables(sec) if t[0][0] == "metric"]
+    assert true and true[0][0] == ["metric", "float", "quantized", "promoted (1 op → int16)"]
+    assert true[0][1][0] == ["mAP50-95", "0.443", "0.391", "0.430"]
+    assert "true mAP50-95 float 0.443, quantized 0.391, promoted 0.430" in md.split("## Outputs")[0]
+    assert "<summary>Per class (8 classes with float detections, worst quantized AP50-95 first)</summary>" in sec
+    assert "- **warning:** decoded boxes look implausible" in sec
+    # a minimal section (no promoted run, no examples, undefined metrics) still renders
+    det.update(promoted=None, examples=[], labels=None, warnings=[])
+    det["quantized"]["metrics"] = {k: None for k in det["quantized"]["metrics"]}
+    det["quantized"]["counts"] = {"lost": 0, "added": 0}
+    paths = write_report(doc, tmp_path / "rep2", why=False)
+    sec = _section(Path(paths["md"]).read_text(), "Detection verdict")
+    assert _md_tables(sec)[0][1][1][2] == "–" and "no example pictures" in sec
+    assert not list((tmp_path / "rep2").glob("detections-*.png"))
+
+
+def test_large_detection_pictures_are_reduced(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from qdebug.report.build import _fit_png
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(buf, format="PNG")
+    assert len(buf.getvalue()) > 1_000_000
+    small = _fit_png(buf.getvalue())
+    assert small[:8] == PNG_SIG and len(small) <= 200_000
+    with Image.open(io.BytesIO(small)) as im:
+        assert im.width >= 200 and abs(im.width / im.height - 4 / 3) < 0.02
+    assert _fit_png(b"x" * 10) == b"x" * 10  # small pictures are left alone
+
+
+def test_detection_pictures_without_matplotlib(det_runs: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "available", lambda: False)  # the pictures need Pillow only
+    write_report(det_runs["compare_json"], tmp_path / "rep", why=False)
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == [f"detections-{k}.png" for k in (1, 2, 3)]

@@ -16,6 +16,7 @@ from qdebug.report.html import to_html
 from qdebug.report.schema import load_result, validate_result
 
 WHY_SAMPLES = 2  # inputs re-run for the why-plots
+PNG_LIMIT = 200_000  # bytes per picture; larger detection pictures are reduced to a palette, then downscaled
 
 
 def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, model: str | None = None,
@@ -36,6 +37,7 @@ def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, model: str
         raise QDebugError("--top must be at least 1", where="--top", fix="pass --top 15")
     ctx = md.Ctx(doc=doc, top=top)
     images = _plots(ctx, model, data, src.parent if src else None, why)
+    images.update(_detection_images(ctx, data, src.parent if src else None))
     blocks = md.build_blocks(ctx)
     text = md.to_markdown(blocks)
     warn = md.size_note(text)
@@ -69,7 +71,7 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
     from qdebug.report import plots
 
     if not plots.available():
-        ctx.notes.append(md.il("matplotlib is not installed, so this report has tables only (install the plot "
+        ctx.notes.append(md.il("matplotlib is not installed, so this report has no plots (install the plot "
                                "extra: ", md.c("pip install 'qdebug[plot]'"), ")."))
         return {}
     doc, before, after = ctx.doc, ctx.before, ctx.after
@@ -125,4 +127,108 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
                            "int range (red dashed lines; values outside are clipped) and the step; middle, float vs "
                            "quantized output; right, a zoom where half of the values lie (a staircase coarser than "
                            "the spread means the step is too coarse)."))
+    return images
+
+
+def _example_image(ex: dict, doc: dict, data: str | None, base: Path | None) -> Path | None:
+    """Find an example's image: its stored path, relative to the result's folder, or by name in --data / the input set."""
+    from qdebug.report.plots import _resolve
+
+    stored = ex.get("path")
+    name = ex.get("image") or (Path(stored).name if stored else None)
+    found = _resolve(stored, base) if stored else None
+    if found is not None and found.is_file():
+        return found
+    for folder in (data, doc.get("samples", {}).get("source")):
+        root = _resolve(folder, base)
+        if root is None or not root.is_dir():
+            continue
+        for cand in ([root / name] if name else []) + ([root / Path(stored).name] if stored else []):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _fit_png(data: bytes, limit: int = PNG_LIMIT) -> bytes:
+    """Keep a picture under `limit` bytes: an adaptive 256-colour palette first, then downscaling."""
+    if len(data) <= limit:
+        return data
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as src:
+        im = src.convert("RGB")
+    scale = 1.0
+    best = data
+    for _ in range(8):
+        cur = im if scale == 1.0 else im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                                Image.LANCZOS)
+        buf = io.BytesIO()
+        cur.quantize(256, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+        best = buf.getvalue()
+        if len(best) <= limit:
+            return best
+        scale *= max(0.5, min(0.9, (limit / len(best)) ** 0.5 * 0.95))
+    return best
+
+
+def _detection_images(ctx: md.Ctx, data: str | None, base: Path | None) -> dict[str, bytes]:
+    """Float-vs-quantized (and float-vs-promoted) pictures of the detection examples; notes when some cannot be drawn."""
+    det = md.detection_section(ctx.doc)
+    if det is None:
+        return {}
+    examples = [ex for ex in det.get("examples") or [] if isinstance(ex, dict)]
+    if not examples:
+        ctx.det_notes.append("no example pictures: the quantized run lost or added no detection on any image"
+                             if not det.get("worst_images") and "examples" in det
+                             else "no example pictures in this result.")
+        return {}
+    try:
+        from PIL import Image  # noqa: F401
+
+        from qdebug.tasks.draw import draw_examples
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        ctx.det_notes.append("detection pictures not drawn: Pillow is not installed.")
+        return {}
+    import tempfile
+
+    images: dict[str, bytes] = {}
+    missing: list[str] = []
+    per_image = {r.get("image"): r for r in det.get("per_image") or [] if isinstance(r, dict)}
+    has_promoted = isinstance(det.get("promoted"), dict)
+    with tempfile.TemporaryDirectory(prefix="qdebug-det-") as tmp:
+        for k, ex in enumerate(examples, start=1):
+            name = str(ex.get("image") or Path(str(ex.get("path") or f"image {k}")).name)
+            path = _example_image(ex, ctx.doc, data, base)
+            if path is None:
+                missing.append(name)
+                continue
+            row = per_image.get(ex.get("image")) or {}
+            runs = [("quantized", False)] + ([("promoted", True)] if has_promoted and ex.get("promoted") is not None
+                                             else [])
+            for run, promoted in runs:
+                section = dict(det, examples=[dict(ex, path=str(path))])
+                try:
+                    drawn = draw_examples(section, Path(tmp) / f"{k}-{run}", promoted=promoted)
+                except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable image, a malformed row
+                    ctx.det_notes.append(f"picture of {name} ({run}) not drawn: {exc.__class__.__name__}: {exc}")
+                    continue
+                if not drawn:
+                    continue
+                fname = f"detections-{k}{'-promoted' if promoted else ''}.png"
+                images[fname] = _fit_png(drawn[0].read_bytes())
+                lost = row.get("promoted_lost" if promoted else "lost")
+                added = row.get("promoted_added" if promoted else "added")
+                counts = (f": {row.get('float', '?')} float detections, {lost} lost, {added} added"
+                          if lost is not None and added is not None else "")
+                what = "promoted" if promoted else "quantized"
+                ctx.images.append((md.DETECTION_GROUP, fname, f"{name}: float vs {what} detections",
+                                   f"{name}: float (green) vs {'the promotion set applied' if promoted else what} "
+                                   f"(red, dashed){counts}."))
+    if missing:
+        shown = ", ".join(missing[:3])
+        ctx.det_notes.append(md.il(f"detection pictures skipped for {len(missing)} example image(s) ({shown}): the "
+                                   "file is not at the stored path nor in the input set (pass ", md.c("--data FOLDER"),
+                                   " with the images)."))
     return images
