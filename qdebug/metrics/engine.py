@@ -6,6 +6,7 @@ healthy box part in one per-tensor number.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from qdebug.graph.hazards import SCORE_OPS, trace_source
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.stats import Metrics, TensorStats
+from qdebug.metrics.stats import Metrics, TensorStats, XStats
 
 
 @dataclass
@@ -112,27 +113,29 @@ class CompareAccumulator:
                     self.zero_size.append(t)
                 continue
             self.shapes.setdefault(t, tuple(x.shape))
+            xs = XStats(x)
             y = qvals.get(t)
             if y is not None:
-                if not np.isfinite(y).all() and t not in self.nonfinite_quant:
+                self.cum[t].update(x, y, xs)
+                if not math.isfinite(self.cum[t].sdd) and t not in self.nonfinite_quant:
                     self.nonfinite_quant.append(t)
-                self.cum[t].update(x, y)
             iso_name = self.iso_map.get(t)
             yi = fvals.get(iso_name) if iso_name else None
             if yi is not None:
-                self.iso[t].update(x, yi)
+                self.iso[t].update(x, yi, xs)
             else:
-                self.iso[t].update_identical(x)
+                self.iso[t].update_identical(x, xs)
             for s in self.parts.get(t, []):
                 if s.stop <= s.start:
                     continue
-                xs = s.slice(x)
+                xp = s.slice(x)
+                xps = XStats(xp)
                 if y is not None:
-                    self.part_cum[(t, s.name)].update(xs, s.slice(y))
+                    self.part_cum[(t, s.name)].update(xp, s.slice(y), xps)
                 if yi is not None:
-                    self.part_iso[(t, s.name)].update(xs, s.slice(yi))
+                    self.part_iso[(t, s.name)].update(xp, s.slice(yi), xps)
                 else:
-                    self.part_iso[(t, s.name)].update_identical(xs)
+                    self.part_iso[(t, s.name)].update_identical(xp, xps)
 
     def cumulative(self, t: str) -> Metrics:
         return self.cum[t].result()

@@ -49,6 +49,18 @@ def _r(v: float | None, nd: int, g: bool = False) -> float | None:
     return float(f"{v:.{nd}g}") if g else round(float(v), nd)
 
 
+class XStats:
+    """Statistics of one float sample computed once and shared by every comparison against it."""
+
+    __slots__ = ("flat", "sxx", "xmin", "xmax")
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        self.sxx = float(np.dot(self.flat, self.flat)) if self.flat.size else 0.0
+        self.xmin = float(self.flat.min()) if self.flat.size else math.inf
+        self.xmax = float(self.flat.max()) if self.flat.size else -math.inf
+
+
 class TensorStats:
     """Running sums for one tensor pair; update() per sample, result() at the end."""
 
@@ -61,43 +73,45 @@ class TensorStats:
         self.xmin = math.inf
         self.xmax = -math.inf
 
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+    def update(self, x: np.ndarray, y: np.ndarray, xs: XStats | None = None) -> None:
         """Add one sample (any shape; flattened). Shapes must agree.
 
         Per-sample sums use float32 BLAS dot products (fast) and are accumulated across samples in
-        float64; cosine is derived from the difference sum in a cancellation-free form (see result()).
+        float64; <x,y> is derived from |x|², |y|² and |x−y|², and cosine from the difference sum in a
+        cancellation-free form (see metrics_from_sums). `xs` reuses the float tensor's own statistics
+        when the same x is compared several times (cumulative, isolated, parts).
         """
         if x.shape != y.shape:
             raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
         if x.size == 0:
             return
-        xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        xs = xs or XStats(x)
         yf = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
-        d = xf - yf
-        self.n += xf.size
-        sxx = float(np.dot(xf, xf))
-        self.sxx += sxx
-        self.syy += float(np.dot(yf, yf))
-        self.sxy += float(np.dot(xf, yf))
-        self.sdd += float(np.dot(d, d))
+        d = xs.flat - yf
+        syy = float(np.dot(yf, yf))
+        sdd = float(np.dot(d, d))
+        self.n += yf.size
+        self.sxx += xs.sxx
+        self.syy += syy
+        self.sxy += (xs.sxx + syy - sdd) / 2.0
+        self.sdd += sdd
         m = max(float(d.max()), -float(d.min()))
         if m > self.max_abs or math.isnan(m):
             self.max_abs = m
-        self.xmin = min(self.xmin, float(xf.min()))
-        self.xmax = max(self.xmax, float(xf.max()))
+        self.xmin = min(self.xmin, xs.xmin)
+        self.xmax = max(self.xmax, xs.xmax)
 
-    def update_identical(self, x: np.ndarray) -> None:
+    def update_identical(self, x: np.ndarray, xs: XStats | None = None) -> None:
         """Add a sample where the quantized value equals the float one (no own quantization)."""
         if x.size == 0:
             return
-        xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        sxx = float(np.dot(xf, xf))
-        self.n += xf.size
-        self.sxx += sxx
-        self.syy += sxx
-        self.sxy += sxx
-        self.xmin = min(self.xmin, float(xf.min()))
-        self.xmax = max(self.xmax, float(xf.max()))
+        xs = xs or XStats(x)
+        self.n += x.size
+        self.sxx += xs.sxx
+        self.syy += xs.sxx
+        self.sxy += xs.sxx
+        self.xmin = min(self.xmin, xs.xmin)
+        self.xmax = max(self.xmax, xs.xmax)
 
     def result(self) -> Metrics:
         if self.n == 0:
