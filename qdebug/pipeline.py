@@ -132,7 +132,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     if not backend.ranges:
         cal = calib or dataset
         total = len(cal) * (2 if config.scheme.calibrator != "minmax" else 1)
-        backend.prepare(graph, config, list(cal),
+        backend.prepare(graph, config, cal,
                         progress=(lambda k: progress("calibrate", k, total)) if progress else None)
     timing["calibrate_s"] = time.perf_counter() - t0
     ops: list[QuantOp] = backend.quant_ops(graph)

@@ -160,11 +160,15 @@ class _Emitter:
         hi = self.const((p.qmax - zp).astype(np.float32), "qhi")
         self._n += 1
         t = f"{y}::qdq{self._n}"
+        if shape:  # per-channel bounds broadcast: Max/Min
+            clip = [helper.make_node("Max", [t + "b", lo], [t + "c"], name=t + "/max"),
+                    helper.make_node("Min", [t + "c", hi], [t + "d"], name=t + "/min")]
+        else:  # scalar bounds: one Clip
+            clip = [helper.make_node("Clip", [t + "b", lo, hi], [t + "d"], name=t + "/clip")]
         self.nodes += [
             helper.make_node("Mul", [x, inv], [t + "a"], name=t + "/mul"),
             helper.make_node("Round", [t + "a"], [t + "b"], name=t + "/round"),
-            helper.make_node("Max", [t + "b", lo], [t + "c"], name=t + "/max"),
-            helper.make_node("Min", [t + "c", hi], [t + "d"], name=t + "/min"),
+            *clip,
             helper.make_node("Mul", [t + "d", sc], [y], name=t + "/dq"),
         ]
 

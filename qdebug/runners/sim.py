@@ -53,17 +53,20 @@ class SimBackend(Backend):
     def prepare(self, graph: ModelGraph, config: QuantConfig, calib: Iterable[dict[str, np.ndarray]],
                 progress: Callable[[int], None] | None = None) -> None:
         """Calibrate activation ranges on float runs (1 pass for minmax, 2 for histogram methods)."""
-        tensors = graph.activation_tensors() + [i.name for i in graph.inputs]
-        sess = OrtSession(graph.with_outputs(graph.activation_tensors()), threads=self.threads, source=graph.path)
+        tensors = self.calibration_tensors(graph)
+        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]), threads=self.threads,
+                          source=graph.path)
         cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
-        samples = list(calib) if not isinstance(calib, list) else calib
-        order = [i.name for i in graph.inputs] + graph.activation_tensors()
+        # a Dataset is re-iterable and loads lazily: keep it, not its samples (memory stays flat in N)
+        samples = calib if hasattr(calib, "__len__") else list(calib)
+        names = calib.names() if hasattr(calib, "names") else None
+        order = tensors
         for pass_idx in range(cal.passes):
             for k, sample in enumerate(samples):
                 vals = sess.run(sample)
                 vals.update(sample)
                 if pass_idx == 0:
-                    check_finite(graph, vals, order, str(k))
+                    check_finite(graph, vals, order, names[k] if names else str(k))
                 for t in tensors:
                     v = vals.get(t)
                     if v is not None and np.issubdtype(v.dtype, np.floating):
@@ -73,6 +76,47 @@ class SimBackend(Backend):
         self.ranges = cal.ranges(config.scheme.activation.bits or 8)
         self.float_minmax = cal.minmax()
         self.calibrated_samples = len(samples)
+        self._calib = (samples, config.scheme.calibrator, config.scheme.percentile,
+                       config.scheme.activation.bits or 8)
+
+    def ensure_ranges(self, graph: ModelGraph) -> None:
+        """Calibrate, on the same samples, quantization points of `graph` not seen yet (e.g. a tensor that was
+        inside a fused op before the graph was truncated there)."""
+        if not getattr(self, "_calib", None):
+            return
+        missing = [t for t in self.calibration_tensors(graph) if t not in self.ranges and t in graph.producer]
+        if not missing:
+            return
+        samples, method, pct, bits = self._calib
+        sess = OrtSession(graph.with_outputs(missing), threads=self.threads, source=graph.path)
+        cal = make_calibrator(method, pct)
+        for pass_idx in range(cal.passes):
+            for sample in samples:
+                vals = sess.run(sample)
+                for t in missing:
+                    v = vals.get(t)
+                    if v is not None and np.issubdtype(v.dtype, np.floating):
+                        cal.observe(pass_idx, t, v)
+        self.ranges.update(cal.ranges(bits))
+        self.float_minmax.update(cal.minmax())
+
+    def calibration_tensors(self, graph: ModelGraph) -> list[str]:
+        """Tensors whose ranges matter: quantization points of this profile plus the hazard checks' inputs.
+
+        Exposing only these (not tensors inside fused ops or after passthrough ops) keeps the calibration
+        pass close to a plain float pass.
+        """
+        want: set[str] = {i.name for i in graph.inputs}
+        for op in self.quant_ops(graph):
+            if op.kind in ("compute", "input"):
+                want.update(op.outputs)
+                want.update(t for _, _, t in op.inputs)
+        for node in graph.nodes:
+            scale = node.op_type in ("Mul", "Div") and any(graph.is_constant(i) for i in node.input if i)
+            if node.op_type == "Concat" or scale:
+                want.update(t for t in [*node.input, *node.output] if t and not graph.is_constant(t))
+        order = [i.name for i in graph.inputs] + graph.activation_tensors()
+        return [t for t in order if t in want]
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
         """The fused quantization units of `graph` under this profile (cached)."""
@@ -83,6 +127,7 @@ class SimBackend(Backend):
 
     def plan(self, graph: ModelGraph, config: QuantConfig) -> SimPlan:
         """Resolved precisions and parameters for `config`."""
+        self.ensure_ranges(graph)
         return plan(graph, self.quant_ops(graph), self.profile, config, self.ranges)
 
     # ---------------------------------------------------------------- models
