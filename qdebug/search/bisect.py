@@ -173,6 +173,11 @@ class PromotionSearch:
                 chosen = trial
         final = self.evaluate(chosen, "final")
         msg = f"target met by promoting {len(chosen)} op(s) to {self.precision.value}"
+        if len(chosen) > max(3, len(ranked) // 4):
+            msg += (f"; that is {len(chosen)} of {len(ranked)} ops: the error is spread over the network rather "
+                    "than concentrated in a few ops, so a mixed-precision patch is a poor fit — consider 16-bit "
+                    "activations for the whole model (--dtype int16, ATC --compile_mode 1), better calibration "
+                    "(--calibrator percentile/mse) or quantization-aware training")
         return SearchResult(final.score.passed, chosen, base.score, final.score, final, msg, self.records,
                             time.perf_counter() - t0, len(ranked))
 
