@@ -83,7 +83,7 @@ def _model(tmp_path):
 @pytest.fixture()
 def fake(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(FAKE))
-    for k in ("FAKE_RKNN_FAIL", "FAKE_RKNN_CRASH", "FAKE_RKNN_UNSUPPORTED"):
+    for k in ("FAKE_RKNN_FAIL", "FAKE_RKNN_CRASH", "FAKE_RKNN_UNSUPPORTED", "FAKE_RKNN_CRASH_KEY"):
         monkeypatch.delenv(k, raising=False)
     g = _model(tmp_path)
     be = RknnBackend(python=sys.executable, work_root=str(tmp_path / "work"))
@@ -127,6 +127,16 @@ def test_unpromotable_op_is_dropped_and_reported(fake, monkeypatch):
     monkeypatch.setenv("FAKE_RKNN_UNSUPPORTED", "y")
     outs = list(be.run(g, QuantConfig(overrides={"sub": Precision.INT16}), samples[1:2], ["y"]))
     assert "sub" in be.unpromotable and float(outs[0]["y"].ravel()[0]) == 2.0
+
+
+def test_crashing_and_unlisted_ops_are_isolated(fake, monkeypatch):
+    g, be, samples = fake
+    monkeypatch.setenv("FAKE_RKNN_CRASH_KEY", "y")  # the toolkit dies (no tensor named) when `sub` is int16
+    cfg = QuantConfig(overrides={"sub": Precision.INT16, "mul": Precision.INT16})
+    outs = list(be.run(g, cfg, samples[1:2], ["y"]))
+    assert "crashes" in be.unpromotable["sub"]  # found by group testing over the promoted ops
+    assert "no entry" in be.unpromotable["mul"]  # `m` is not a key of the toolkit's cfg
+    assert float(outs[0]["y"].ravel()[0]) == 2.0
 
 
 def test_run_folder_removed_unless_kept(fake):

@@ -220,6 +220,16 @@ class RknnBackend(Backend):
         step1 = self.hybrid_cfg(graph, outputs)
         text = Path(step1["cfg"]).read_text()
         cfg = RknnQuantCfg.parse(text, step1["cfg"])
+        from qdebug.errors import FormatError
+
+        for k in sorted(promoted):
+            try:
+                cfg.tensor_key(k, graph)
+            except FormatError:  # fused or renamed by the toolkit: no cfg entry to promote
+                self.unpromotable.setdefault(k, "no entry in the toolkit's quantization cfg (fused or renamed)")
+                promoted.pop(k)
+        if not promoted:
+            return None
         for prec in (Precision.INT16, Precision.FP16, Precision.FP32):
             nodes = sorted(k for k, p in promoted.items() if p == prec)
             if nodes:
@@ -270,11 +280,50 @@ class RknnBackend(Backend):
                         if hit:
                             culprit = hit
                             break
+                if culprit is None and patched:
+                    promoted = [k for k, v in overrides.items() if v != config.scheme.activation]
+                    bad = self._find_culprits(graph, config, outputs, inputs[:1], promoted)
+                    if not bad:
+                        raise
+                    for k in bad:
+                        self.unpromotable[k] = f"the toolkit crashes when it is promoted: {exc.problem[:160]}"
+                        overrides.pop(k, None)
+                    continue
                 if culprit is None:
                     raise
                 self.unpromotable[culprit] = m.group(0)  # type: ignore[union-attr]
                 overrides.pop(culprit)
         raise ToolkitError("too many ops the toolkit cannot promote", fix="rerun with --keep-work")
+
+    def _crashes(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str],
+                 keys: list[str]) -> bool:
+        cfg = QuantConfig(config.scheme, {k: config.overrides[k] for k in keys}, config.act_params,
+                          config.weight_params, config.compute_fp16, config.source)
+        req = self._base_req(graph, outputs)
+        patched = self.patched_cfg(graph, cfg, outputs)
+        if not patched:
+            return False
+        req["cfg_base"], req["cfg"] = patched
+        self.builds += 1
+        try:
+            self.worker.call("simulate", **req, inputs=inputs)
+            return False
+        except ToolkitError:
+            return True
+
+    def _find_culprits(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str],
+                       keys: list[str]) -> list[str]:
+        """Group testing over the promoted ops: the ones whose promotion alone makes the toolkit fail."""
+        if not keys:
+            return []
+        if len(keys) == 1:
+            return keys if self._crashes(graph, config, outputs, inputs, keys) else []
+        half = len(keys) // 2
+        out: list[str] = []
+        for part in (keys[:half], keys[half:]):
+            if self._crashes(graph, config, outputs, inputs, part):
+                out += self._find_culprits(graph, config, outputs, inputs, part)
+        return out
 
     def accuracy_analysis(self, graph: ModelGraph, sample: dict[str, np.ndarray]) -> dict:
         """Run the toolkit's per-tensor analysis on one sample; returns the worker's file paths."""
