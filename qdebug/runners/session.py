@@ -12,9 +12,12 @@ from qdebug.errors import ModelError
 class OrtSession:
     """An onnxruntime CPU session over an in-memory model, returning outputs by name."""
 
-    def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
+                 optimize_all: bool = False) -> None:
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # BASIC keeps fake-quantized graphs bit-stable; float-only passes (calibration) may use every fusion
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
+                                       else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads

@@ -55,7 +55,7 @@ class SimBackend(Backend):
         """Calibrate activation ranges on float runs (1 pass for minmax, 2 for histogram methods)."""
         tensors = self.calibration_tensors(graph)
         sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]), threads=self.threads,
-                          source=graph.path)
+                          source=graph.path, optimize_all=True)
         cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
         # a Dataset is re-iterable and loads lazily: keep it, not its samples (memory stays flat in N)
         samples = calib if hasattr(calib, "__len__") else list(calib)
