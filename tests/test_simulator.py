@@ -119,3 +119,19 @@ def test_truncate_keeps_only_needed_nodes():
     g, _, _ = _conv_relu()
     t = g.truncate(["c"])
     assert [n.name for n in t.nodes] == ["conv"] and t.outputs[0].name == "c"
+
+
+def test_fp16_override_rounds_to_half_precision():
+    """The Cast round trip survives onnxruntime's optimizers: fp16 ops really produce float16 values."""
+    g, _, _ = _conv_relu()
+    rng = np.random.default_rng(5)
+    samples = [{"x": rng.uniform(-1, 1, size=(1, 2, 4, 4)).astype(np.float32)}]
+    be = SimBackend("generic")
+    be.prepare(g, QuantConfig(), samples)
+    cfg = QuantConfig(overrides={"conv": Precision.FP16, "x": Precision.FP32})
+    out = next(be.run(g, cfg, samples, ["y"]))["y"]
+    np.testing.assert_array_equal(out, out.astype(np.float16).astype(np.float32))
+    from qdebug.runners.session import OrtSession
+
+    ref = OrtSession(g.model).run(samples[0])["y"]
+    assert not np.array_equal(out, ref) and np.allclose(out, ref, rtol=1e-3, atol=1e-3)
