@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed benchmark of `qdebug bisect` with the built-in simulator vs the naive one-op-at-a-time sweep (issue 4).
 
-    python benchmarks/bench_bisect.py                  # 16 images, three targets, naive sweep (~15-30 min)
+    python benchmarks/bench_bisect.py                  # 16 images, three targets, naive sweep (~10 min, quiet 2 cores)
     python benchmarks/bench_bisect.py --quick          # 4 images
     python benchmarks/bench_bisect.py --target "output0.score:snr_db>=20" --target default
 

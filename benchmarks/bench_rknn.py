@@ -247,7 +247,8 @@ def child_costs(model: Path, images: Path, n: int, target_expr: str, promote_op:
             step("toolkit proposal (hybrid_quantization_step1 proposal=True)",
                  lambda: rk.hybrid_cfg(graph, outs, proposal=True))
             prop = _score_proposal(rk, graph, ev, base, outs, step)
-        single = [s for s in steps if s["step"].startswith("step2 + simulate, 1 op") and "error" not in s]
+        single = [s for s in steps if s["step"].startswith("step2 + simulate, 1 op") and "error" not in s
+                  and "crash probe" not in s["step"]]
         return {"samples": len(samples), "candidates": len(cand), "cfg_less_ops": cfg_less,
                 "platform": PLATFORM, "steps": steps,
                 "plain_eval_s": steps[0]["wall_s"], "step1_s": steps[1]["wall_s"],

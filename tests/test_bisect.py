@@ -145,3 +145,21 @@ def test_bad_target_cli_exit_code(fx, capsys):
     rc = main(["bisect", str(fx["yolov8"]), "--data", str(fx["images"]), "--target", "outputX:cosine>=0.9", "-q"])
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "--target" in err and "output0" in err
+
+
+def test_hazard_ops_tried_when_all_promoted_misses():
+    """A judge whose all-promoted build is worse than the hazard ops alone (seen with rknn-toolkit2)."""
+    from qdebug.search.evaluate import Evaluator, Score
+
+    class Judge(Evaluator):
+        target = None
+
+        def evaluate(self, config):
+            promoted = {k for k, v in config.overrides.items() if v == Precision.INT16}
+            ok = "hz" in promoted and len(promoted) < 5
+            return Score({"t": 1.0 if ok else 0.0}, ok, 0.0 if ok else -1.0)
+
+    ranked = ["hz", "a", "b", "c", "d", "e", "f"]
+    res = PromotionSearch(Judge(), QuantConfig()).run(ranked, priority=1)
+    assert res.met and res.promoted == ["hz"]
+    assert [r.purpose for r in res.evaluations][:3] == ["baseline", "all-promoted", "hazard-ops"]

@@ -138,14 +138,23 @@ class PromotionSearch:
         self.records.append(rec)
         return rec
 
-    def run(self, ranked: list[str]) -> SearchResult:
-        """Smallest set (prefix bisection + pruning) meeting the target, or the plain fallback."""
+    def run(self, ranked: list[str], priority: int = 0) -> SearchResult:
+        """Smallest set (prefix bisection + pruning) meeting the target, or the plain fallback.
+
+        `priority`: how many top-ranked ops are flagged by hazards; they are tried on their own when
+        promoting everything misses the target (a vendor toolkit's all-int16 build is not always its best).
+        """
         t0 = time.perf_counter()
         base = self.evaluate([], "baseline")
         if base.score.passed:
             return SearchResult(True, [], base.score, base.score, base, "target met without promoting any op",
                                 self.records, time.perf_counter() - t0, len(ranked))
         full = self.evaluate(ranked, "all-promoted")
+        hi = len(ranked)
+        if not full.score.passed and 0 < priority < len(ranked):
+            hz = self.evaluate(ranked[:priority], "hazard-ops")
+            if hz.score.passed:
+                full, hi = hz, priority
         if not full.score.passed:
             best = max(self.records, key=lambda r: r.score.margin)
             msg = (f"even with all {len(ranked)} candidate ops at {self.precision.value} the target is missed "
@@ -157,7 +166,7 @@ class PromotionSearch:
                         "inputs")
             return SearchResult(False, [], base.score, full.score, best, msg, self.records,
                                 time.perf_counter() - t0, len(ranked))
-        lo, hi = 0, len(ranked)  # prefix(lo) fails, prefix(hi) passes
+        lo = 0  # prefix(lo) fails, prefix(hi) passes
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.evaluate(ranked[:mid], "prefix").score.passed:

@@ -82,7 +82,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
         cand -= {i.name for i in graph.inputs}
     ranked = rank_ops(ops, before_json, before_json["hazards"], cand)
     search = PromotionSearch(evaluator, base, precision, progress=say)
-    res = search.run([r.key for r in ranked])
+    res = search.run([r.key for r in ranked], priority=sum(1 for r in ranked if r.evidence["hazards"]))
     after_json = None
     if res.met and res.promoted:
         say("verification: full comparison with the promotion set (built-in simulator)")
