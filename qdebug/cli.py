@@ -121,7 +121,7 @@ def build_config(args: argparse.Namespace, graph):
     known = set(graph.node_by_name) | {i.name for i in graph.inputs}
     for node, prec, where in items:
         if node not in known:
-            node = _resolve_node(graph, node, where)
+            node = graph.resolve_node(node, where=where, error=QDebugError)
         try:
             overrides[node] = Precision.parse(prec)
         except ValueError as exc:
@@ -151,17 +151,6 @@ def _mapping_notes(report) -> list[str]:
         notes.append(f"{len(report.nodes_without_record)} quantized op(s) have no record and were calibrated "
                      f"by qdebug, e.g. {', '.join(report.nodes_without_record[:3])}")
     return notes
-
-
-def _resolve_node(graph, name: str, where: str) -> str:
-    """Accept a node name, or a tensor name (mapped to its producer); else a clear error with suggestions."""
-    if name in graph.producer:
-        return graph.producer[name].name
-    import difflib
-
-    close = difflib.get_close_matches(name, list(graph.node_by_name), n=3)
-    raise QDebugError(f"unknown layer name '{name}'", file=graph.path, where=where,
-                      fix=("did you mean " + ", ".join(close)) if close else "use an ONNX node name from `qdebug compare --all`")
 
 
 def load_inputs(args: argparse.Namespace):

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import Dataset
-from qdebug.metrics.engine import CompareAccumulator, concat_parts
+from qdebug.metrics.engine import concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map
@@ -37,7 +35,7 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
         if first and parts:
             need = sorted({p.source for ps in parts.values() for p in ps})
             vals = OrtSession(graph.with_outputs(need), source=graph.path).run(s)
-            CompareAccumulator(graph, [], {}, parts)._resolve_parts({**vals, **f, **s})
+            resolve_parts(graph, parts, {**vals, **f, **s})
             first = False
         for o in outs:
             stats[o].update(f[o], q[o])
@@ -104,7 +102,3 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
         "disagreements": disagreements[:20],
         "builds": rk.builds,
     }
-
-
-def _finite(v) -> bool:
-    return v is not None and np.isfinite(v)

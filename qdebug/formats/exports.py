@@ -7,7 +7,6 @@ to their producer). Stacks without an int16 mode get float16, and say so in a co
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable
 
@@ -33,13 +32,7 @@ def resolve_nodes(graph: ModelGraph | None, names: list[str]) -> list[str]:
         return list(dict.fromkeys(names))
     out: list[str] = []
     for name in names:
-        node = name
-        if node not in graph.node_by_name and node in graph.producer:
-            node = graph.producer[node].name
-        if node not in graph.node_by_name:
-            close = difflib.get_close_matches(name, list(graph.node_by_name), n=3)
-            raise QDebugError(f"unknown layer name '{name}'", file=graph.path,
-                              fix=("did you mean " + ", ".join(close)) if close else "use an ONNX node name")
+        node = graph.resolve_node(name, error=QDebugError)
         if node not in out:
             out.append(node)
     return out

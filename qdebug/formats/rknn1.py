@@ -7,7 +7,6 @@ keys back to ONNX nodes by op type and name; promotion edits the text like the r
 
 from __future__ import annotations
 
-import difflib
 import re
 
 import yaml
@@ -143,13 +142,7 @@ class Rknn1QuantizeLayers(VendorFile):
         entries: list[tuple[str, str]] = []
         guessed: list[str] = []
         for name in layers:
-            node = name
-            if node not in graph.node_by_name and node in graph.producer:
-                node = graph.producer[node].name
-            if node not in graph.node_by_name:
-                close = difflib.get_close_matches(name, list(graph.node_by_name), n=3)
-                raise FormatError(f"unknown layer name '{name}'", file=graph.path,
-                                  fix=("did you mean " + ", ".join(close)) if close else "use an ONNX node name")
+            node = graph.resolve_node(name, error=FormatError)
             keys = by_node.get(node) or [acuity_key(graph, node)]
             if node not in by_node:
                 guessed.append(keys[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qdebug.errors import ModelError
+from qdebug.errors import ModelError, QDebugError
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
@@ -180,6 +181,18 @@ class ModelGraph:
                     val = np.array(list(a.ints), dtype=np.int64)
         self._const_cache[tensor] = val
         return val
+
+    def resolve_node(self, name: str, *, where: str | None = None,
+                     error: type[QDebugError] = ModelError) -> str:
+        """A node name as given, or a tensor name mapped to its producer; else `error` with close matches."""
+        if name in self.node_by_name:
+            return name
+        if name in self.producer:
+            return self.producer[name].name
+        close = difflib.get_close_matches(name, list(self.node_by_name), n=3)
+        raise error(f"unknown layer name '{name}'", file=self.path, where=where,
+                    fix=("did you mean " + ", ".join(close)) if close
+                    else "use an ONNX node name (listed by `qdebug compare --all`)")
 
     def is_float(self, tensor: str) -> bool:
         """Whether a tensor carries float data (unknown types count as float unless produced by shape ops)."""

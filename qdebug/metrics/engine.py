@@ -64,6 +64,23 @@ def concat_parts(g: ModelGraph, tensors: Sequence[str]) -> dict[str, list[PartSp
     return out
 
 
+def resolve_parts(g: ModelGraph, parts: dict[str, list[PartSpec]], values: dict[str, np.ndarray]) -> None:
+    """Fill each part's axis/start/stop from one sample's values of the Concat inputs (or constants)."""
+    for t, specs in parts.items():
+        out = values.get(t)
+        if out is None:
+            continue
+        ax = specs[0].axis % out.ndim
+        pos = 0
+        for s in specs:
+            v = values.get(s.source)
+            if v is None:
+                v = g.const_value(s.source)
+            n = int(v.shape[ax]) if v is not None and v.ndim == out.ndim else 0
+            s.axis, s.start, s.stop = ax, pos, pos + n
+            pos += n
+
+
 class CompareAccumulator:
     """Running metrics for cumulative and isolated errors of every tensor and Concat part."""
 
@@ -84,19 +101,7 @@ class CompareAccumulator:
         self._resolved = False
 
     def _resolve_parts(self, fvals: dict[str, np.ndarray]) -> None:
-        for t, specs in self.parts.items():
-            out = fvals.get(t)
-            if out is None:
-                continue
-            ax = specs[0].axis % out.ndim
-            pos = 0
-            for s in specs:
-                v = fvals.get(s.source)
-                if v is None:
-                    v = self.g.const_value(s.source)
-                n = int(v.shape[ax]) if v is not None and v.ndim == out.ndim else 0
-                s.axis, s.start, s.stop = ax, pos, pos + n
-                pos += n
+        resolve_parts(self.g, self.parts, fvals)
         self._resolved = True
 
     def update(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:

@@ -64,11 +64,11 @@ class XStats:
 class TensorStats:
     """Running sums for one tensor pair; update() per sample, result() at the end."""
 
-    __slots__ = ("n", "sxx", "syy", "sxy", "sdd", "max_abs", "xmin", "xmax")
+    __slots__ = ("n", "sxx", "syy", "sdd", "max_abs", "xmin", "xmax")
 
     def __init__(self) -> None:
         self.n = 0
-        self.sxx = self.syy = self.sxy = self.sdd = 0.0
+        self.sxx = self.syy = self.sdd = 0.0
         self.max_abs = 0.0
         self.xmin = math.inf
         self.xmax = -math.inf
@@ -93,7 +93,6 @@ class TensorStats:
         self.n += yf.size
         self.sxx += xs.sxx
         self.syy += syy
-        self.sxy += (xs.sxx + syy - sdd) / 2.0
         self.sdd += sdd
         m = max(float(d.max()), -float(d.min()))
         if m > self.max_abs or math.isnan(m):
@@ -109,14 +108,15 @@ class TensorStats:
         self.n += x.size
         self.sxx += xs.sxx
         self.syy += xs.sxx
-        self.sxy += xs.sxx
         self.xmin = min(self.xmin, xs.xmin)
         self.xmax = max(self.xmax, xs.xmax)
 
     def result(self) -> Metrics:
         if self.n == 0:
             return Metrics(None, None, None, None)
-        return metrics_from_sums(self.sxx, self.syy, self.sxy, self.sdd, self.max_abs)
+        # <x,y> = (|x|² + |y|² − |x−y|²) / 2, so it is derived rather than accumulated
+        return metrics_from_sums(self.sxx, self.syy, (self.sxx + self.syy - self.sdd) / 2.0, self.sdd,
+                                 self.max_abs)
 
 
 def metrics_from_sums(sxx: float, syy: float, sxy: float, sdd: float, max_abs: float) -> Metrics:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -254,12 +255,8 @@ class RknnBackend(Backend):
         """Build + simulate; an op the toolkit cannot run at the promoted dtype is dropped and remembered."""
         overrides = {k: v for k, v in config.overrides.items() if k not in self.unpromotable}
         for _ in range(8):
-            cfg = QuantConfig(config.scheme, overrides, config.act_params, config.weight_params,
-                              config.compute_fp16, config.source)
-            req = self._base_req(graph, outputs)
-            patched = self.patched_cfg(graph, cfg, outputs)
-            if patched:
-                req["cfg_base"], req["cfg"] = patched
+            req = self._build_request(graph, replace(config, overrides=overrides), outputs)
+            patched = "cfg" in req
             self.builds += 1
             try:
                 return self.worker.call("simulate", **req, inputs=inputs)
@@ -295,15 +292,20 @@ class RknnBackend(Backend):
                 overrides.pop(culprit)
         raise ToolkitError("too many ops the toolkit cannot promote", fix="rerun with --keep-work")
 
+    def _build_request(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> dict:
+        """Worker request for a build: plain, or hybrid with the config's promotions in a patched cfg."""
+        req = self._base_req(graph, outputs)
+        patched = self.patched_cfg(graph, config, outputs)
+        if patched:
+            req["cfg_base"], req["cfg"] = patched
+        return req
+
     def _crashes(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str],
                  keys: list[str]) -> bool:
-        cfg = QuantConfig(config.scheme, {k: config.overrides[k] for k in keys}, config.act_params,
-                          config.weight_params, config.compute_fp16, config.source)
-        req = self._base_req(graph, outputs)
-        patched = self.patched_cfg(graph, cfg, outputs)
-        if not patched:
+        req = self._build_request(graph, replace(config, overrides={k: config.overrides[k] for k in keys}),
+                                  outputs)
+        if "cfg" not in req:
             return False
-        req["cfg_base"], req["cfg"] = patched
         self.builds += 1
         try:
             self.worker.call("simulate", **req, inputs=inputs)

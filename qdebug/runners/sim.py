@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -163,8 +162,3 @@ class SimBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "profile": self.profile.name, "quantize_at": self.profile.quantize_at,
                 "fuse": self.profile.fuse}
-
-
-def finite_or_none(v: float) -> float | None:
-    """JSON-safe float."""
-    return v if v is not None and math.isfinite(v) else None

@@ -20,7 +20,7 @@ import numpy as np
 
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.engine import concat_parts
+from qdebug.metrics.engine import concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats, json_float
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.base import Backend
@@ -269,9 +269,7 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
         pstats: dict[str, TensorStats] = {}
         specs = part_specs.get(t, [])
         if specs:
-            from qdebug.metrics.engine import CompareAccumulator
-
-            CompareAccumulator(graph, [], {}, {t: specs})._resolve_parts({**refs[0], **samples[0]})
+            resolve_parts(graph, {t: specs}, {**refs[0], **samples[0]})
         for ref, out in zip(refs, backend.run(sub, config, samples, [t]), strict=True):
             stats.update(ref[t], out[t])
             for s in specs:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.engine import PartSpec, concat_parts
+from qdebug.metrics.engine import PartSpec, concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
@@ -56,26 +56,17 @@ class TensorTargetEvaluator(Evaluator):
         self.backend = backend
         self.target = target
         self.tensors = target.tensors()
-        fs = OrtSession(graph.with_outputs(self.tensors), source=graph.path)
-        self.reference = []
-        for s in self.samples:
-            vals = fs.run(s)
-            vals.update({k: v for k, v in s.items() if k in self.tensors})
-            self.reference.append({t: vals[t] for t in self.tensors})
         self.parts: dict[str, list[PartSpec]] = concat_parts(graph, self.tensors)
-        self._resolve_parts()
-
-    def _resolve_parts(self) -> None:
-        from qdebug.metrics.engine import CompareAccumulator
-
-        if not self.parts or not self.samples:
-            return
-        need = sorted({s.source for ss in self.parts.values() for s in ss} - set(self.tensors))
-        fs = OrtSession(self.graph.with_outputs(need + self.tensors), source=self.graph.path)
-        vals = fs.run(self.samples[0])
-        vals.update(self.samples[0])
-        acc = CompareAccumulator(self.graph, [], {}, self.parts)
-        acc._resolve_parts(vals)
+        # one float session gives the references and, on the first sample, the Concat part sizes
+        sources = sorted({p.source for ps in self.parts.values() for p in ps} - set(self.tensors))
+        fs = OrtSession(graph.with_outputs(self.tensors + sources), source=graph.path)
+        self.reference = []
+        for k, s in enumerate(self.samples):
+            vals = fs.run(s)
+            vals.update(s)
+            if k == 0 and self.parts:
+                resolve_parts(graph, self.parts, vals)
+            self.reference.append({t: vals[t] for t in self.tensors})
 
     def clause_stats(self) -> dict[str, TensorStats]:
         return {c.text(): TensorStats() for c in self.target.clauses if c.tensor}
