@@ -76,3 +76,24 @@ def test_errors(tmp_path):
         load_dataset(tmp_path / "e", g)
     with pytest.raises(Exception, match="dynamic"):
         load_dataset(tmp_path / "e", _graph(["N", 3, "H", "W"]))
+
+
+def test_second_pass_reuses_decoded_samples_within_budget(tmp_path, monkeypatch):
+    """Calibration and comparison iterate the data set twice; decoded samples are kept up to the byte
+    budget (and shared read-only), beyond it they are decoded again, so memory stays bounded."""
+    for k in range(4):
+        _solid(tmp_path / f"im{k}.png", (16, 16), (10 * k, 20, 30))
+    ds = load_dataset(str(tmp_path), _graph([1, 3, 16, 16]), Preprocess())
+    per = 3 * 16 * 16 * 4
+    ds.cache_bytes = 2 * per  # room for two samples
+    import qdebug.inputs.dataset as mod
+
+    calls = []
+    real = mod._load_image
+    monkeypatch.setattr(mod, "_load_image", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    first = [s["x"].copy() for s in ds]
+    second = list(ds)
+    assert calls == ["im0.png", "im1.png", "im2.png", "im3.png", "im2.png", "im3.png"]
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b["x"])
+    assert not second[0]["x"].flags.writeable and second[3]["x"].flags.writeable

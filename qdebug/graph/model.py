@@ -114,19 +114,31 @@ class ModelGraph:
 
     @staticmethod
     def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-        import networkx as nx  # imported here: it costs ~0.2 s at start-up
+        """Kahn's algorithm taking the lowest original index first: the file's order wherever it is valid
+        (what networkx's lexicographical_topological_sort gives, without its 0.2 s import)."""
+        import heapq
 
         produced = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-        dg = nx.DiGraph()
-        dg.add_nodes_from(range(len(nodes)))
+        succ: list[set[int]] = [set() for _ in nodes]
+        indeg = [0] * len(nodes)
         for k, n in enumerate(nodes):
             for i in n.input:
-                if i in produced and produced[i] != k:
-                    dg.add_edge(produced[i], k)
-        try:
-            order = list(nx.lexicographical_topological_sort(dg))
-        except nx.NetworkXUnfeasible:
-            raise ModelError("graph has a cycle", fix="re-export the model") from None
+                src = produced.get(i)
+                if src is not None and src != k and k not in succ[src]:
+                    succ[src].add(k)
+                    indeg[k] += 1
+        ready = [k for k, d in enumerate(indeg) if d == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            k = heapq.heappop(ready)
+            order.append(k)
+            for j in succ[k]:
+                indeg[j] -= 1
+                if indeg[j] == 0:
+                    heapq.heappush(ready, j)
+        if len(order) != len(nodes):
+            raise ModelError("graph has a cycle", fix="re-export the model")
         return [nodes[k] for k in order]
 
     def _find_constants(self) -> set[str]:

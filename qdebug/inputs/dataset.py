@@ -14,6 +14,7 @@ import numpy as np
 from qdebug.errors import DataError
 from qdebug.graph.model import ModelGraph
 
+CACHE_BYTES = 128 * 2**20
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARRAY_EXT = {".npy", ".npz"}
 
@@ -59,6 +60,11 @@ class Dataset:
     input_dtypes: dict[str, np.dtype]
     preprocess: Preprocess | None = None
     letterbox: dict[str, Letterbox] = field(default_factory=dict)
+    # decoded samples kept for the next pass (calibration, then comparison) up to this many bytes; the
+    # budget bounds memory whatever the data set size (docs/benchmarks.md)
+    cache_bytes: int = field(default=CACHE_BYTES, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _cached_bytes: int = field(default=0, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -67,8 +73,17 @@ class Dataset:
         return [f"{p.name}" + (f"[{k}:{i}]" if k is not None else "") for p, k, i in self.entries]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for entry in self.entries:
-            yield self.load(entry)
+        for k, entry in enumerate(self.entries):
+            sample = self._cache.get(k)
+            if sample is None:
+                sample = self.load(entry)
+                size = sum(a.nbytes for a in sample.values())
+                if self._cached_bytes + size <= self.cache_bytes:
+                    for a in sample.values():
+                        a.flags.writeable = False  # shared between passes: nobody may edit it in place
+                    self._cache[k] = sample
+                    self._cached_bytes += size
+            yield sample
 
     def load(self, entry: tuple[Path, str | None, int | None]) -> dict[str, np.ndarray]:
         """Load and check one sample."""

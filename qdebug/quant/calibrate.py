@@ -31,11 +31,14 @@ class Calibrator(ABC):
         if x.size == 0:
             return
         if pass_idx == 0:
-            mn, mx = float(np.min(x)), float(np.max(x))
-            self.lo[tensor] = min(self.lo.get(tensor, math.inf), mn)
-            self.hi[tensor] = max(self.hi.get(tensor, -math.inf), mx)
+            self.observe_range(tensor, float(np.min(x)), float(np.max(x)))
         else:
             self.observe_hist(tensor, x)
+
+    def observe_range(self, tensor: str, mn: float, mx: float) -> None:
+        """First-pass update from one sample's min and max (when the caller already has them)."""
+        self.lo[tensor] = min(self.lo.get(tensor, math.inf), mn)
+        self.hi[tensor] = max(self.hi.get(tensor, -math.inf), mx)
 
     def observe_hist(self, tensor: str, x: np.ndarray) -> None:  # noqa: B027  (only histogram methods need it)
         """Second-pass hook; MinMax has no second pass."""

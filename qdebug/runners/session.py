@@ -19,6 +19,9 @@ class OrtSession:
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
                                        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         so.log_severity_level = 3
+        # no busy-waiting between runs: qdebug alternates sessions and numpy work, which spinning
+        # worker threads would slow down on a small machine
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = threads
         try:

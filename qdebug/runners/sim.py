@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -64,11 +65,17 @@ class SimBackend(Backend):
             for k, sample in enumerate(samples):
                 vals = sess.run(sample)
                 vals.update(sample)
-                if pass_idx == 0:
-                    check_finite(graph, vals, order, names[k] if names else str(k))
                 for t in tensors:
                     v = vals.get(t)
-                    if v is not None and np.issubdtype(v.dtype, np.floating):
+                    if v is None or not np.issubdtype(v.dtype, np.floating) or v.size == 0:
+                        continue
+                    if pass_idx == 0:
+                        # min/max propagate NaN and Inf, so they double as the finiteness check
+                        mn, mx = float(v.min()), float(v.max())
+                        if not (math.isfinite(mn) and math.isfinite(mx)):
+                            check_finite(graph, vals, order, names[k] if names else str(k))
+                        cal.observe_range(t, mn, mx)
+                    else:
                         cal.observe(pass_idx, t, v)
                 if progress:
                     progress(1)
