@@ -157,34 +157,20 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
     t2 = time.perf_counter()
     order = graph.activation_tensors()
-
-    def consume(k: int, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
+    for k, sample in enumerate(dataset):
+        fvals = asess.run(sample)
+        if calib is not None:
+            check_finite(graph, fvals, order, dataset.names()[k])
+        fvals.update(sample)
+        qvals = qsess.run(sample)
+        for i in inputs:
+            qvals[i] = qvals.pop(i + "::q", sample[i])
         acc.update(fvals, qvals)
         if on_sample is not None:
             on_sample(k, fvals, qvals)
+        del fvals, qvals
         if progress:
             progress("compare", 1, len(dataset))
-
-    # the metrics of sample k (numpy, releases the GIL) overlap the onnxruntime runs of sample k+1;
-    # at most one sample waits, so memory stays at two samples' tensors whatever N is
-    from concurrent.futures import ThreadPoolExecutor
-
-    pending = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdebug-metrics") as pool:
-        for k, sample in enumerate(dataset):
-            fvals = asess.run(sample)
-            if calib is not None:
-                check_finite(graph, fvals, order, dataset.names()[k])
-            fvals.update(sample)
-            qvals = qsess.run(sample)
-            for i in inputs:
-                qvals[i] = qvals.pop(i + "::q", sample[i])
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(consume, k, fvals, qvals)
-            del fvals, qvals
-        if pending is not None:
-            pending.result()
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     return _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
