@@ -324,6 +324,9 @@ def launch_once(kind: str, n: int, model: Path, images: Path, out: Path, limit_g
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    # byte-code caching as on any installed copy (some CI images turn it off; that adds ~0.1 s of compiling
+    # qdebug's modules to every run)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
     busy0 = _cpu_busy_s()
     proc = subprocess.Popen(
@@ -466,6 +469,15 @@ def compute_ratios(rows: dict, ort_ns: list[int]) -> dict:
         ),
         "ort_time_over_qdebug_time": {},
     }
+    # cost of one more image: (wall(64) - wall(8)) / 56 against the baseline's per-image cost; the fixed
+    # part (start-up, loading, model building, first-run warm-up) is what 8 images do not amortize
+    qw64 = _get(rows, q64, "wall_s")
+    if qw8 is not None and qw64 is not None and base:
+        per_image = (qw64 - qw8) / 56.0
+        r["qdebug_marginal_per_image_over_baseline"] = per_image / (base / 8.0)
+        r["qdebug_fixed_s"] = qw8 - 8 * per_image
+    else:
+        r["qdebug_marginal_per_image_over_baseline"] = r["qdebug_fixed_s"] = None
     for n in ort_ns:
         qn = _get(rows, f"qdebug_compare_{n}", "wall_s")
         r["ort_time_over_qdebug_time"][str(n)] = _ratio(_get(rows, f"ort_flow_{n}", "wall_s"), qn)
@@ -555,6 +567,9 @@ def markdown(results: dict) -> str:
         f"{_fmt(rt['qdebug_wall8_over_baseline'], '.1f')} | ≤ {TARGET_TIME_RATIO} | {met(t['time_ratio'])} |",
         f"| same, compare phase only (no load/calibration/build) | "
         f"{_fmt(rt['qdebug_compare_phase8_over_baseline'], '.1f')} | | |",
+        f"| same per extra image: (wall(64) − wall(8)) / 56 over the baseline per image | "
+        f"{_fmt(rt.get('qdebug_marginal_per_image_over_baseline'), '.1f')} | | fixed part "
+        f"{_fmt(rt.get('qdebug_fixed_s'), '.1f')} s |",
         f"| same in CPU seconds (whole compare vs the two passes) | "
         f"{_fmt(rt['qdebug_cpu8_over_baseline_cpu'], '.1f')} | | |",
         f"| ORT flow peak RSS (8) / qdebug peak RSS (8) | {_fmt(rt['ort_rss8_over_qdebug_rss8'], '.1f')} | | |",
