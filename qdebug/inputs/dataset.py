@@ -1,6 +1,7 @@
 """Input data sets: image folders with vendor-style preprocessing, or .npy/.npz files of ready tensors.
 
-Samples are loaded lazily, one at a time, so a large folder never sits in memory at once.
+Samples are loaded lazily, one at a time, so a large folder never sits in memory at once; a second pass
+(comparison after calibration) reuses decoded samples up to a fixed byte budget.
 """
 
 from __future__ import annotations
