@@ -31,20 +31,16 @@ import os
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, prepare_inputs, wait_for_quiet
+
 DEFAULT_OUT = HERE / "out" / "bisect"
-MODEL_NAME = "yolov8_bench.onnx"
-IMAGES_DIR = "images"
 N_IMAGES = 16
 QUICK_IMAGES = 4
-IMAGE_SIZE = (640, 480)  # (W, H) as fixtures.data.make_images takes it
 RESULT_TAG = "BENCH_RESULT "
 TARGET_WALL_S = 180.0
 # A 1-op fix (the output Concat shares one scale between boxes in pixels and scores in 0..1), a target
@@ -53,58 +49,12 @@ DEFAULT_TARGETS = ["output0.score:snr_db>=12", "output0.score:snr_db>=25", "defa
 
 
 # ===================================================================== helpers
-def _cpu_busy_s() -> float:
-    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat; 0 where unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> float:
-    """Wait (up to max_wait_s) until other processes use < threshold_cores; returns the last reading."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0, t0 = _cpu_busy_s(), time.monotonic()
-        time.sleep(1.0)
-        busy = (_cpu_busy_s() - b0) / (time.monotonic() - t0)
-        if busy < threshold_cores or time.monotonic() >= deadline:
-            return busy
-
-
-def _children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _slug(target: str) -> str:
     return "default" if target == "default" else re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_")
 
 
 def _bound(n: int, found: int) -> int:
     return 2 * max(1, (max(n, 1) - 1).bit_length()) + found + 2
-
-
-def prepare_inputs(out: Path, n_images: int) -> tuple[Path, Path]:
-    """Bench model + images (deterministic; regenerated only when missing)."""
-    sys.path.insert(0, str(ROOT))
-    from fixtures.data import make_images
-    from fixtures.models import make_yolov8_bench
-
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / MODEL_NAME
-    images = out / IMAGES_DIR
-    if not model.exists():
-        import onnx
-
-        onnx.save(make_yolov8_bench(), str(model))
-    have = sorted(images.glob("img_*")) if images.exists() else []
-    if len(have) < n_images:
-        make_images(images, n=max(n_images, N_IMAGES), size=IMAGE_SIZE)
-    return model, images
 
 
 def _qdebug_cmd() -> list[str]:
@@ -118,11 +68,11 @@ def _run_measured(cmd: list[str], cwd: Path) -> dict:
     """Run a command; wall, CPU of the child (all threads) and the load of everything else meanwhile."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    c0, b0, t0 = _children_cpu_s(), _cpu_busy_s(), time.perf_counter()
+    c0, b0, t0 = children_cpu_s(), cpu_busy_s(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(cwd), env=env)
     wall = time.perf_counter() - t0
-    cpu = _children_cpu_s() - c0
-    busy = _cpu_busy_s() - b0
+    cpu = children_cpu_s() - c0
+    busy = cpu_busy_s() - b0
     return {"wall_s": wall, "cpu_s": cpu, "other_load_cores": max(0.0, (busy - cpu) / wall) if busy else None,
             "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -290,17 +240,6 @@ def run_naive(model: Path, images: Path, n: int, targets: list[str], budget_s: f
 
 
 # ====================================================================== report
-def git_state() -> dict:
-    """The qdebug commit measured, and whether qdebug/ had uncommitted changes (other work in progress)."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "qdebug_dirty": bool(git("status", "--porcelain", "--", "qdebug"))}
-
-
 def _f(v, fmt: str = ".1f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -388,7 +327,7 @@ def main() -> int:
         return 0
 
     n = args.samples or (QUICK_IMAGES if args.quick else N_IMAGES)
-    model, images = prepare_inputs(out, n)
+    model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
     started = _dt.datetime.now(_dt.timezone.utc)
     rows = []
     for t in targets:

@@ -19,7 +19,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,21 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import (
+    HERE,
+    IMAGE_SIZE,
+    ROOT,
+    cpu_busy_s,
+    cpu_s,
+    git_state,
+    peak_rss_mb,
+    prepare_inputs,
+    rss_kb,
+    wait_for_quiet,
+)
+
 DEFAULT_OUT = HERE / "out"
-MODEL_NAME = "yolov8_bench.onnx"
-IMAGES_DIR = "images"
 N_IMAGES = 64
-IMAGE_SIZE = (640, 480)  # (W, H) as fixtures.data.make_images takes it
 RESULT_TAG = "BENCH_RESULT "
 
 # Targets from issue 2 (printed as ratios, not asserted).
@@ -43,15 +50,6 @@ TARGET_TIME_RATIO = 4.0  # compare wall / (float pass + quantized pass)
 
 
 # ===================================================================== children
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime  # whole process, all threads
-
-
 def _code_hash() -> str:
     """Short hash of the qdebug sources this child imports (the tree may change between runs)."""
     import hashlib
@@ -81,9 +79,9 @@ def child_qdebug(model: Path, data: Path, n: int, out: Path) -> dict:
 
     js = out / f"qdebug_compare_{n}.json"
     argv = [str(model), "--data", str(data), "--samples", str(n), "--json", str(js), "-q"]
-    t0, c0 = time.perf_counter(), _cpu_s()
+    t0, c0 = time.perf_counter(), cpu_s()
     rc = main(["compare", *argv])
-    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_s() - c0
     if rc != 0:
         raise SystemExit(f"qdebug compare exited with {rc}")
     res = json.loads(js.read_text())
@@ -127,7 +125,7 @@ def child_ort(model: Path, data: Path, n: int, out: Path) -> dict:
             return next(self.it, None)
 
     timing: dict[str, float] = {}
-    t_all, c_all = time.perf_counter(), _cpu_s()
+    t_all, c_all = time.perf_counter(), cpu_s()
     with tempfile.TemporaryDirectory(dir=out, prefix=f"ort_{n}_") as tmp:
         tmpd = Path(tmp)
         qdq = tmpd / "model.qdq.onnx"
@@ -137,7 +135,7 @@ def child_ort(model: Path, data: Path, n: int, out: Path) -> dict:
         t = time.perf_counter()
         quantize_static(str(model), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
         timing["quantize_static_s"] = time.perf_counter() - t
-        rss_after_quantize = _peak_rss_mb()
+        rss_after_quantize = peak_rss_mb()
 
         t = time.perf_counter()
         modify_model_output_intermediate_tensors(str(model), str(f_aug))
@@ -165,7 +163,7 @@ def child_ort(model: Path, data: Path, n: int, out: Path) -> dict:
     timing["total_s"] = time.perf_counter() - t_all
     return {
         "wall_s": timing["total_s"],
-        "run_cpu_s": _cpu_s() - c_all,
+        "run_cpu_s": cpu_s() - c_all,
         "ort_timing": timing,
         "peak_rss_after_quantize_static_mb": rss_after_quantize,
         "tensors_compared": len(a_err),
@@ -185,12 +183,12 @@ def _time_runs(run, samples: list, rounds: int = 3) -> dict:
     passes = []
     for _ in range(rounds):
         per = []
-        c0 = _cpu_s()
+        c0 = cpu_s()
         for s in samples:
             t = time.perf_counter()
             run(s)
             per.append(time.perf_counter() - t)
-        passes.append({"wall_s": sum(per), "per_sample_s": per, "run_cpu_s": _cpu_s() - c0})
+        passes.append({"wall_s": sum(per), "per_sample_s": per, "run_cpu_s": cpu_s() - c0})
     best = min(passes, key=lambda p: p["wall_s"])
     return {**best, "all_pass_wall_s": [p["wall_s"] for p in passes]}
 
@@ -246,66 +244,14 @@ def run_child(args: argparse.Namespace) -> None:
         res = child_pass(args.child, model, data, args.n, out)
     else:
         raise SystemExit(f"unknown child {args.child}")
-    res["peak_rss_mb"] = _peak_rss_mb()
-    res["cpu_s"] = _cpu_s()  # whole child process lifetime
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["cpu_s"] = cpu_s()  # whole child process lifetime
     res["qdebug_code"] = _code_hash()
     sys.stdout.write(RESULT_TAG + json.dumps(res) + "\n")
     sys.stdout.flush()
 
 
 # ======================================================================= parent
-def prepare_inputs(out: Path) -> tuple[Path, Path]:
-    """Bench model (always rewritten) + 64 images (deterministic; written only when missing)."""
-    sys.path.insert(0, str(ROOT))
-    from fixtures.data import make_images
-    from fixtures.models import make_yolov8_bench
-
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / MODEL_NAME
-    images = out / IMAGES_DIR
-    import onnx
-
-    onnx.save(make_yolov8_bench(), str(model))  # cheap and deterministic: always from the current fixtures
-    have = sorted(images.glob("img_*")) if images.exists() else []
-    if len(have) < N_IMAGES:
-        make_images(images, n=N_IMAGES, size=IMAGE_SIZE)
-    return model, images
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _cpu_busy_s() -> float:
-    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat; 0 where unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> float:
-    """Other work on the machine skews timings; wait (up to max_wait_s) until less than
-    `threshold_cores` cores are busy over one second. Returns the last busy-cores reading."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0, t0 = _cpu_busy_s(), time.monotonic()
-        time.sleep(1.0)
-        busy = (_cpu_busy_s() - b0) / (time.monotonic() - t0)
-        if busy < threshold_cores or time.monotonic() >= deadline:
-            return busy
-
-
 def launch_once(kind: str, n: int, model: Path, images: Path, out: Path, limit_gb: float) -> dict:
     """Run one configuration once in a fresh interpreter; RSS watchdog; parse the child's JSON line."""
     cmd = [
@@ -328,7 +274,7 @@ def launch_once(kind: str, n: int, model: Path, images: Path, out: Path, limit_g
     # qdebug's modules to every run)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
-    busy0 = _cpu_busy_s()
+    busy0 = cpu_busy_s()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(out)
     )
@@ -337,7 +283,7 @@ def launch_once(kind: str, n: int, model: Path, images: Path, out: Path, limit_g
 
     def watch() -> None:
         while proc.poll() is None:
-            kb = _rss_kb(proc.pid)
+            kb = rss_kb(proc.pid)
             state["max_kb"] = max(state["max_kb"], kb)
             if kb > limit_kb and not state["killed"]:
                 state["killed"] = True
@@ -349,7 +295,7 @@ def launch_once(kind: str, n: int, model: Path, images: Path, out: Path, limit_g
     stdout, stderr = proc.communicate()
     th.join()
     wall = time.perf_counter() - t0
-    busy = _cpu_busy_s() - busy0
+    busy = cpu_busy_s() - busy0
     row: dict = {
         "process_wall_s": wall,
         "sampled_peak_rss_mb": state["max_kb"] / 1024.0,
@@ -579,23 +525,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _git_state() -> dict:
-    """HEAD commit and whether qdebug/ has uncommitted changes (others may edit it meanwhile)."""
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=False
-            ).stdout
-        except OSError:
-            return ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "qdebug_dirty": bool(git("status", "--porcelain", "--", "qdebug").strip()),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="ORT flow with 4 and 8 images only (no 16)")
@@ -650,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     out = Path(args.out).resolve()
-    model, images = prepare_inputs(out)
+    model, images = prepare_inputs(out, N_IMAGES, rewrite_model=True)
     import onnx
     import onnxruntime
 
@@ -673,9 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         configs.append((f"ort_flow_{n}", "ort", n))
     if args.only:
         configs = [c for c in configs if any(s in c[0] for s in args.only)]
-    git_before = _git_state()
+    git_before = git_state()
     rows = run_all(configs, model, images, out, args)
-    git_after = _git_state()
+    git_after = git_state()
     codes = sorted({c for r in rows.values() for c in r.get("all_qdebug_code", []) if c})
     from qdebug import __version__ as qv
 

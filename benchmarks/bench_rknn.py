@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -49,14 +48,11 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, prepare_inputs
+
 DEFAULT_OUT = HERE / "out" / "rknn"
-MODEL_NAME = "yolov8_bench.onnx"
-IMAGES_DIR = "images"
 N_IMAGES = 16
 QUICK_IMAGES = 4
-IMAGE_SIZE = (640, 480)
 RESULT_TAG = "BENCH_RESULT "
 # with 16 images the output Concat alone gives ~15 dB on the toolkit and all ops at int16 ~14.7 dB: 12 dB is
 # reachable (a 1-op fix), 20 dB is not (bisect stops after the all-promoted evaluation)
@@ -71,39 +67,6 @@ CRASH_NOTE = "the toolkit's simulator aborts with this op at int16 (marked by th
 
 
 # ===================================================================== helpers
-def _cpu_busy_s() -> float:
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def prepare_inputs(out: Path, n_images: int) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT))
-    from fixtures.data import make_images
-    from fixtures.models import make_yolov8_bench
-
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / MODEL_NAME
-    images = out / IMAGES_DIR
-    if not model.exists():
-        import onnx
-
-        onnx.save(make_yolov8_bench(), str(model))
-    have = sorted(images.glob("img_*")) if images.exists() else []
-    if len(have) < n_images:
-        make_images(images, n=max(n_images, N_IMAGES), size=IMAGE_SIZE)
-    return model, images
-
-
 def record_worker_calls(log: list[dict]) -> None:
     """Wrap RknnWorker.call (class level, this process only) to time every toolkit call."""
     from qdebug.runners.rockchip import RknnWorker
@@ -344,7 +307,7 @@ def launch(child: str, args: argparse.Namespace, model: Path, images: Path, n: i
         cmd.append("--workaround")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    c0, b0, t0 = _children_cpu_s(), _cpu_busy_s(), time.perf_counter()
+    c0, b0, t0 = children_cpu_s(), cpu_busy_s(), time.perf_counter()
     # own session: on timeout the whole group we started (child + its toolkit worker) is stopped by its id
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=str(out), start_new_session=True)
@@ -372,8 +335,8 @@ def launch(child: str, args: argparse.Namespace, model: Path, images: Path, n: i
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
-    cpu = _children_cpu_s() - c0  # child and the toolkit workers it waited for
-    busy = _cpu_busy_s() - b0
+    cpu = children_cpu_s() - c0  # child and the toolkit workers it waited for
+    busy = cpu_busy_s() - b0
     line = next((ln for ln in reversed(stdout) if ln.startswith(RESULT_TAG)), None)
     if proc.returncode != 0 or line is None:
         return {"error": f"exit {proc.returncode} (see stderr above)", "process_wall_s": wall}
@@ -389,17 +352,6 @@ def _status(b: dict) -> str:
     if "error" in b:
         return b["error"]
     return f"{'met' if b['met'] else 'not met'}, {b['wall_s']:.1f} s, {b['builds']} builds"
-
-
-def git_state() -> dict:
-    """The qdebug commit measured, and whether qdebug/ had uncommitted changes (other work in progress)."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "qdebug_dirty": bool(git("status", "--porcelain", "--", "qdebug"))}
 
 
 def _f(v, fmt: str = ".1f") -> str:
@@ -546,7 +498,7 @@ def main() -> int:
     if args.quick:
         args.proposal = False
     n = args.samples or (QUICK_IMAGES if args.quick else N_IMAGES)
-    model, images = prepare_inputs(out, n)
+    model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
     (out / "work").mkdir(exist_ok=True)
     costs = naive = None
     runs: list[dict] = []

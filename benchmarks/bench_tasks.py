@@ -30,29 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import HERE, IMAGE_SIZE, ROOT, prepare_inputs
+
 sys.path.insert(0, str(ROOT))
 N_IMAGES = 64
-IMAGE_SIZE = (640, 480)
 TARGET_RATIO = 0.10
-
-
-def prepare_inputs(out: Path, n: int) -> tuple[Path, Path]:
-    """The bench model and n images (generated once)."""
-    import onnx
-
-    from fixtures.data import make_images
-    from fixtures.models import make_yolov8_bench
-
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / "yolov8_bench.onnx"
-    if not model.exists():
-        onnx.save(make_yolov8_bench(), str(model))
-    images = out / "images"
-    if len(list(images.glob("img_*"))) < n:
-        make_images(images, n=max(n, N_IMAGES), size=IMAGE_SIZE)
-    return model, images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n = args.n or (16 if args.quick else N_IMAGES)
     out = Path(args.out).resolve()
-    model, images = prepare_inputs(out, n)
+    model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
 
     import qdebug.pipeline as pipeline
     from qdebug.graph.model import ModelGraph

@@ -21,7 +21,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_compare import DEFAULT_OUT, IMAGES_DIR, MODEL_NAME, _cpu_busy_s, _cpu_s  # noqa: E402
+from _common import IMAGES_DIR, MODEL_NAME, cpu_busy_s, cpu_s  # noqa: E402
+from bench_compare import DEFAULT_OUT  # noqa: E402
 
 
 def main() -> int:
@@ -48,12 +49,12 @@ def main() -> int:
         "-q",
     ]
     prof = cProfile.Profile()
-    b0, c0, t0 = _cpu_busy_s(), _cpu_s(), time.perf_counter()
+    b0, c0, t0 = cpu_busy_s(), cpu_s(), time.perf_counter()
     prof.enable()
     rc = qmain(argv)
     prof.disable()
-    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
-    other = max(0.0, (_cpu_busy_s() - b0 - cpu) / wall)
+    wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+    other = max(0.0, (cpu_busy_s() - b0 - cpu) / wall)
     path = out / f"profile_compare_{args.samples}.prof"
     prof.dump_stats(str(path))
     total = pstats.Stats(prof).total_tt
