@@ -75,11 +75,7 @@ class Rknn1QuantizeLayers(VendorFile):
 
     @classmethod
     def parse(cls, text: str, path: str | None = None) -> Rknn1QuantizeLayers:
-        node, data = compose_yaml(text, path)
-        if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-            raise FormatError("top level is not a YAML mapping", file=path,
-                              where=line_of(node) if node is not None else "line 1",
-                              fix=f"give the file with the `{KEY}:` section")
+        node, data = compose_yaml(text, path, fix=f"give the file with the `{KEY}:` section")
         items = {str(k.value): (k, v) for k, v in mapping_items(node)}
         if KEY not in items:
             raise FormatError(f"missing `{KEY}`", file=path, where="line 1",

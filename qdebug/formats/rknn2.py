@@ -35,8 +35,9 @@ PARAMS_KEY = "quantize_parameters"
 
 
 # ------------------------------------------------------------------ YAML text helpers (shared with rknn1)
-def compose_yaml(text: str, path: str | None) -> tuple[yaml.Node | None, object]:
-    """Parse YAML once into (node tree with line marks, constructed data); errors become FormatError."""
+def compose_yaml(text: str, path: str | None, fix: str) -> tuple[yaml.MappingNode, dict]:
+    """Parse a YAML mapping once into (node tree with line marks, constructed data); errors, and a top level
+    that is not a mapping (`fix` says what to give instead), become FormatError."""
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -56,6 +57,9 @@ def compose_yaml(text: str, path: str | None) -> tuple[yaml.Node | None, object]
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise FormatError(f"invalid YAML ({type(exc).__name__})", file=path,
                           fix="restore the file the toolkit wrote") from None
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise FormatError("top level is not a YAML mapping", file=path,
+                          where=line_of(node) if node is not None else "line 1", fix=fix)
     return node, data
 
 
@@ -196,11 +200,7 @@ class RknnQuantCfg(VendorFile):
 
     @classmethod
     def parse(cls, text: str, path: str | None = None) -> RknnQuantCfg:
-        node, data = compose_yaml(text, path)
-        if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-            raise FormatError("top level is not a YAML mapping", file=path,
-                              where=line_of(node) if node is not None else "line 1",
-                              fix="give the .quantization.cfg written by hybrid_quantization_step1")
+        node, data = compose_yaml(text, path, fix="give the .quantization.cfg written by hybrid_quantization_step1")
         keys = {str(k.value): (k, v) for k, v in mapping_items(node)}
         if PARAMS_KEY not in keys:
             raise FormatError(f"missing `{PARAMS_KEY}`", file=path, where="line 1",
