@@ -71,17 +71,24 @@ class TensorTargetEvaluator(Evaluator):
     def clause_stats(self) -> dict[str, TensorStats]:
         return {c.text(): TensorStats() for c in self.target.clauses if c.tensor}
 
+    def add_sample(self, stats: dict[str, TensorStats], k: int, out: dict[str, np.ndarray]) -> None:
+        """Fold sample k's quantized values of the target's tensors (or their parts) into `stats`."""
+        ref = self.reference[k]
+        for c in self.target.clauses:
+            if not c.tensor:
+                continue
+            x, y = ref[c.tensor], out[c.tensor]
+            if c.part:
+                spec = next(s for s in self.parts[c.tensor] if s.name == c.part)
+                x, y = spec.slice(x), spec.slice(y)
+            stats[c.text()].update(x, y)
+
     def evaluate(self, config: QuantConfig) -> Score:
         stats = self.clause_stats()
         clauses: list[Clause] = [c for c in self.target.clauses if c.tensor]
         outs = self.backend.run(self.graph, config, self.samples, self.tensors)
-        for ref, out in zip(self.reference, outs, strict=True):
-            for c in clauses:
-                x, y = ref[c.tensor], out[c.tensor]  # type: ignore[index]
-                if c.part:
-                    spec = next(s for s in self.parts[c.tensor] if s.name == c.part)  # type: ignore[index]
-                    x, y = spec.slice(x), spec.slice(y)
-                stats[c.text()].update(x, y)
+        for k, out in enumerate(outs):
+            self.add_sample(stats, k, out)
         values = {}
         for c in clauses:
             m = stats[c.text()].result()

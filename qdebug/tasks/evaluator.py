@@ -123,20 +123,13 @@ class DetectionEvaluator(Evaluator):
         """Run the quantized model per `config`, decode, score task clauses (and tensor clauses on the same run)."""
         t0 = time.perf_counter()
         tev = self._tensor_ev
-        tensor_clauses = [c for c in self.target.clauses if c.tensor]
         stats: dict[str, TensorStats] = tev.clause_stats() if tev else {}
         names = list(dict.fromkeys(self.outputs + (tev.tensors if tev else [])))
         dets = []
         for k, out in enumerate(self.backend.run(self.graph, config, self.samples, names)):
             dets.append(self.decoder.decode({n: out[n] for n in self.outputs}, self.input_hw, self.metas[k].letterbox))
             if tev:
-                ref = tev.reference[k]
-                for c in tensor_clauses:
-                    x, y = ref[c.tensor], out[c.tensor]  # type: ignore[index]
-                    if c.part:
-                        spec = next(s for s in tev.parts[c.tensor] if s.name == c.part)  # type: ignore[index]
-                        x, y = spec.slice(x), spec.slice(y)
-                    stats[c.text()].update(x, y)
+                tev.add_sample(stats, k, out)
         agr = agreement(self.reference, dets, match_iou=self.match_iou)
         self.last = agr
         task_vals: dict[str, float | None] = dict(agr.values())
