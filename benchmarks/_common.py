@@ -93,6 +93,14 @@ def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> float:
             return busy
 
 
+def machine_info() -> dict:
+    """Cores, platform, Python and RAM of this machine, for a results file."""
+    import platform
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
 def git_state() -> dict:
     """The qdebug commit measured, and whether qdebug/ had uncommitted changes (other work in progress)."""
     def git(*a: str) -> str:

@@ -28,7 +28,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import random
 import re
 import subprocess
@@ -36,7 +35,16 @@ import sys
 import time
 from pathlib import Path
 
-from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, prepare_inputs, wait_for_quiet
+from _common import (
+    HERE,
+    ROOT,
+    children_cpu_s,
+    cpu_busy_s,
+    git_state,
+    machine_info,
+    prepare_inputs,
+    wait_for_quiet,
+)
 
 DEFAULT_OUT = HERE / "out" / "bisect"
 N_IMAGES = 16
@@ -353,8 +361,7 @@ def main() -> int:
     print(text)
     res = {"benchmark": "bisect_sim", "started": started.isoformat(timespec="seconds"),
            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                       "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+           "machine": machine_info(),
            "git": git_state(),
            "samples": n, "targets": targets, "target_wall_s": TARGET_WALL_S, "bisect": rows, "naive": naive,
            "summary_markdown": text}

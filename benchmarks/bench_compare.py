@@ -427,26 +427,14 @@ def compute_ratios(rows: dict, ort_ns: list[int]) -> dict:
     for n in ort_ns:
         qn = _get(rows, f"qdebug_compare_{n}", "wall_s")
         r["ort_time_over_qdebug_time"][str(n)] = _ratio(_get(rows, f"ort_flow_{n}", "wall_s"), qn)
+    def check(target: str, value: float | None, ok) -> dict:
+        return {"target": target, "value": value, "met": None if value is None else ok(value)}
+
     r["targets"] = {
-        "rss_growth": {
-            "target": f"<= {TARGET_RSS_GROWTH}",
-            "value": r["qdebug_rss64_over_rss8"],
-            "met": None
-            if r["qdebug_rss64_over_rss8"] is None
-            else r["qdebug_rss64_over_rss8"] <= TARGET_RSS_GROWTH,
-        },
-        "rss_64_abs": {
-            "target": f"< {TARGET_RSS_ABS_GB} GB",
-            "value": r["qdebug_rss64_gb"],
-            "met": None if r["qdebug_rss64_gb"] is None else r["qdebug_rss64_gb"] < TARGET_RSS_ABS_GB,
-        },
-        "time_ratio": {
-            "target": f"<= {TARGET_TIME_RATIO}",
-            "value": r["qdebug_wall8_over_baseline"],
-            "met": None
-            if r["qdebug_wall8_over_baseline"] is None
-            else r["qdebug_wall8_over_baseline"] <= TARGET_TIME_RATIO,
-        },
+        "rss_growth": check(f"<= {TARGET_RSS_GROWTH}", r["qdebug_rss64_over_rss8"], lambda v: v <= TARGET_RSS_GROWTH),
+        "rss_64_abs": check(f"< {TARGET_RSS_ABS_GB} GB", r["qdebug_rss64_gb"], lambda v: v < TARGET_RSS_ABS_GB),
+        "time_ratio": check(f"<= {TARGET_TIME_RATIO}", r["qdebug_wall8_over_baseline"],
+                            lambda v: v <= TARGET_TIME_RATIO),
     }
     return r
 

@@ -39,7 +39,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -48,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, prepare_inputs
+from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, machine_info, prepare_inputs
 
 DEFAULT_OUT = HERE / "out" / "rknn"
 N_IMAGES = 16
@@ -225,16 +224,10 @@ def child_costs(model: Path, images: Path, n: int, target_expr: str, promote_op:
 def _score_proposal(rk, graph, ev, base, outs, step) -> dict:
     """The toolkit's proposed tensors mapped to ops and evaluated by one step2 build (as bisect --rknn-proposal)."""
     from qdebug.formats.rknn2 import RknnQuantCfg
-    from qdebug.quant.scheme import Precision
 
     s1 = rk.hybrid_cfg(graph, outs, proposal=True)
     prop = RknnQuantCfg.parse(open(s1["cfg"]).read(), s1["cfg"])
-    prec = {}
-    for tensor, value in prop.custom.items():
-        t = prop.tensor_of(tensor, graph)
-        node = graph.producer.get(t) if t else None
-        if node is not None:
-            prec[node.name] = Precision.parse(value)
+    prec = prop.custom_precisions(graph)
     res: dict = {"tensors": len(prop.custom), "ops": len(prec)}
     if prec:
         sc = step("step2 + simulate, toolkit proposal", lambda: ev.evaluate(base.with_overrides(prec)))
@@ -524,8 +517,7 @@ def main() -> int:
     print(text)
     res = {"benchmark": "bisect_rknn", "started": started.isoformat(timespec="seconds"),
            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                       "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+           "machine": machine_info(),
            "git": git_state(),
            "rknn_python": py, "samples": n, "targets": targets, "costs": costs, "bisect": runs,
            "naive_estimate": naive, "summary_markdown": text}

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from qdebug.errors import QDebugError
-from qdebug.quant.scheme import Precision
 
 
 def register(sub) -> None:
@@ -142,12 +141,7 @@ def _rknn_outputs(args, graph, ds, cfg, rk, doc: dict, prec, log) -> None:
         parts = {t: [p["part"] for p in o["parts"]] for o in doc["compare_before"]["outputs"] for t in [o["tensor"]]}
         target = parse_target(doc["target"]["expression"], graph, parts)
         ev = TensorTargetEvaluator(graph, list(ds), rk, target)
-        prec_map = {}
-        for tensor, value in prop.custom.items():
-            t = prop.tensor_of(tensor, graph)
-            node = graph.producer.get(t) if t else None
-            if node is not None:
-                prec_map[node.name] = Precision.parse(value)
+        prec_map = prop.custom_precisions(graph)
         score = ev.evaluate(cfg.with_overrides(prec_map)) if prec_map else None
         doc["toolkit_proposal"] = {"tensors": sorted(prop.custom), "count": len(prop.custom),
                                    "values": score.values if score else {}, "passed": score.passed if score else None}

@@ -162,6 +162,21 @@ def test_to_config_own_fixture() -> None:
     assert cfg2.overrides == {"/model.22/Mul_2": Precision.INT16}
 
 
+def test_custom_precisions_by_producing_node() -> None:
+    """The toolkit's proposal is keyed by tensor; qdebug's evaluator wants producing node names. Entries
+    that match no tensor are left out (two promotions plus one unknown name, mapped by hand)."""
+    model, old = _own()
+    g = ModelGraph(model)
+    text = RknnQuantCfg.parse(old).promote(["/model.22/Mul_2", "/model.1/conv/Conv"], Precision.INT16,
+                                           graph=g).text
+    # a record of the file that names no tensor of this model (the fixture's Mul_999_out)
+    text = text.replace("custom_quantize_layers:\n", "custom_quantize_layers:\n    Mul_999_out: int16\n", 1)
+    vf = RknnQuantCfg.parse(text)
+    assert set(vf.custom) == {"/model.22/Mul_2_output_0", "/model.1/act/Mul_output_0", "Mul_999_out"}
+    # the fused Conv+SiLU is keyed by its output tensor, produced by the SiLU's Mul node
+    assert vf.custom_precisions(g) == {"/model.22/Mul_2": Precision.INT16, "/model.1/act/Mul": Precision.INT16}
+
+
 def test_to_config_dtype_entries_and_per_channel() -> None:
     text = """custom_quantize_layers: {}
 quantize_parameters:

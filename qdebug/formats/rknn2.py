@@ -294,6 +294,17 @@ class RknnQuantCfg(VendorFile):
                              "op; the fused op's output entry is used")
         return cfg, rep
 
+    def custom_precisions(self, graph: ModelGraph) -> dict[str, Precision]:
+        """`custom_quantize_layers` as {producing node: precision} (entries matching no tensor are left out),
+        e.g. to score the toolkit's own proposal with qdebug's evaluator."""
+        out: dict[str, Precision] = {}
+        for tensor, value in self.custom.items():
+            t = self.tensor_of(tensor, graph)
+            node = graph.producer.get(t) if t else None
+            if node is not None:
+                out[node.name] = Precision.parse(value)
+        return out
+
     def twin(self, name: str) -> str | None:
         """The toolkit's quantized twin of a float boundary tensor (`images` -> `images_int8`)."""
         return next((name + s for s in TWIN_SUFFIXES if name + s in self.params), None)
