@@ -23,7 +23,7 @@ from qdebug.metrics.stats import SNR_INF, Metrics, json_float
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.runners.session import OrtSession
-from qdebug.runners.sim import SimBackend, check_finite
+from qdebug.runners.sim import SimBackend
 
 COMPARE_SCHEMA = "qdebug.compare/1"
 JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
@@ -156,16 +156,14 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     parts = concat_parts(graph, tensors)
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
     t2 = time.perf_counter()
-    order = graph.activation_tensors()
+    names = dataset.names()
     for k, sample in enumerate(dataset):
         fvals = asess.run(sample)
-        if calib is not None:
-            check_finite(graph, fvals, order, dataset.names()[k])
         fvals.update(sample)
         qvals = qsess.run(sample)
         for i in inputs:
             qvals[i] = qvals.pop(i + "::q", sample[i])
-        acc.update(fvals, qvals)
+        acc.update(fvals, qvals, names[k])
         if on_sample is not None:
             on_sample(k, fvals, qvals)
         del fvals, qvals

@@ -96,6 +96,21 @@ def test_nan_in_float_activation_named(tmp_path, npy_dir, capsys):
     assert rc == 2 and "NaN first appears" in err and "act" in err
 
 
+def test_nan_only_in_compare_data_named_with_sample(tmp_path, capsys):
+    """Calibration on a clean set passes; the comparison's own float run finds the NaN (sqrt of -1 at
+    node 'act' on the second sample) and names tensor, node and sample in one line."""
+    m = _tiny(tmp_path / "m.onnx", nan=True)
+    cal, data = tmp_path / "cal", tmp_path / "data"
+    cal.mkdir()
+    data.mkdir()
+    np.save(cal / "c.npy", np.full((1, 3, 8, 8), 3.0, dtype=np.float32))
+    np.save(data / "a.npy", np.full((1, 3, 8, 8), 2.5, dtype=np.float32))
+    np.save(data / "b.npy", np.full((1, 3, 8, 8), 1.0, dtype=np.float32))
+    rc, _, err = run_cli(["compare", str(m), "--data", str(data), "--calib-data", str(cal)], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "NaN first appears in float tensor 'y' from node act (Sqrt) on sample b.npy" in err
+
+
 def test_dynamic_dims_need_size(tmp_path, npy_dir, capsys):
     m = _tiny(tmp_path / "m.onnx", dynamic=True)
     rc, _, err = run_cli(["compare", str(m), "--data", str(npy_dir)], capsys)

@@ -206,6 +206,15 @@ class ModelGraph:
                     fix=("did you mean " + ", ".join(close)) if close
                     else "use an ONNX node name (listed by `qdebug compare --all`)")
 
+    def nonfinite_error(self, tensor: str, bad: str, sample: str) -> QDebugError:
+        """The one-line error for NaN/Inf ("NaN" or "Inf" in `bad`) first seen in float tensor `tensor`."""
+        from qdebug.errors import NumericError
+
+        node = self.producer.get(tensor)
+        where = f"node {node.name} ({node.op_type})" if node is not None else "graph input"
+        return NumericError(f"{bad} first appears in float tensor '{tensor}' from {where} on sample {sample}",
+                            file=self.path, fix="check the input preprocessing and the model around that op")
+
     def is_float(self, tensor: str) -> bool:
         """Whether a tensor carries float data (unknown types count as float unless produced by shape ops)."""
         t = self.elem_types.get(tensor)

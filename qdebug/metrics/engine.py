@@ -104,8 +104,12 @@ class CompareAccumulator:
         resolve_parts(self.g, self.parts, fvals)
         self._resolved = True
 
-    def update(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
-        """Add one sample: float run (with isolated twins) and cumulative quantized run."""
+    def update(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray], sample: str = "?") -> None:
+        """Add one sample: float run (with isolated twins) and cumulative quantized run.
+
+        The float tensors' min/max, computed anyway, double as the NaN/Inf check (both propagate through
+        them): the first float tensor, in topological order, holding one raises the graph's one-line error.
+        """
         if not self._resolved:
             self._resolve_parts(fvals)
         self.samples += 1
@@ -119,6 +123,9 @@ class CompareAccumulator:
                 continue
             self.shapes.setdefault(t, tuple(x.shape))
             xs = XStats(x)
+            if not (math.isfinite(xs.xmin) and math.isfinite(xs.xmax)):
+                raise self.g.nonfinite_error(t, "NaN" if math.isnan(xs.xmin) or math.isnan(xs.xmax) else "Inf",
+                                             sample)
             y = qvals.get(t)
             if y is not None:
                 self.cum[t].update(x, y, xs)

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 
-from qdebug.errors import NumericError
 from qdebug.graph.fusion import QuantOp, build_quant_ops
 from qdebug.graph.model import ModelGraph
 from qdebug.quant.calibrate import make_calibrator
@@ -26,11 +25,7 @@ def check_finite(graph: ModelGraph, values: dict[str, np.ndarray], order: Sequen
         if v is None or v.size == 0 or not np.issubdtype(v.dtype, np.floating):
             continue
         if not np.isfinite(v).all():
-            node = graph.producer.get(t)
-            where = f"node {node.name} ({node.op_type})" if node is not None else "graph input"
-            bad = "NaN" if np.isnan(v).any() else "Inf"
-            raise NumericError(f"{bad} first appears in float tensor '{t}' from {where} on sample {sample}",
-                               file=graph.path, fix="check the input preprocessing and the model around that op")
+            raise graph.nonfinite_error(t, "NaN" if np.isnan(v).any() else "Inf", sample)
 
 
 @register_backend
