@@ -116,3 +116,18 @@ def test_benign_model_has_no_hazards(fx):
     res = run_compare(g, load_dataset(d, g), QuantConfig(), SimBackend("generic"))
     assert res.hazards == []
     assert res.to_json()["outputs"][0]["cumulative"]["cosine"] > 0.999
+
+
+def test_metric_threads_give_the_same_numbers(y8, monkeypatch):
+    """Tensors are spread over metric threads; every number must equal the single-thread run's exactly
+    (a tensor lost or counted twice by the split would change its sums)."""
+    import qdebug.metrics.engine as eng
+
+    g, ds, be, _ = y8
+    runs = {}
+    for n in (1, 3):
+        monkeypatch.setattr(eng, "METRIC_THREADS", n)
+        d = run_compare(g, ds, QuantConfig(), be).to_json()
+        runs[n] = (d["tensors"], d["parts"], d["outputs"])
+    assert runs[1] == runs[3]
+    assert all(t["cumulative"]["snr_db"] is not None for t in runs[1][0])
