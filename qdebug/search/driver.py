@@ -73,7 +73,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     if cut_path == "one-pass":
         cut = first_bad_cut_one_pass(before_json, target)
     else:
-        cuts = [t for t in graph.activation_tensors()]
+        cuts = graph.activation_tensors()
         cut = first_bad_cut_truncation(graph, judge, base, samples, target, cuts)
     # ranking and search
     ops = backend.quant_ops(graph)
