@@ -24,6 +24,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
+from qdebug.workers import pool
 
 COMPARE_SCHEMA = "qdebug.compare/1"
 JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
@@ -125,7 +126,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
                 ) -> CompareResult:
     """Calibrate (unless done), then measure cumulative and isolated error of every float tensor.
 
-    `on_sample(k, float_values, quant_values)` sees each sample's tensors (e.g. the detection decoder).
+    `on_sample(k, float_values, quant_values)` sees each sample's tensors (e.g. the detection decoder); the
+    arrays are reused for a later sample once it returns, so it must copy what it keeps.
     """
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
@@ -150,6 +152,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
             qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
         if "iso::" + i in iso_map.values():
             amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
+    # the two sessions run side by side on the shared workers (qdebug.workers)
     asess = OrtSession(amodel, threads=backend.threads, source=graph.path)
     qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
     timing["build_s"] = time.perf_counter() - t1
@@ -157,18 +160,36 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
     t2 = time.perf_counter()
     names = dataset.names()
-    for k, sample in enumerate(dataset):
-        fvals = asess.run(sample)
-        fvals.update(sample)
-        qvals = qsess.run(sample)
-        for i in inputs:
-            qvals[i] = qvals.pop(i + "::q", sample[i])
-        acc.update(fvals, qvals, names[k])
+    ex = pool()
+
+    def measure(k: int, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
+        """Metrics of sample k on the workers (behind whatever runs are queued), the hook here meanwhile."""
+        pending = acc.submit(fvals, qvals, names[k])
         if on_sample is not None:
             on_sample(k, fvals, qvals)
-        del fvals, qvals
+        acc.collect(pending)
         if progress:
             progress("compare", 1, len(dataset))
+
+    # pipeline: sample k's two runs start first, then sample k-1's metrics fill the cores they leave idle;
+    # at most two samples' activations are alive at once
+    prev: tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+    for k, sample in enumerate(dataset):
+        # two output slots per session: sample k-1's values stay intact while sample k's are written
+        fut_f, fut_q = ex.submit(asess.run, sample, k % 2), ex.submit(qsess.run, sample, k % 2)
+        if prev is not None:
+            measure(*prev)
+            prev = None
+        fvals = fut_f.result()
+        fvals.update(sample)
+        qvals = fut_q.result()
+        for i in inputs:
+            qvals[i] = qvals.pop(i + "::q", sample[i])
+        prev = (k, fvals, qvals)
+        del fvals, qvals
+    if prev is not None:
+        measure(*prev)
+        prev = None
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     return _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)

@@ -7,9 +7,8 @@ healthy box part in one per-tensor number.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from qdebug.graph.hazards import SCORE_OPS, trace_source
 from qdebug.graph.model import ModelGraph
 from qdebug.metrics.stats import Metrics, TensorStats, XStats
+from qdebug.workers import WORKERS, pool
 
 
 @dataclass
@@ -83,17 +83,19 @@ def resolve_parts(g: ModelGraph, parts: dict[str, list[PartSpec]], values: dict[
             pos += n
 
 
-# metric threads: the sums are memory-bound, so a second thread helps (0.12 -> 0.08-0.09 s per image of the
-# benchmark model on 2 cores) and more than a few do not
-METRIC_THREADS = min(4, os.cpu_count() or 1)
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+# the sums are memory-bound, so a second thread helps (0.12 -> 0.08-0.09 s per image of the benchmark model
+# on 2 cores) and more than a few do not: one share of the tensors per shared worker thread
+METRIC_THREADS = WORKERS
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A process-wide pool of `n` metric threads (created once, idle between samples)."""
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qdebug-metrics")
-    return _POOLS[n]
+@dataclass
+class Pending:
+    """A sample whose metric sums are being added on worker threads (see CompareAccumulator.submit)."""
+
+    sample: str
+    order: list[str]
+    compared: list[str]
+    futures: list[Future]
 
 
 class CompareAccumulator:
@@ -121,11 +123,14 @@ class CompareAccumulator:
         self._resolved = True
 
     def update(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray], sample: str = "?") -> None:
-        """Add one sample: float run (with isolated twins) and cumulative quantized run.
+        """Add one sample: float run (with isolated twins) and cumulative quantized run."""
+        self.collect(self.submit(fvals, qvals, sample))
 
-        The float tensors' min/max, computed anyway, double as the NaN/Inf check (both propagate through
-        them): the first float tensor, in topological order, holding one raises the graph's one-line error.
-        Tensors are independent, so they are spread over `self.threads` threads (numpy releases the GIL).
+    def submit(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray], sample: str = "?") -> Pending:
+        """Start adding one sample on the shared worker threads; `collect` finishes it (in sample order).
+
+        Tensors are independent, so they are spread over `self.threads` shares, largest first (numpy
+        releases the GIL). The caller may run other work (the next sample's sessions) meanwhile.
         """
         if not self._resolved:
             self._resolve_parts(fvals)
@@ -142,26 +147,28 @@ class CompareAccumulator:
             self.shapes.setdefault(t, tuple(x.shape))
             iso_name = self.iso_map.get(t)
             work.append((t, x, qvals.get(t), fvals.get(iso_name) if iso_name else None))
-        bad = dict(self._run(work))
-        if bad:
-            first = next(t for t, *_ in work if t in bad)
-            raise self.g.nonfinite_error(first, bad[first], sample)
-        for t, _, y, _ in work:
-            if y is not None and not math.isfinite(self.cum[t].sdd) and t not in self.nonfinite_quant:
-                self.nonfinite_quant.append(t)
-
-    def _run(self, work: list) -> list[tuple[str, str]]:
-        """Update every tensor of `work`; returns (tensor, "NaN"|"Inf") for float tensors that are not finite."""
         if self.threads <= 1 or len(work) < 2:
-            return self._update_many(work)
-        # largest first onto the least loaded thread: the big tensors dominate the time
-        loads = [0] * self.threads
-        shares: list[list] = [[] for _ in range(self.threads)]
-        for item in sorted(work, key=lambda w: -w[1].size):
-            k = loads.index(min(loads))
-            shares[k].append(item)
-            loads[k] += item[1].size
-        return [b for res in _pool(self.threads).map(self._update_many, shares) for b in res]
+            shares = [work]
+        else:
+            loads = [0] * self.threads
+            shares = [[] for _ in range(self.threads)]
+            for item in sorted(work, key=lambda w: -w[1].size):  # the big tensors dominate the time
+                k = loads.index(min(loads))
+                shares[k].append(item)
+                loads[k] += item[1].size
+        futures = [pool().submit(self._update_many, share) for share in shares if share]
+        return Pending(sample, [t for t, *_ in work], [t for t, _, y, _ in work if y is not None], futures)
+
+    def collect(self, pending: Pending) -> None:
+        """Wait for a submitted sample. The float tensors' min/max, computed anyway, double as the NaN/Inf
+        check: the first float tensor, in topological order, holding one raises the graph's one-line error."""
+        bad = dict(b for f in pending.futures for b in f.result())
+        if bad:
+            first = next(t for t in pending.order if t in bad)
+            raise self.g.nonfinite_error(first, bad[first], pending.sample)
+        for t in pending.compared:
+            if not math.isfinite(self.cum[t].sdd) and t not in self.nonfinite_quant:
+                self.nonfinite_quant.append(t)
 
     def _update_many(self, work: list) -> list[tuple[str, str]]:
         bad = []

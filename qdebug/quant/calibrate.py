@@ -40,8 +40,16 @@ class Calibrator(ABC):
         self.lo[tensor] = min(self.lo.get(tensor, math.inf), mn)
         self.hi[tensor] = max(self.hi.get(tensor, -math.inf), mx)
 
-    def observe_hist(self, tensor: str, x: np.ndarray) -> None:  # noqa: B027  (only histogram methods need it)
-        """Second-pass hook; MinMax has no second pass."""
+    def observe_hist(self, tensor: str, x: np.ndarray) -> None:
+        """Second-pass update (histogram methods); MinMax has no second pass."""
+        self.add_hist(tensor, self.histogram(tensor, x))
+
+    def histogram(self, tensor: str, x: np.ndarray) -> np.ndarray | None:
+        """One sample's second-pass counts; reads only first-pass state, so worker threads may call it."""
+        return None
+
+    def add_hist(self, tensor: str, h: np.ndarray | None) -> None:  # noqa: B027  (only histogram methods)
+        """Add counts from `histogram` (in the caller's thread)."""
 
     def minmax(self) -> dict[str, tuple[float, float]]:
         return {t: (self.lo[t], self.hi[t]) for t in self.lo}
@@ -67,11 +75,15 @@ class _HistCalibrator(Calibrator):
         super().__init__()
         self.hist: dict[str, np.ndarray] = {}
 
-    def observe_hist(self, tensor: str, x: np.ndarray) -> None:
+    def histogram(self, tensor: str, x: np.ndarray) -> np.ndarray | None:
         lo, hi = self.lo[tensor], self.hi[tensor]
         if hi <= lo:
+            return None
+        return np.histogram(x, bins=BINS, range=(lo, hi))[0]
+
+    def add_hist(self, tensor: str, h: np.ndarray | None) -> None:
+        if h is None:
             return
-        h, _ = np.histogram(x, bins=BINS, range=(lo, hi))
         if tensor in self.hist:
             self.hist[tensor] += h
         else:

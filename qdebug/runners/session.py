@@ -7,10 +7,14 @@ import onnx
 import onnxruntime as ort
 
 from qdebug.errors import ModelError
+from qdebug.workers import SESSION_THREADS
 
 
 class OrtSession:
-    """An onnxruntime CPU session over an in-memory model, returning outputs by name."""
+    """An onnxruntime CPU session over an in-memory model, returning outputs by name.
+
+    `run` may be called from several threads at once (onnxruntime sessions are thread-safe).
+    """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
                  optimize_all: bool = False) -> None:
@@ -22,8 +26,10 @@ class OrtSession:
         # no busy-waiting between runs: qdebug alternates sessions and numpy work, which spinning
         # worker threads would slow down on a small machine
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            so.intra_op_num_threads = threads
+        # single-threaded unless asked: results do not depend on the core count, and qdebug runs sessions
+        # and samples side by side instead (qdebug.workers)
+        so.intra_op_num_threads = threads or SESSION_THREADS
+        so.inter_op_num_threads = 1
         try:
             self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -31,14 +37,49 @@ class OrtSession:
             raise ModelError(f"onnxruntime cannot load the model: {msg}", file=source,
                              fix="check the opset/ops are supported by onnxruntime") from None
         self.output_names = [o.name for o in self.sess.get_outputs()]
+        self._slots: dict[int, tuple | None] = {}
         self.input_names = [i.name for i in self.sess.get_inputs()]
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one sample; returns every output by name."""
+    def run(self, feed: dict[str, np.ndarray], slot: int | None = None) -> dict[str, np.ndarray]:
+        """Run one sample; returns every output by name.
+
+        With `slot`, outputs are written into arrays kept for that slot and reused by the next run with the
+        same slot (no allocation, no copy: the first touch of fresh memory costs as much as a node). The
+        caller must be done with a slot's previous values before running it again.
+        """
+        feed = {k: v for k, v in feed.items() if k in self.input_names}
+        if slot is not None:
+            return self._run_slot(feed, slot)
         try:
-            vals = self.sess.run(None, {k: v for k, v in feed.items() if k in self.input_names})
+            vals = self.sess.run(None, feed)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime failed while running: {msg}",
                              fix="check the input shapes/dtypes match the model") from None
         return dict(zip(self.output_names, vals, strict=True))
+
+    def _run_slot(self, feed: dict[str, np.ndarray], slot: int) -> dict[str, np.ndarray]:
+        """`run` into the slot's arrays; the first run of a slot (or any change of shapes) allocates them."""
+        shapes = {k: v.shape for k, v in feed.items()}
+        bound = self._slots.get(slot, ())
+        if bound is None:  # binding failed before: this model's outputs change shape with the data
+            return self.run(feed)
+        if bound and bound[2] == shapes:
+            io, bufs, _ = bound
+            for k, v in feed.items():
+                io.bind_cpu_input(k, np.ascontiguousarray(v))
+            try:
+                self.sess.run_with_iobinding(io)
+                return dict(bufs)
+            except Exception:  # e.g. an output whose shape depends on the data: run unbound from now on
+                self._slots[slot] = None
+                return self.run(feed)
+        vals = self.run(feed)
+        if all(isinstance(v, np.ndarray) and v.dtype != object and v.flags.c_contiguous for v in vals.values()):
+            io = self.sess.io_binding()
+            for name, v in vals.items():
+                io.bind_output(name, "cpu", 0, v.dtype, list(v.shape), v.ctypes.data)
+            self._slots[slot] = (io, vals, shapes)
+            return dict(vals)
+        return vals
+

@@ -16,6 +16,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan, build_analysis, build_quantized, plan
 from qdebug.runners.base import Backend, register_backend
 from qdebug.runners.session import OrtSession
+from qdebug.workers import WORKERS, ordered_map
 
 
 def check_finite(graph: ModelGraph, values: dict[str, np.ndarray], order: Sequence[str], sample: str) -> None:
@@ -49,29 +50,48 @@ class SimBackend(Backend):
                 progress: Callable[[int], None] | None = None) -> None:
         """Calibrate activation ranges on float runs (1 pass for minmax, 2 for histogram methods)."""
         tensors = self.calibration_tensors(graph)
-        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]), threads=self.threads,
-                          source=graph.path, optimize_all=True)
+        # samples run side by side on the shared workers (qdebug.workers)
+        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]),
+                          threads=self.threads, source=graph.path, optimize_all=True)
         cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
         # a Dataset is re-iterable and loads lazily: keep it, not its samples (memory stays flat in N)
         samples = calib if hasattr(calib, "__len__") else list(calib)
         names = calib.names() if hasattr(calib, "names") else None
-        order = tensors
-        for pass_idx in range(cal.passes):
-            for k, sample in enumerate(samples):
-                vals = sess.run(sample)
-                vals.update(sample)
-                for t in tensors:
-                    v = vals.get(t)
-                    if v is None or not np.issubdtype(v.dtype, np.floating) or v.size == 0:
-                        continue
-                    if pass_idx == 0:
-                        # min/max propagate NaN and Inf, so they double as the finiteness check
-                        mn, mx = float(v.min()), float(v.max())
-                        if not (math.isfinite(mn) and math.isfinite(mx)):
-                            check_finite(graph, vals, order, names[k] if names else str(k))
-                        cal.observe_range(t, mn, mx)
-                    else:
-                        cal.observe(pass_idx, t, v)
+
+        def ranges_of(item: tuple[int, dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+            """Run one sample and take each tensor's min and max (on a worker thread)."""
+            k, sample = item
+            vals = sess.run(sample)
+            vals.update(sample)
+            out = {}
+            for t in tensors:
+                v = vals.get(t)
+                if v is None or not np.issubdtype(v.dtype, np.floating) or v.size == 0:
+                    continue
+                # min/max propagate NaN and Inf, so they double as the finiteness check
+                mn, mx = float(v.min()), float(v.max())
+                if not (math.isfinite(mn) and math.isfinite(mx)):
+                    check_finite(graph, vals, tensors, names[k] if names else str(k))
+                out[t] = (mn, mx)
+            return out
+
+        def hists_of(item: tuple[int, dict[str, np.ndarray]]) -> list[tuple[str, np.ndarray | None]]:
+            """Run one sample and take each tensor's histogram over the first pass's range (on a worker)."""
+            vals = sess.run(item[1])
+            vals.update(item[1])
+            return [(t, cal.histogram(t, v)) for t in tensors if (v := vals.get(t)) is not None
+                    and np.issubdtype(v.dtype, np.floating) and v.size and t in cal.lo]
+
+        # results come back in sample order, so the first bad sample (in order) is the one reported
+        for got in ordered_map(ranges_of, enumerate(samples), window=WORKERS + 1):
+            for t, (mn, mx) in got.items():
+                cal.observe_range(t, mn, mx)
+            if progress:
+                progress(1)
+        for _ in range(1, cal.passes):  # histogram pass: counts on the workers, summed here
+            for hists in ordered_map(hists_of, enumerate(samples), window=WORKERS + 1):
+                for t, h in hists:
+                    cal.add_hist(t, h)
                 if progress:
                     progress(1)
         self.ranges = cal.ranges(config.scheme.activation.bits or 8)
@@ -158,8 +178,7 @@ class SimBackend(Backend):
     def run(self, graph: ModelGraph, config: QuantConfig, samples: Iterable[dict[str, np.ndarray]],
             outputs: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         sess = self.session(graph, config, outputs)
-        for sample in samples:
-            yield sess.run(sample)
+        yield from ordered_map(sess.run, samples)  # samples side by side, results in order
 
     def describe(self) -> dict:
         return {"backend": self.name, "profile": self.profile.name, "quantize_at": self.profile.quantize_at,

@@ -19,6 +19,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.target import Clause, Target
+from qdebug.workers import ordered_map
 
 
 @dataclass
@@ -61,8 +62,7 @@ class TensorTargetEvaluator(Evaluator):
         sources = sorted({p.source for ps in self.parts.values() for p in ps} - set(self.tensors))
         fs = OrtSession(graph.with_outputs(self.tensors + sources), source=graph.path)
         self.reference = []
-        for k, s in enumerate(self.samples):
-            vals = fs.run(s)
+        for k, (s, vals) in enumerate(zip(self.samples, ordered_map(fs.run, self.samples), strict=True)):
             vals.update(s)
             if k == 0 and self.parts:
                 resolve_parts(graph, self.parts, vals)
