@@ -152,15 +152,16 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
             qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
         if "iso::" + i in iso_map.values():
             amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
-    # the two sessions run side by side on the shared workers (qdebug.workers)
-    asess = OrtSession(amodel, threads=backend.threads, source=graph.path)
+    # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
+    ex = pool()
+    fut_a = ex.submit(OrtSession, amodel, threads=backend.threads, source=graph.path)
     qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
+    asess = fut_a.result()
     timing["build_s"] = time.perf_counter() - t1
     parts = concat_parts(graph, tensors)
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
     t2 = time.perf_counter()
     names = dataset.names()
-    ex = pool()
 
     def measure(k: int, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
         """Metrics of sample k on the workers (behind whatever runs are queued), the hook here meanwhile."""

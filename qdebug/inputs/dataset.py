@@ -179,16 +179,18 @@ def _load_image(path: Path, shape: tuple[int, ...], dtype: np.dtype, prep: Prepr
                         fix="remove or re-save the file") from None
     if prep.color == "bgr":
         arr = arr[..., ::-1]
+    # reorder the bytes first (4x less to move than floats), then convert once and normalize in place
+    cshape = (1, 1, -1)
+    if layout == "nchw":
+        arr, cshape = arr.transpose(2, 0, 1), (-1, 1, 1)
+    arr = np.ascontiguousarray(arr)
     out_dtype = np.dtype(prep.dtype) if prep.dtype else dtype
     if np.issubdtype(out_dtype, np.integer):
-        x = arr.astype(out_dtype)
-    else:
-        mean = np.asarray(prep.mean, dtype=np.float32)
-        std = np.asarray(prep.std, dtype=np.float32)
-        x = ((arr.astype(np.float32) - mean) / std).astype(out_dtype)
-    if layout == "nchw":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x[None])
+        return arr.astype(out_dtype)[None]
+    x = arr.astype(np.float32)
+    x -= np.asarray(prep.mean, dtype=np.float32).reshape(cshape)
+    x /= np.asarray(prep.std, dtype=np.float32).reshape(cshape)
+    return x.astype(out_dtype, copy=False)[None]
 
 
 def load_dataset(path: str | Path, graph: ModelGraph, prep: Preprocess | None = None,

@@ -43,6 +43,9 @@ class SimBackend(Backend):
         self.float_minmax: dict[str, tuple[float, float]] = {}
         self._ops: dict[int, list[QuantOp]] = {}
         self._sessions: dict[tuple, OrtSession] = {}
+        self._plan_key: tuple | None = None
+        self._ranges_version = 0  # bumped whenever self.ranges changes (plan cache key)
+        self._plan: SimPlan | None = None
         self.calibrated_samples = 0
 
     # ------------------------------------------------------------ calibration
@@ -95,6 +98,7 @@ class SimBackend(Backend):
                 if progress:
                     progress(1)
         self.ranges = cal.ranges(config.scheme.activation.bits or 8)
+        self._ranges_version += 1
         self.float_minmax = cal.minmax()
         self.calibrated_samples = len(samples)
         self._calib = (samples, config.scheme.calibrator, config.scheme.percentile,
@@ -119,6 +123,7 @@ class SimBackend(Backend):
                     if v is not None and np.issubdtype(v.dtype, np.floating):
                         cal.observe(pass_idx, t, v)
         self.ranges.update(cal.ranges(bits))
+        self._ranges_version += 1
         self.float_minmax.update(cal.minmax())
 
     def calibration_tensors(self, graph: ModelGraph) -> list[str]:
@@ -147,9 +152,13 @@ class SimBackend(Backend):
         return self._ops[key]
 
     def plan(self, graph: ModelGraph, config: QuantConfig) -> SimPlan:
-        """Resolved precisions and parameters for `config`."""
+        """Resolved precisions and parameters for `config` (cached while the ranges stay the same)."""
         self.ensure_ranges(graph)
-        return plan(graph, self.quant_ops(graph), self.profile, config, self.ranges)
+        key = (graph, config.key(), self._ranges_version)  # the graph itself: its id could be reused
+        if self._plan_key is None or self._plan_key[0] is not graph or self._plan_key[1:] != key[1:]:
+            self._plan = plan(graph, self.quant_ops(graph), self.profile, config, self.ranges)
+            self._plan_key = key
+        return self._plan  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- models
     def quantized_model(self, graph: ModelGraph, config: QuantConfig,
