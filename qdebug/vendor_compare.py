@@ -17,6 +17,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map
 from qdebug.runners.rockchip import RknnBackend
 from qdebug.runners.session import OrtSession
+from qdebug.workers import ordered_map
 
 
 def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: RknnBackend, compare: dict,
@@ -30,8 +31,7 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     stats = {o: TensorStats() for o in outs}
     pstats: dict[tuple[str, str], TensorStats] = {}
     first = True
-    for s, q in zip(samples, rk.run(graph, config, samples, outs), strict=True):
-        f = fs.run(s)
+    for s, q, f in zip(samples, rk.run(graph, config, samples, outs), ordered_map(fs.run, samples), strict=True):
         if first and parts:
             need = sorted({p.source for ps in parts.values() for p in ps})
             vals = OrtSession(graph.with_outputs(need), source=graph.path).run(s)

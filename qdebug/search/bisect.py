@@ -27,6 +27,7 @@ from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.evaluate import Evaluator, Score
 from qdebug.search.target import OPS, Target
+from qdebug.workers import ordered_map
 
 HAZARD_BONUS = 100.0
 
@@ -258,7 +259,7 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
     quantizes that subgraph with the backend (final outputs only) and compares it with the float value."""
     metric, op, bound = target.cut_threshold()
     fsess = OrtSession(graph.with_outputs(list(cuts)), source=graph.path)
-    refs = [fsess.run(s) for s in samples]
+    refs = list(ordered_map(fsess.run, samples))
     probes: list[dict] = []
     part_specs = concat_parts(graph, list(cuts))
 

@@ -30,6 +30,7 @@ from qdebug.tasks import LABEL_METRICS
 from qdebug.tasks.agreement import IOU_THRS, Agreement, agreement
 from qdebug.tasks.base import Decoder, Detections, ImageMeta, image_metas, network_hw, plausibility_warning
 from qdebug.tasks.labels import Labels, true_map
+from qdebug.workers import ordered_map
 
 DETECTION_SCHEMA = "qdebug.detection/1"
 
@@ -44,8 +45,8 @@ def float_detections(graph: ModelGraph, samples: Sequence[dict[str, np.ndarray]]
     """Decode the float model's outputs for every sample."""
     names = decoder_outputs(graph, decoder)
     sess = OrtSession(graph.with_outputs(names), source=graph.path)
-    return [decoder.decode({k: v for k, v in sess.run(s).items() if k in names}, input_hw, m.letterbox)
-            for s, m in zip(samples, metas, strict=True)]
+    return [decoder.decode({k: v for k, v in out.items() if k in names}, input_hw, m.letterbox)
+            for out, m in zip(ordered_map(sess.run, samples), metas, strict=True)]
 
 
 def quant_detections(graph: ModelGraph, samples: Sequence[dict[str, np.ndarray]], backend: Backend,
