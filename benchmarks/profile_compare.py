@@ -3,6 +3,12 @@
 by cumulative time, plus the CPU load other processes put on the machine meanwhile.
 
     python benchmarks/profile_compare.py [--samples 8] [--top 20]
+    python benchmarks/profile_compare.py --stages      # CPU seconds per stage, on every thread
+
+cProfile sees only the main thread, and qdebug runs the sessions and metrics on worker threads
+(qdebug.workers), where the main thread mostly waits; `--stages` instead wraps each stage and adds up
+the CPU time of the thread running it (session runs by graph, metric shares, image decoding), plus the
+process's page faults and system time.
 
 Run benchmarks/bench_compare.py once first (it writes the model and images into benchmarks/out/).
 Writes benchmarks/out/profile_compare_<N>.prof (open with `python -m pstats` or snakeviz).
@@ -30,6 +36,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--stages", action="store_true", help="CPU time per stage on every thread (no cProfile)")
     args = ap.parse_args()
     out = Path(args.out)
     model, images = out / MODEL_NAME, out / IMAGES_DIR
@@ -37,6 +44,8 @@ def main() -> int:
         raise SystemExit(f"{model} or {images} missing: run benchmarks/bench_compare.py first")
     from qdebug.cli import main as qmain
 
+    if args.stages:
+        return stages(qmain, model, images, args.samples, out)
     argv = [
         "compare",
         str(model),
@@ -73,6 +82,74 @@ def main() -> int:
         for v, nc, tt, ct, (fn, line, name) in rows[: args.top]:
             short = fn.split("site-packages/")[-1].split("/work/main/")[-1]
             print(f"{100 * v / total:5.1f}% {tt:8.2f} {ct:8.2f} {nc:8d}  {name} ({short}:{line})")
+    return rc
+
+
+def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
+    """Run compare once with each stage wrapped; print CPU seconds per stage (all threads)."""
+    import collections
+    import os
+    import resource
+    import threading
+
+    import qdebug.inputs.dataset as dataset_mod
+    import qdebug.metrics.engine as engine
+    import qdebug.runners.session as session
+
+    cpu: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def wrap(owner, name: str, label) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*a, **k):
+            t = time.thread_time()
+            try:
+                return inner(*a, **k)
+            finally:
+                lab = label(a) if callable(label) else label
+                with lock:
+                    cpu[lab] += time.thread_time() - t
+                    calls[lab] += 1
+
+        setattr(owner, name, timed)
+
+    def run_label(a) -> str:  # compare runs exactly two graphs through output slots
+        iso = any(n.startswith("iso::") for n in a[0].output_names)
+        return "run: analysis graph (float + isolated)" if iso else "run: cumulative graph"
+
+    # OrtSession.run calls itself once per slot's first run: count the outer call only
+    wrap(session.OrtSession, "_run_slot", run_label)
+    orig_run = session.OrtSession.run
+
+    def run(self, feed, slot=None):
+        if slot is not None:
+            return self._run_slot({k: v for k, v in feed.items() if k in self.input_names}, slot)
+        t = time.thread_time()
+        try:
+            return orig_run(self, feed)
+        finally:
+            with lock:
+                cpu["run: calibration and unslotted"] += time.thread_time() - t
+                calls["run: calibration and unslotted"] += 1
+
+    session.OrtSession.run = run
+    wrap(engine.CompareAccumulator, "_update_many", "metrics (one share of one sample)")
+    wrap(dataset_mod, "_load_image", "image decoding")
+    t0 = os.times()
+    w0 = time.perf_counter()
+    rc = qmain(["compare", str(model), "--data", str(images), "--samples", str(samples), "--json",
+                str(out / f"profile_compare_{samples}.json"), "-q"])
+    wall = time.perf_counter() - w0
+    t1 = os.times()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    total = (t1.user - t0.user) + (t1.system - t0.system)
+    print(f"qdebug compare --samples {samples}: exit {rc}, wall {wall:.2f} s, CPU {total:.2f} s "
+          f"(system {t1.system - t0.system:.2f} s), page faults {ru.ru_minflt}, peak RSS {ru.ru_maxrss // 1024} MB")
+    for lab, v in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {lab:44s} {v:6.2f} s CPU  ({calls[lab]} calls)")
+    print(f"  {'everything else (imports, load, build, JSON)':44s} {total - sum(cpu.values()):6.2f} s CPU")
     return rc
 
 

@@ -163,34 +163,30 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     t2 = time.perf_counter()
     names = dataset.names()
 
-    def measure(k: int, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray]) -> None:
-        """Metrics of sample k on the workers (behind whatever runs are queued), the hook here meanwhile."""
-        pending = acc.submit(fvals, qvals, names[k])
-        if on_sample is not None:
-            on_sample(k, fvals, qvals)
-        acc.collect(pending)
-        if progress:
-            progress("compare", 1, len(dataset))
-
-    # pipeline: sample k's two runs start first, then sample k-1's metrics fill the cores they leave idle;
-    # at most two samples' activations are alive at once
-    prev: tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
-    for k, sample in enumerate(dataset):
-        # two output slots per session: sample k-1's values stay intact while sample k's are written
-        fut_f, fut_q = ex.submit(asess.run, sample, k % 2), ex.submit(qsess.run, sample, k % 2)
-        if prev is not None:
-            measure(*prev)
-            prev = None
+    # per sample: the analysis and cumulative runs side by side on the workers (the next sample is decoded
+    # meanwhile), then the metrics spread over the workers with the hook here. One sample in flight, each
+    # session writing into one set of reused output arrays: overlapping sample k's metrics with sample
+    # k+1's runs was faster per image but needed a second set (+0.7 GB and ~190 k more page faults, which
+    # cost more than it saved below ~20 images: docs/benchmarks.md)
+    it = iter(dataset)
+    sample = next(it, None)
+    k = 0
+    while sample is not None:
+        fut_f, fut_q = ex.submit(asess.run, sample, 0), ex.submit(qsess.run, sample, 0)
+        upcoming = next(it, None)
         fvals = fut_f.result()
         fvals.update(sample)
         qvals = fut_q.result()
         for i in inputs:
             qvals[i] = qvals.pop(i + "::q", sample[i])
-        prev = (k, fvals, qvals)
+        pending = acc.submit(fvals, qvals, names[k])
+        if on_sample is not None:
+            on_sample(k, fvals, qvals)
+        acc.collect(pending)
         del fvals, qvals
-    if prev is not None:
-        measure(*prev)
-        prev = None
+        if progress:
+            progress("compare", 1, len(dataset))
+        sample, k = upcoming, k + 1
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     return _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
