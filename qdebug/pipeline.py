@@ -24,7 +24,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
-from qdebug.workers import pool
+from qdebug.workers import ANALYSIS_THREADS, pool
 
 COMPARE_SCHEMA = "qdebug.compare/1"
 JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
@@ -154,7 +154,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
             amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
     # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
     ex = pool()
-    fut_a = ex.submit(OrtSession, amodel, threads=backend.threads, source=graph.path)
+    fut_a = ex.submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
     qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
     asess = fut_a.result()
     timing["build_s"] = time.perf_counter() - t1

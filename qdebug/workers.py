@@ -34,6 +34,10 @@ def pool() -> ThreadPoolExecutor:
 
 # intra-op threads of every qdebug onnxruntime session: 1 keeps results identical on every machine
 SESSION_THREADS = 1
+# except compare's analysis graph (float chain + isolated clones), the longer of the two runs that go side by
+# side: 2 threads, always 2 (so results still do not depend on the machine), let it take the core the
+# cumulative run leaves idle when it finishes first (-0.45 s on 8 benchmark images, docs/benchmarks.md)
+ANALYSIS_THREADS = 2
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], window: int = WORKERS) -> Iterator[R]:
