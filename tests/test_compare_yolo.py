@@ -67,7 +67,6 @@ def test_isolated_error_of_passthrough_is_exact_and_cumulative_matches_reference
 
     from qdebug.metrics.stats import compute_metrics
     from qdebug.runners.session import OrtSession
-
     from qdebug.workers import ANALYSIS_THREADS
 
     qs = OrtSession(be.quantized_model(g, QuantConfig()))
