@@ -1,11 +1,12 @@
 """One process-wide pool of worker threads, shared by every stage that runs side by side.
 
 onnxruntime runs and numpy reductions release the GIL, so threads give real parallelism. Every
-onnxruntime session runs single-threaded (SESSION_THREADS) and the parallelism comes from running
-sessions and samples at the same time: on a small machine that keeps the cores busier than one session
-split over all cores, whose threads wait on each other at every node (docs/benchmarks.md), and it makes
-the numbers independent of the machine's core count (onnxruntime's kernels may partition a sum
-differently with more threads, and a last-bit difference can flip a quantization rounding step).
+onnxruntime session has a fixed intra-op thread count (SESSION_THREADS, ANALYSIS_THREADS) and the
+parallelism comes from running sessions and samples at the same time: on a small machine that keeps the
+cores busier than one session split over all cores, whose threads wait on each other at every node
+(docs/benchmarks.md), and it makes the numbers independent of the machine's core count (onnxruntime's
+kernels may partition a sum differently with more threads, and a last-bit difference can flip a
+quantization rounding step; docs/simulator.md).
 """
 
 from __future__ import annotations
