@@ -389,6 +389,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _per_round(rows: dict, name: str, parts: tuple[str, ...]) -> list[float]:
+    """wall(name) / sum(wall(parts)) for each round in which all of them ran (runs are round-robin)."""
+    walls = [_get(rows, n, "all_wall_s") for n in (name, *parts)]
+    if any(not w for w in walls):
+        return []
+    return [w[0] / sum(w[1:]) for w in zip(*walls, strict=False) if sum(w[1:]) > 0]
+
+
 def _get(rows: dict, name: str, key: str):
     r = rows.get(name)
     return None if r is None or "error" in r else r.get(key)
@@ -414,6 +422,9 @@ def compute_ratios(rows: dict, ort_ns: list[int]) -> dict:
             (_get(rows, "float_pass_8", "run_cpu_s") or 0) + (_get(rows, "quant_pass_8", "run_cpu_s") or 0),
         ),
         "ort_time_over_qdebug_time": {},
+        # the time ratio within each round (qdebug and the two passes run minutes apart at most): paired,
+        # so it is less sensitive to the machine's drift than fastest-over-fastest
+        "qdebug_wall8_over_baseline_per_round": _per_round(rows, q8, ("float_pass_8", "quant_pass_8")),
     }
     # cost of one more image: (wall(64) - wall(8)) / 56 against the baseline's per-image cost; the fixed
     # part (start-up, loading, model building, first-run warm-up) is what 8 images do not amortize
@@ -441,6 +452,13 @@ def compute_ratios(rows: dict, ort_ns: list[int]) -> dict:
 
 def _fmt(v, spec: str = ".1f", none: str = "—") -> str:
     return none if v is None else format(v, spec)
+
+
+def _spread(vals: list[float] | None) -> str:
+    if not vals:
+        return "—"
+    v = sorted(vals)
+    return f"{v[0]:.1f} / {v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2:.1f} / {v[-1]:.1f}"
 
 
 def markdown(results: dict) -> str:
@@ -499,6 +517,8 @@ def markdown(results: dict) -> str:
         f"< {TARGET_RSS_ABS_GB} GB | {met(t['rss_64_abs'])} |",
         f"| qdebug compare wall (8) / (float pass + quantized pass)(8) | "
         f"{_fmt(rt['qdebug_wall8_over_baseline'], '.1f')} | ≤ {TARGET_TIME_RATIO} | {met(t['time_ratio'])} |",
+        f"| same, paired within each round: min / median / max | {_spread(rt.get('qdebug_wall8_over_baseline_per_round'))} "
+        f"| | |",
         f"| same, compare phase only (no load/calibration/build) | "
         f"{_fmt(rt['qdebug_compare_phase8_over_baseline'], '.1f')} | | |",
         f"| same per extra image: (wall(64) − wall(8)) / 56 over the baseline per image | "
