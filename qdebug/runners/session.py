@@ -88,8 +88,10 @@ class OrtSession:
             return self.run(feed)
         if bound and bound[2] == shapes:
             io, bufs, _ = bound
-            for k, v in feed.items():
-                io.bind_cpu_input(k, np.ascontiguousarray(v))
+            # the binding keeps a pointer: the (possibly copied) contiguous inputs must outlive the run
+            held = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+            for k, v in held.items():
+                io.bind_cpu_input(k, v)
             try:
                 self.sess.run_with_iobinding(io)
                 return dict(bufs)
