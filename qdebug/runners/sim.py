@@ -43,9 +43,8 @@ class SimBackend(Backend):
         self.float_minmax: dict[str, tuple[float, float]] = {}
         self._ops: dict[int, list[QuantOp]] = {}
         self._sessions: dict[tuple, OrtSession] = {}
-        self._plan_key: tuple | None = None
         self._ranges_version = 0  # bumped whenever self.ranges changes (plan cache key)
-        self._plan: SimPlan | None = None
+        self._plan: tuple[ModelGraph, tuple, SimPlan] | None = None  # (graph, (config key, ranges version), plan)
         self.calibrated_samples = 0
 
     # ------------------------------------------------------------ calibration
@@ -154,11 +153,14 @@ class SimBackend(Backend):
     def plan(self, graph: ModelGraph, config: QuantConfig) -> SimPlan:
         """Resolved precisions and parameters for `config` (cached while the ranges stay the same)."""
         self.ensure_ranges(graph)
-        key = (graph, config.key(), self._ranges_version)  # the graph itself: its id could be reused
-        if self._plan_key is None or self._plan_key[0] is not graph or self._plan_key[1:] != key[1:]:
-            self._plan = plan(graph, self.quant_ops(graph), self.profile, config, self.ranges)
-            self._plan_key = key
-        return self._plan  # type: ignore[return-value]
+        key = (config.key(), self._ranges_version)
+        cached = self._plan
+        # the graph object itself is held and compared: a freed graph's id could be reused
+        if cached is not None and cached[0] is graph and cached[1] == key:
+            return cached[2]
+        sp = plan(graph, self.quant_ops(graph), self.profile, config, self.ranges)
+        self._plan = (graph, key, sp)
+        return sp
 
     # ---------------------------------------------------------------- models
     def quantized_model(self, graph: ModelGraph, config: QuantConfig,
