@@ -26,17 +26,16 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     samples = list(dataset)
     rk.prepare(graph, config, list(calib) if calib is not None else samples)
     outs = [o.name for o in graph.outputs]
-    fs = OrtSession(graph.with_outputs(outs), source=graph.path)
     parts = concat_parts(graph, outs)
+    # one float session gives the references and, on the first sample, the Concat part sizes
+    sources = sorted({p.source for ps in parts.values() for p in ps} - set(outs))
+    fs = OrtSession(graph.with_outputs(outs + sources), source=graph.path)
     stats = {o: TensorStats() for o in outs}
     pstats: dict[tuple[str, str], TensorStats] = {}
-    first = True
-    for s, q, f in zip(samples, rk.run(graph, config, samples, outs), ordered_map(fs.run, samples), strict=True):
-        if first and parts:
-            need = sorted({p.source for ps in parts.values() for p in ps})
-            vals = OrtSession(graph.with_outputs(need), source=graph.path).run(s)
-            resolve_parts(graph, parts, {**vals, **f, **s})
-            first = False
+    for k, (s, q, f) in enumerate(zip(samples, rk.run(graph, config, samples, outs), ordered_map(fs.run, samples),
+                                      strict=True)):
+        if k == 0 and parts:
+            resolve_parts(graph, parts, {**f, **s})
         for o in outs:
             stats[o].update(f[o], q[o])
             for p in parts.get(o, []):
