@@ -6,6 +6,8 @@ works for them and for the child processes they start.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import resource
 import subprocess
@@ -111,3 +113,12 @@ def git_state() -> dict:
             return ""
     return {"commit": git("rev-parse", "--short", "HEAD") or None,
             "qdebug_dirty": bool(git("status", "--porcelain", "--", "qdebug"))}
+
+
+def write_results(out: Path, benchmark: str, started: _dt.datetime, fields: dict) -> None:
+    """out/results.json: the benchmark's name, start/finish times, machine and qdebug commit, then `fields`."""
+    res = {"benchmark": benchmark, "started": started.isoformat(timespec="seconds"),
+           "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine_info(), "git": git_state(), **fields}
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"\nwrote {out / 'results.json'}", file=sys.stderr)

@@ -40,10 +40,9 @@ from _common import (
     ROOT,
     children_cpu_s,
     cpu_busy_s,
-    git_state,
-    machine_info,
     prepare_inputs,
     wait_for_quiet,
+    write_results,
 )
 
 DEFAULT_OUT = HERE / "out" / "bisect"
@@ -359,14 +358,9 @@ def main() -> int:
         print(f"[bench]   -> {status}", file=sys.stderr, flush=True)
     text = summarize(rows, naive, n)
     print(text)
-    res = {"benchmark": "bisect_sim", "started": started.isoformat(timespec="seconds"),
-           "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine_info(),
-           "git": git_state(),
-           "samples": n, "targets": targets, "target_wall_s": TARGET_WALL_S, "bisect": rows, "naive": naive,
-           "summary_markdown": text}
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"\nwrote {out / 'results.json'}", file=sys.stderr)
+    write_results(out, "bisect_sim", started,
+                  {"samples": n, "targets": targets, "target_wall_s": TARGET_WALL_S, "bisect": rows, "naive": naive,
+                   "summary_markdown": text})
     return 0
 
 

@@ -47,7 +47,14 @@ import threading
 import time
 from pathlib import Path
 
-from _common import HERE, ROOT, children_cpu_s, cpu_busy_s, git_state, machine_info, prepare_inputs
+from _common import (
+    HERE,
+    ROOT,
+    children_cpu_s,
+    cpu_busy_s,
+    prepare_inputs,
+    write_results,
+)
 
 DEFAULT_OUT = HERE / "out" / "rknn"
 N_IMAGES = 16
@@ -515,14 +522,9 @@ def main() -> int:
         naive = naive_estimate(costs, costs["candidates"])
     text = summarize(costs, runs, naive, n)
     print(text)
-    res = {"benchmark": "bisect_rknn", "started": started.isoformat(timespec="seconds"),
-           "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine_info(),
-           "git": git_state(),
-           "rknn_python": py, "samples": n, "targets": targets, "costs": costs, "bisect": runs,
-           "naive_estimate": naive, "summary_markdown": text}
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"\nwrote {out / 'results.json'}", file=sys.stderr)
+    write_results(out, "bisect_rknn", started,
+                  {"rknn_python": py, "samples": n, "targets": targets, "costs": costs, "bisect": runs,
+                   "naive_estimate": naive, "summary_markdown": text})
     return 0
 
 
