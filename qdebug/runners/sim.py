@@ -10,7 +10,7 @@ import onnx
 
 from qdebug.graph.fusion import QuantOp, build_quant_ops
 from qdebug.graph.model import ModelGraph
-from qdebug.quant.calibrate import make_calibrator
+from qdebug.quant.calibrate import Calibrator, make_calibrator
 from qdebug.quant.profiles import Profile, get_profile
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan, build_analysis, build_quantized, plan
@@ -52,19 +52,37 @@ class SimBackend(Backend):
                 progress: Callable[[int], None] | None = None) -> None:
         """Calibrate activation ranges on float runs (1 pass for minmax, 2 for histogram methods)."""
         tensors = self.calibration_tensors(graph)
-        # samples run side by side on the shared workers (qdebug.workers)
-        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]),
-                          threads=self.threads, source=graph.path, optimize_all=True)
-        cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
         # a Dataset is re-iterable and loads lazily: keep it, not its samples (memory stays flat in N)
         samples = calib if hasattr(calib, "__len__") else list(calib)
         names = calib.names() if hasattr(calib, "names") else None
+        cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
+        self._observe(graph, tensors, cal, samples, names, progress, optimize_all=True)
+        bits = config.scheme.activation.bits or 8
+        self.ranges = cal.ranges(bits)
+        self._ranges_version += 1
+        self.float_minmax = cal.minmax()
+        self.calibrated_samples = len(samples)
+        self._calib = (samples, names, config.scheme.calibrator, config.scheme.percentile, bits)
+
+    def _observe(self, graph: ModelGraph, tensors: Sequence[str], cal: Calibrator, samples: Sequence,
+                 names: list[str] | None, progress: Callable[[int], None] | None, optimize_all: bool) -> None:
+        """Feed `tensors` of every float sample to `cal`, the samples run side by side on the shared workers.
+
+        Per-sample work (min/max, or the histogram counts) happens on the workers and is summed here in
+        sample order, so the result equals a sequential pass and the first bad sample in order is reported.
+        """
+        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]),
+                          threads=self.threads, source=graph.path, optimize_all=optimize_all)
+
+        def values(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            vals = sess.run(sample)
+            vals.update(sample)
+            return vals
 
         def ranges_of(item: tuple[int, dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
             """Run one sample and take each tensor's min and max (on a worker thread)."""
             k, sample = item
-            vals = sess.run(sample)
-            vals.update(sample)
+            vals = values(sample)
             out = {}
             for t in tensors:
                 v = vals.get(t)
@@ -79,12 +97,10 @@ class SimBackend(Backend):
 
         def hists_of(item: tuple[int, dict[str, np.ndarray]]) -> list[tuple[str, np.ndarray | None]]:
             """Run one sample and take each tensor's histogram over the first pass's range (on a worker)."""
-            vals = sess.run(item[1])
-            vals.update(item[1])
+            vals = values(item[1])
             return [(t, cal.histogram(t, v)) for t in tensors if (v := vals.get(t)) is not None
                     and np.issubdtype(v.dtype, np.floating) and v.size and t in cal.lo]
 
-        # results come back in sample order, so the first bad sample (in order) is the one reported
         for got in ordered_map(ranges_of, enumerate(samples), window=WORKERS + 1):
             for t, (mn, mx) in got.items():
                 cal.observe_range(t, mn, mx)
@@ -96,12 +112,6 @@ class SimBackend(Backend):
                     cal.add_hist(t, h)
                 if progress:
                     progress(1)
-        self.ranges = cal.ranges(config.scheme.activation.bits or 8)
-        self._ranges_version += 1
-        self.float_minmax = cal.minmax()
-        self.calibrated_samples = len(samples)
-        self._calib = (samples, config.scheme.calibrator, config.scheme.percentile,
-                       config.scheme.activation.bits or 8)
 
     def ensure_ranges(self, graph: ModelGraph) -> None:
         """Calibrate, on the same samples, quantization points of `graph` not seen yet (e.g. a tensor that was
@@ -111,16 +121,10 @@ class SimBackend(Backend):
         missing = [t for t in self.calibration_tensors(graph) if t not in self.ranges and t in graph.producer]
         if not missing:
             return
-        samples, method, pct, bits = self._calib
-        sess = OrtSession(graph.with_outputs(missing), threads=self.threads, source=graph.path)
+        samples, names, method, pct, bits = self._calib
         cal = make_calibrator(method, pct)
-        for pass_idx in range(cal.passes):
-            for sample in samples:
-                vals = sess.run(sample)
-                for t in missing:
-                    v = vals.get(t)
-                    if v is not None and np.issubdtype(v.dtype, np.floating):
-                        cal.observe(pass_idx, t, v)
+        # ORT_ENABLE_BASIC as before: a truncated graph's tensors keep the values its runs see
+        self._observe(graph, missing, cal, samples, names, None, optimize_all=False)
         self.ranges.update(cal.ranges(bits))
         self._ranges_version += 1
         self.float_minmax.update(cal.minmax())
