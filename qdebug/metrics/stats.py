@@ -88,28 +88,28 @@ class TensorStats:
         xs = xs or XStats(x)
         yf = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
         d = xs.flat - yf
-        syy = float(np.dot(yf, yf))
-        sdd = float(np.dot(d, d))
-        self.n += yf.size
-        self.sxx += xs.sxx
+        self.add_sums(yf.size, xs.sxx, float(np.dot(yf, yf)), float(np.dot(d, d)),
+                      max(float(d.max()), -float(d.min())), xs.xmin, xs.xmax)
+
+    def add_sums(self, n: int, sxx: float, syy: float, sdd: float, max_abs: float | None,
+                 xmin: float, xmax: float) -> None:
+        """Add one sample given as its sums (n elements, |x|², |y|², |x−y|², max|x−y| or None when y is x,
+        float min/max): the form both the array path and the in-graph path (metrics.fused) produce."""
+        self.n += n
+        self.sxx += sxx
         self.syy += syy
         self.sdd += sdd
-        m = max(float(d.max()), -float(d.min()))
-        if m > self.max_abs or math.isnan(m):
-            self.max_abs = m
-        self.xmin = min(self.xmin, xs.xmin)
-        self.xmax = max(self.xmax, xs.xmax)
+        if max_abs is not None and (max_abs > self.max_abs or math.isnan(max_abs)):
+            self.max_abs = max_abs
+        self.xmin = min(self.xmin, xmin)
+        self.xmax = max(self.xmax, xmax)
 
     def update_identical(self, x: np.ndarray, xs: XStats | None = None) -> None:
         """Add a sample where the quantized value equals the float one (no own quantization)."""
         if x.size == 0:
             return
         xs = xs or XStats(x)
-        self.n += x.size
-        self.sxx += xs.sxx
-        self.syy += xs.sxx
-        self.xmin = min(self.xmin, xs.xmin)
-        self.xmax = max(self.xmax, xs.xmax)
+        self.add_sums(x.size, xs.sxx, xs.sxx, 0.0, None, xs.xmin, xs.xmax)
 
     def result(self) -> Metrics:
         if self.n == 0:
