@@ -130,3 +130,34 @@ def test_compare_numbers_do_not_depend_on_the_number_of_workers(fx, monkeypatch)
         runs.append((d["tensors"], d["parts"], d["outputs"], d["quant"]))
         workers._POOL.shutdown()
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_truncated_graph_calibration_equals_a_sequential_one(fx, method):
+    """A truncated graph exposes quantization points the full graph fused away (here a Conv output inside
+    Conv+SiLU); ensure_ranges calibrates them on the same samples, side by side, and must give what one
+    calibrator fed in order over the same (ORT_ENABLE_BASIC) session gives."""
+    g = ModelGraph.load(fx["yolov8"])
+    ds = load_dataset(fx["images"], g)
+    be = SimBackend("generic")
+    cfg = QuantConfig(scheme=QuantScheme(calibrator=method))
+    be.prepare(g, cfg, ds)
+    convs = [n.output[0] for n in g.nodes if n.op_type == "Conv" and g.consumers[n.output[0]][0].op_type == "Sigmoid"]
+    cuts = [convs[1], convs[-1]]
+    assert not any(c in be.ranges for c in cuts)  # inside fused groups of the full graph
+    tg = g.truncate(cuts)
+    before = dict(be.ranges)
+    be.plan(tg, cfg)  # calls ensure_ranges
+    new = [t for t in be.ranges if t not in before]
+    assert set(cuts) <= set(new)
+    assert set(new) == {t for t in be.calibration_tensors(tg) if t not in before and t in tg.producer}
+    assert all(be.ranges[t] == before[t] for t in before)  # known ranges are left alone
+    sess = OrtSession(tg.with_outputs(new))
+    cal = make_calibrator(method)
+    for pass_idx in range(cal.passes):
+        for s in ds:
+            vals = sess.run(s)
+            for t in new:
+                cal.observe(pass_idx, t, vals[t])
+    want = cal.ranges(8)
+    assert {t: be.ranges[t] for t in new} == want
