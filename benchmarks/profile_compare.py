@@ -94,6 +94,7 @@ def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
 
     import qdebug.inputs.dataset as dataset_mod
     import qdebug.metrics.engine as engine
+    import qdebug.pipeline as pipeline
     import qdebug.runners.session as session
 
     cpu: collections.Counter = collections.Counter()
@@ -115,9 +116,14 @@ def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
 
         setattr(owner, name, timed)
 
-    def run_label(a) -> str:  # compare runs exactly two graphs through output slots
+    def run_label(a) -> str:  # the array path runs exactly two graphs through output slots
         iso = any(n.startswith("iso::") for n in a[0].output_names)
         return "run: analysis graph (float + isolated)" if iso else "run: cumulative graph"
+
+    def plain_label(sess) -> str:  # the in-graph path runs one model whose outputs are its sums
+        if any(n.startswith("qdebug::") for n in sess.output_names):
+            return "run: compare model (3 chains + in-graph sums)"
+        return "run: calibration and unslotted"
 
     # OrtSession.run calls itself once per slot's first run: count the outer call only
     wrap(session.OrtSession, "_run_slot", run_label)
@@ -131,11 +137,12 @@ def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
             return orig_run(self, feed)
         finally:
             with lock:
-                cpu["run: calibration and unslotted"] += time.thread_time() - t
-                calls["run: calibration and unslotted"] += 1
+                cpu[plain_label(self)] += time.thread_time() - t
+                calls[plain_label(self)] += 1
 
     session.OrtSession.run = run
     wrap(engine.CompareAccumulator, "_update_many", "metrics (one share of one sample)")
+    wrap(pipeline, "add_sample", "in-graph sums into the accumulator")
     wrap(dataset_mod, "_load_image", "image decoding")
     t0 = os.times()
     w0 = time.perf_counter()

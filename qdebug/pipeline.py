@@ -14,21 +14,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qdebug import __version__
+from qdebug.errors import ModelError
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.hazards import Hazard, find_hazards
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import CompareAccumulator, concat_parts
+from qdebug.metrics.fused import FusedLayout, add_sample, build_fused, static_shapes
 from qdebug.metrics.stats import SNR_INF, Metrics, json_float
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
-from qdebug.workers import ANALYSIS_THREADS, pool
+from qdebug.workers import ANALYSIS_THREADS, ordered_map, pool
 
 COMPARE_SCHEMA = "qdebug.compare/1"
 JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
 HEALTHY_DB = 40.0  # cumulative SNR at or above this is not highlighted
+FUSED = True  # metric sums inside the onnxruntime graph where possible (qdebug.metrics.fused)
+# optimizers that cannot change a number (they merge equal computations or fold constants with the same
+# kernels) but take half the fused session's creation time on its ~5,000 nodes (0.6 -> 0.36 s, bench model)
+FUSED_SKIP = ("CommonSubexpressionElimination", "ConstantFolding", "ConstantSharing")
 
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
 
@@ -78,6 +84,7 @@ class CompareResult:
     warnings: list[str] = field(default_factory=list)
     timing: dict = field(default_factory=dict)
     command: str = ""
+    engine: str = "arrays"  # where the metric sums were taken: "in-graph" (metrics.fused) or "arrays"
 
     def worst(self, n: int = 10) -> list[TensorResult]:
         """Tensors with the largest SNR jump (error introduced at that op)."""
@@ -107,6 +114,7 @@ class CompareResult:
             "hazards": [h.to_json() for h in self.hazards],
             "warnings": self.warnings,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            "engine": self.engine,
             "environment": environment(),
         }
 
@@ -126,8 +134,9 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
                 ) -> CompareResult:
     """Calibrate (unless done), then measure cumulative and isolated error of every float tensor.
 
-    `on_sample(k, float_values, quant_values)` sees each sample's tensors (e.g. the detection decoder); the
-    arrays are reused for a later sample once it returns, so it must copy what it keeps.
+    `on_sample(k, float_values, quant_values)` sees each sample's graph inputs and outputs (e.g. for the
+    detection decoder; the array path passes every tensor); arrays may be reused for a later sample once it
+    returns, so it must copy what it keeps.
     """
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
@@ -146,28 +155,56 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     qmodel = backend.quantized_model(graph, config, graph.activation_tensors())
     # expose the quantized graph inputs of the cumulative run
     from onnx import TensorProto, helper
-    qnames = {n.output[0] for n in qmodel.graph.node}
+    qnodes = {n.output[0] for n in qmodel.graph.node}
+    qnames = {i: i + "::q" for i in inputs if i + "::q" in qnodes}  # quantized graph inputs
     for i in inputs:
-        if i + "::q" in qnames:
+        if i in qnames:
             qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
         if "iso::" + i in iso_map.values():
             amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
-    # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
-    ex = pool()
-    fut_a = ex.submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
-    qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
-    asess = fut_a.result()
-    timing["build_s"] = time.perf_counter() - t1
     parts = concat_parts(graph, tensors)
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
-    t2 = time.perf_counter()
     names = dataset.names()
+    shapes = static_shapes(graph, tensors) if FUSED else None
+    lay = build_fused(graph, amodel, qmodel, tensors, iso_map, qnames, parts, shapes) if shapes else None
+    engine = "arrays"
+    if lay is not None:
+        try:
+            sess = OrtSession(lay.model, threads=backend.threads, source=graph.path, model_order=True,
+                              disabled_optimizers=FUSED_SKIP)
+            engine = "in-graph"
+        except ModelError:  # onnxruntime refuses the fused model: the array path still works
+            pass
+    if engine == "in-graph":
+        timing["build_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        _fused_loop(sess, lay, dataset, acc, inputs, names, progress, on_sample)
+    else:
+        # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
+        fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
+        qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
+        asess = fut_a.result()
+        timing["build_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample)
+    timing["compare_s"] = time.perf_counter() - t2
+    timing["total_s"] = time.perf_counter() - t0
+    res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
+    res.engine = engine
+    return res
 
-    # per sample: the analysis and cumulative runs side by side on the workers (the next sample is decoded
-    # meanwhile), then the metrics spread over the workers with the hook here. One sample in flight, each
-    # session writing into one set of reused output arrays: overlapping sample k's metrics with sample
-    # k+1's runs was faster per image but needed a second set (+0.7 GB and ~190 k more page faults, which
-    # cost more than it saved below ~20 images: docs/benchmarks.md)
+
+def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: CompareAccumulator,
+                inputs: list[str], names: list[str], progress: Progress | None, on_sample: Callable | None) -> None:
+    """Run the analysis and cumulative graphs, exposing every activation, and sum the metrics with numpy.
+
+    Per sample: the two runs side by side on the workers (the next sample is decoded meanwhile), then the
+    metrics spread over the workers with the hook here. One sample in flight, each session writing into one
+    set of reused output arrays: overlapping sample k's metrics with sample k+1's runs was faster per image
+    but needed a second set (+0.7 GB and ~190 k more page faults, which cost more than it saved below ~20
+    images: docs/benchmarks.md).
+    """
+    ex = pool()
     it = iter(dataset)
     sample = next(it, None)
     k = 0
@@ -187,9 +224,19 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         if progress:
             progress("compare", 1, len(dataset))
         sample, k = upcoming, k + 1
-    timing["compare_s"] = time.perf_counter() - t2
-    timing["total_s"] = time.perf_counter() - t0
-    return _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
+
+
+def _fused_loop(sess: OrtSession, lay: FusedLayout, dataset: Dataset, acc: CompareAccumulator,
+                inputs: list[str], names: list[str], progress: Progress | None, on_sample: Callable | None) -> None:
+    """Run the fused model (metrics.fused) over the samples, two side by side on single-threaded runs, and
+    add each one's sums in sample order; the hook sees the inputs and the float and quantized graph outputs."""
+    for k, (sample, vals) in enumerate(ordered_map(lambda s: (s, sess.run(s)), dataset)):
+        add_sample(acc, lay, vals, names[k])
+        if on_sample is not None:
+            on_sample(k, {**{i: sample[i] for i in inputs}, **{o: vals[n] for o, n in lay.float_outputs.items()}},
+                      {o: vals[n] for o, n in lay.quant_outputs.items()})
+        if progress:
+            progress("compare", 1, len(dataset))
 
 
 def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,

@@ -37,7 +37,8 @@ class OrtSession:
     """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
-                 optimize_all: bool = False) -> None:
+                 optimize_all: bool = False, model_order: bool = False,
+                 disabled_optimizers: tuple[str, ...] = ()) -> None:
         so = ort.SessionOptions()
         # BASIC keeps fake-quantized graphs bit-stable; float-only passes (calibration) may use every fusion
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
@@ -50,10 +51,15 @@ class OrtSession:
         # and samples side by side instead (qdebug.workers)
         so.intra_op_num_threads = threads or SESSION_THREADS
         so.inter_op_num_threads = 1
+        if model_order:
+            # nodes in the model's order wherever the graph allows; the default order walks back from the
+            # outputs and can keep every activation alive (qdebug.metrics.fused orders its nodes for this)
+            so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if _shared_arena():
             so.add_session_config_entry("session.use_env_allocators", "1")
         try:
-            self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
+                                             disabled_optimizers=list(disabled_optimizers))
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load the model: {msg}", file=source,
