@@ -167,8 +167,12 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
             if s.stop <= s.start:
                 continue
             where = [b.const([s.start]), b.const([s.stop]), b.const([axis])]
-            xs = b.node("Slice", [t, *where], "part")
-            e = Entry(lay.tensors[t].size // shapes[t][axis] * (s.stop - s.start), b.x_stats(xs))
+            size = lay.tensors[t].size // shapes[t][axis] * (s.stop - s.start)
+            if s.source in lay.tensors:  # the float part is the Concat's input itself: reuse its sums
+                xs, e = s.source, Entry(size, lay.tensors[s.source].x)
+            else:
+                xs = b.node("Slice", [t, *where], "part")
+                e = Entry(size, b.x_stats(xs))
             if lay.tensors[t].cum is not None:
                 e.cum = b.twin(xs, b.node("Slice", [cum(qnames.get(t, t)), *where], "part"))
             if t in iso_map:
