@@ -206,3 +206,38 @@ def test_dynamic_shapes_use_the_array_path(tmp_path):
     out = next(t for t in res.tensors if t.tensor == "out")
     assert out.cumulative.snr_db == pytest.approx(compute_metrics(x, y).snr_db, abs=1e-4)
     assert {p["part"] for p in res.parts} == {"box", "score"}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatch, fused):
+    """1/t (kept in float) of a t that is small but not 0: finite in the float run; int8 rounds t to 0, so
+    the quantized run gives inf. Both engines must finish, give that tensor null metrics and name it in a
+    warning."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qdebug.pipeline as pl
+    from qdebug.quant.scheme import Precision
+
+    monkeypatch.setattr(pl, "FUSED", fused)
+    nodes = [helper.make_node("Sub", ["x", "h"], ["t"], name="sub"),
+             helper.make_node("Reciprocal", ["t"], ["r"], name="rcp")]
+    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                           [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 1, 4, 4])],
+                           [numpy_helper.from_array(np.array(0.5, dtype=np.float32), "h")])
+    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    d = tmp_path / "in"
+    d.mkdir()
+    x = np.linspace(0.0, 1.0, 16, dtype=np.float32)
+    x[7:9] = (0.4996, 0.5004)  # t = -/+0.0004, a tenth of an int8 step of [-0.5, 0.5]: rounds to 0
+    np.save(d / "a.npy", x.reshape(1, 1, 4, 4))
+    g = ModelGraph.load(tmp_path / "m.onnx")
+    cfg = QuantConfig(overrides={"rcp": Precision.FP32})  # a quantized output would clip inf to its range
+    res = run_compare(g, load_dataset(d, g), cfg, SimBackend("generic"))
+    assert res.engine == ("in-graph" if fused else "arrays")
+    by = {t.tensor: t for t in res.tensors}
+    assert by["r"].cumulative.snr_db is None and by["t"].cumulative.snr_db is not None
+    assert any("'r'" in w and "NaN/Inf" in w for w in res.warnings)

@@ -121,6 +121,9 @@ class TensorStats:
 
 def metrics_from_sums(sxx: float, syy: float, sxy: float, sdd: float, max_abs: float) -> Metrics:
     """Metric values from the running sums, with the zero-vector conventions of docs/metrics.md."""
+    if not (math.isfinite(sxx) and math.isfinite(syy) and math.isfinite(sdd)):
+        # NaN/Inf in the quantized run (or sums past float range): undefined, shown as null with a warning
+        return Metrics(None, None, max_abs if math.isfinite(max_abs) else None, None)
     if sxx == 0.0 and syy == 0.0:
         cos = 1.0
     elif sxx == 0.0 or syy == 0.0:
