@@ -151,8 +151,11 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     inputs = [i.name for i in graph.inputs]
     tensors = inputs + graph.activation_tensors()
     t1 = time.perf_counter()
-    amodel, iso_map = backend.analysis_model(graph, config, graph.activation_tensors())
-    qmodel = backend.quantized_model(graph, config, graph.activation_tensors())
+    # every activation, plus graph outputs that are not compared (e.g. integer indices) for the sample hook
+    exposed = graph.activation_tensors()
+    exposed += [o.name for o in graph.outputs if o.name not in set(exposed)]
+    amodel, iso_map = backend.analysis_model(graph, config, exposed)
+    qmodel = backend.quantized_model(graph, config, exposed)
     # expose the quantized graph inputs of the cumulative run
     from onnx import TensorProto, helper
     qnodes = {n.output[0] for n in qmodel.graph.node}
@@ -167,14 +170,14 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     names = dataset.names()
     shapes = static_shapes(graph, tensors) if FUSED else None
     lay = build_fused(graph, amodel, qmodel, tensors, iso_map, qnames, parts, shapes) if shapes else None
-    engine = "arrays"
+    engine, fallback = "arrays", ""
     if lay is not None:
         try:
             sess = OrtSession(lay.model, threads=backend.threads, source=graph.path, model_order=True,
                               disabled_optimizers=FUSED_SKIP)
             engine = "in-graph"
-        except ModelError:  # onnxruntime refuses the fused model: the array path still works
-            pass
+        except ModelError as exc:  # onnxruntime refuses the fused model: the array path still works
+            fallback = f"metric sums taken on exposed arrays (slower): the in-graph model was refused: {exc.problem}"
     if engine == "in-graph":
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -191,6 +194,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     timing["total_s"] = time.perf_counter() - t0
     res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
     res.engine = engine
+    if fallback:
+        res.warnings.append(fallback)
     return res
 
 

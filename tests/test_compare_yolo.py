@@ -241,3 +241,56 @@ def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatc
     by = {t.tensor: t for t in res.tensors}
     assert by["r"].cumulative.snr_db is None and by["t"].cumulative.snr_db is not None
     assert any("'r'" in w and "NaN/Inf" in w for w in res.warnings)
+
+
+def test_in_graph_engine_with_an_integer_graph_output(tmp_path):
+    """A graph output that is not float (ArgMax indices) is not compared, but the in-graph engine must keep
+    its type and hand it, float and quantized, to the sample hook (the detection decoder reads outputs)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Mul", ["x", "k"], ["y"], name="mul"),
+             helper.make_node("ArgMax", ["y"], ["idx"], axis=1, keepdims=0, name="arg")]
+    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4]),
+                            helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 4, 4])],
+                           [numpy_helper.from_array(np.array(3.0, dtype=np.float32), "k")])
+    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    xs = [rng.uniform(-1, 1, size=(1, 3, 4, 4)).astype(np.float32) for _ in range(2)]
+    for i, x in enumerate(xs):
+        np.save(d / f"{i}.npy", x)
+    g = ModelGraph.load(tmp_path / "m.onnx")
+    seen = []
+    res = run_compare(g, load_dataset(d, g), QuantConfig(), SimBackend("generic"),
+                      on_sample=lambda k, f, q: seen.append((k, f["idx"].copy(), q["idx"].copy(), f["x"].copy())))
+    assert res.engine == "in-graph"
+    assert [t.tensor for t in res.tensors] == ["x", "y"]
+    assert [k for k, *_ in seen] == [0, 1]
+    for (_, fidx, qidx, x), want in zip(seen, xs, strict=True):
+        assert fidx.dtype == np.int64 and qidx.dtype == np.int64
+        np.testing.assert_array_equal(fidx, np.argmax(want * 3, axis=1))
+        np.testing.assert_array_equal(x, want)
+
+
+def test_refused_in_graph_model_falls_back_with_a_warning(y8, monkeypatch):
+    """If onnxruntime refuses the fused model, compare still finishes on the array path and says so."""
+    import qdebug.pipeline as pl
+    from qdebug.errors import ModelError
+    from qdebug.runners.session import OrtSession
+
+    def picky(model, **kw):
+        if kw.get("model_order"):
+            raise ModelError("onnxruntime cannot load the model: test")
+        return OrtSession(model, **kw)
+
+    g, ds, be, res = y8
+    monkeypatch.setattr(pl, "OrtSession", picky)
+    got = run_compare(g, ds, QuantConfig(), be)
+    assert got.engine == "arrays" and any("in-graph model was refused" in w for w in got.warnings)
+    assert got.outputs[0]["cumulative"]["snr_db"] == pytest.approx(res.outputs[0]["cumulative"]["snr_db"], abs=0.02)

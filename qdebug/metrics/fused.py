@@ -203,11 +203,13 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
     gr.initializer.extend(b.inits)
     del gr.output[:]
     gr.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, []) for o in b.outputs)
+    elem: dict[str, int] = {}
     for o in g.outputs:
         lay.float_outputs[o.name] = o.name
         lay.quant_outputs[o.name] = cum(qnames.get(o.name, o.name))
-    for o in dict.fromkeys([*lay.float_outputs.values(), *lay.quant_outputs.values()]):
-        gr.output.append(helper.make_tensor_value_info(o, g.elem_types.get(o, TensorProto.FLOAT), None))
+        elem[o.name] = elem[lay.quant_outputs[o.name]] = g.elem_types.get(o.name, TensorProto.FLOAT)
+    for o, t in elem.items():
+        gr.output.append(helper.make_tensor_value_info(o, t, None))
     return lay
 
 
