@@ -181,8 +181,14 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     if engine == "in-graph":
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        _fused_loop(sess, lay, dataset, acc, inputs, names, progress, on_sample)
-    else:
+        bad = _fused_loop(sess, lay, dataset, acc, inputs, names, progress, on_sample)
+        if bad is not None:  # shape inference was wrong somewhere: start again on the array path
+            engine = "arrays"
+            fallback = (f"metric sums taken on exposed arrays (slower): tensor '{bad}' has another shape at run "
+                        "time than shape inference gives")
+            parts = concat_parts(graph, tensors)
+            acc = CompareAccumulator(graph, tensors, iso_map, parts)
+    if engine == "arrays":
         # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
         fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
         qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
@@ -231,17 +237,23 @@ def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: Com
         sample, k = upcoming, k + 1
 
 
-def _fused_loop(sess: OrtSession, lay: FusedLayout, dataset: Dataset, acc: CompareAccumulator,
-                inputs: list[str], names: list[str], progress: Progress | None, on_sample: Callable | None) -> None:
+def _fused_loop(sess: OrtSession, lay: FusedLayout, dataset: Dataset, acc: CompareAccumulator, inputs: list[str],
+                names: list[str], progress: Progress | None, on_sample: Callable | None) -> str | None:
     """Run the fused model (metrics.fused) over the samples, two side by side on single-threaded runs, and
-    add each one's sums in sample order; the hook sees the inputs and the float and quantized graph outputs."""
+    add each one's sums in sample order; the hook sees the inputs and the float and quantized graph outputs.
+
+    Returns None, or (before anything was added) a tensor whose run-time shape is not the static one.
+    """
     for k, (sample, vals) in enumerate(ordered_map(lambda s: (s, sess.run(s)), dataset)):
+        if k == 0 and (bad := lay.shape_mismatch(vals)) is not None:
+            return bad
         add_sample(acc, lay, vals, names[k])
         if on_sample is not None:
             on_sample(k, {**{i: sample[i] for i in inputs}, **{o: vals[n] for o, n in lay.float_outputs.items()}},
                       {o: vals[n] for o, n in lay.quant_outputs.items()})
         if progress:
             progress("compare", 1, len(dataset))
+    return None
 
 
 def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,

@@ -60,6 +60,15 @@ class FusedLayout:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     float_outputs: dict[str, str] = field(default_factory=dict)  # graph output -> its float value
     quant_outputs: dict[str, str] = field(default_factory=dict)  # graph output -> its cumulative value
+    shape_outputs: dict[str, str] = field(default_factory=dict)  # tensor -> its run-time shape
+
+    def shape_mismatch(self, vals: dict[str, np.ndarray]) -> str | None:
+        """The first tensor whose run-time shape differs from the static one the model was built with
+        (part slices and element counts come from those), or None."""
+        for t, name in self.shape_outputs.items():
+            if tuple(int(d) for d in vals[name]) != self.shapes[t]:
+                return t
+        return None
 
 
 def static_shapes(g: ModelGraph, tensors: list[str]) -> dict[str, tuple[int, ...]] | None:
@@ -146,6 +155,7 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
         if t in iso_map:
             e.iso = b.twin(t, iso_map[t])
         lay.tensors[t] = e
+        lay.shape_outputs[t] = b.node("Shape", [t], "shape")
     for t, specs in parts.items():
         if t not in lay.tensors:
             continue
@@ -203,6 +213,7 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
     gr.initializer.extend(b.inits)
     del gr.output[:]
     gr.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, []) for o in b.outputs)
+    gr.output.extend(helper.make_tensor_value_info(o, TensorProto.INT64, None) for o in lay.shape_outputs.values())
     elem: dict[str, int] = {}
     for o in g.outputs:
         lay.float_outputs[o.name] = o.name
