@@ -45,9 +45,10 @@ class Entry:
     """What the fused model reports for one compared tensor or Concat part."""
 
     size: int  # elements per sample
-    x: list[str]  # sxx, min, max
+    x: list[str]  # sxx, min, max (empty when the sums come from `parts`)
     cum: Twin | None = None
     iso: Twin | None = None
+    parts: list[tuple[str, str]] = field(default_factory=list)  # a Concat output: the parts that tile it
 
 
 @dataclass
@@ -144,20 +145,11 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
 
     b = _Builder()
     lay = FusedLayout(onnx.ModelProto(), shapes=shapes)
-    for t in tensors:
-        size = int(np.prod(shapes[t]))
-        if size == 0:
-            continue
-        e = Entry(size, b.x_stats(t))
-        q = qnames.get(t, t)
-        if q != t or t not in inputs:  # a graph input left unquantized is the same value in both runs
-            e.cum = b.twin(t, cum(q))
-        if t in iso_map:
-            e.iso = b.twin(t, iso_map[t])
-        lay.tensors[t] = e
-        lay.shape_outputs[t] = b.node("Shape", [t], "shape")
+    # Concat part positions first: a Concat output tiled by its parts gets its sums from theirs (sums over
+    # disjoint pieces add up; min and max combine), which saves a pass over it for every twin
+    tiled: dict[str, int] = {}  # Concat output -> axis
     for t, specs in parts.items():
-        if t not in lay.tensors:
+        if t not in shapes or not int(np.prod(shapes[t])):
             continue
         rank = len(shapes[t])
         axis = specs[0].axis % rank
@@ -173,21 +165,42 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
             pos = s.stop
         if pos != shapes[t][axis]:
             return None
-        for s in specs:
+        tiled[t] = axis
+    for t in tensors:
+        size = int(np.prod(shapes[t]))
+        if size == 0:
+            continue
+        q = qnames.get(t, t)
+        has_cum = q != t or t not in inputs  # a graph input left unquantized is the same value in both runs
+        if t in tiled:
+            e = Entry(size, [], Twin([]) if has_cum else None, Twin([]) if t in iso_map else None)
+        else:
+            e = Entry(size, b.x_stats(t))
+            if has_cum:
+                e.cum = b.twin(t, cum(q))
+            if t in iso_map:
+                e.iso = b.twin(t, iso_map[t])
+        lay.tensors[t] = e
+        lay.shape_outputs[t] = b.node("Shape", [t], "shape")
+    for t, axis in tiled.items():
+        whole = lay.tensors[t]
+        for s in parts[t]:
             if s.stop <= s.start:
                 continue
             where = [b.const([s.start]), b.const([s.stop]), b.const([axis])]
-            size = lay.tensors[t].size // shapes[t][axis] * (s.stop - s.start)
-            if s.source in lay.tensors:  # the float part is the Concat's input itself: reuse its sums
-                xs, e = s.source, Entry(size, lay.tensors[s.source].x)
+            size = whole.size // shapes[t][axis] * (s.stop - s.start)
+            src = lay.tensors.get(s.source)
+            if src is not None and src.x:  # the float part is the Concat's input itself: reuse its sums
+                xs, e = s.source, Entry(size, src.x)
             else:
                 xs = b.node("Slice", [t, *where], "part")
                 e = Entry(size, b.x_stats(xs))
-            if lay.tensors[t].cum is not None:
+            if whole.cum is not None:
                 e.cum = b.twin(xs, b.node("Slice", [cum(qnames.get(t, t)), *where], "part"))
-            if t in iso_map:
+            if whole.iso is not None:
                 e.iso = b.twin(xs, b.node("Slice", [iso_map[t], *where], "part"))
             lay.parts[(t, s.name)] = e
+            whole.parts.append((t, s.name))
 
     qnodes = []
     for n in qmodel.graph.node:
@@ -272,8 +285,8 @@ def add_sample(acc: CompareAccumulator, lay: FusedLayout, vals: dict[str, np.nda
     A float tensor whose sum of squares is not finite holds NaN or Inf: the first one in topological order
     raises the graph's one-line error, as on the array path.
     """
-    def f(name: str) -> float:
-        return float(vals[name])
+    def read(names: list[str]) -> tuple[float, ...]:
+        return tuple(float(vals[n]) for n in names)
 
     if acc.samples == 0:
         acc._resolved = True  # part positions were fixed when the model was built
@@ -283,29 +296,42 @@ def add_sample(acc: CompareAccumulator, lay: FusedLayout, vals: dict[str, np.nda
             elif t in lay.shapes and t not in acc.zero_size:
                 acc.zero_size.append(t)
     acc.samples += 1
+    px = {key: read(e.x) for key, e in lay.parts.items()}
     xs = {}
     for t, e in lay.tensors.items():
-        sxx, mn, mx = (f(o) for o in e.x)
+        x = _combine([px[k] for k in e.parts], (sum, min, max)) if e.parts else read(e.x)
+        sxx, mn, mx = x
         if not np.isfinite(sxx) and (np.isnan(sxx) or not (np.isfinite(mn) and np.isfinite(mx))):
             raise acc.g.nonfinite_error(t, "NaN" if np.isnan(sxx) else "Inf", sample)
-        xs[t] = (sxx, mn, mx)
+        xs[t] = x
+    for key, e in lay.parts.items():
+        _add(acc.part_cum[key], e.size, px[key], read(e.cum.names) if e.cum else None)
+        _add(acc.part_iso[key], e.size, px[key], read(e.iso.names) if e.iso else None)
     for t, e in lay.tensors.items():
-        _add(acc.cum[t], e, xs[t], e.cum, f)
-        _add(acc.iso[t], e, xs[t], e.iso, f)
+        for st, twin, kind in ((acc.cum[t], e.cum, "cum"), (acc.iso[t], e.iso, "iso")):
+            if twin is None:
+                q = None
+            elif e.parts:  # syy and sdd add up over the parts, max(x - y) and min(x - y) combine
+                q = _combine([read(getattr(lay.parts[k], kind).names) for k in e.parts], (sum, sum, max, min))
+            else:
+                q = read(twin.names)
+            _add(st, e.size, xs[t], q)
         if e.cum is not None and not np.isfinite(acc.cum[t].sdd) and t not in acc.nonfinite_quant:
             acc.nonfinite_quant.append(t)
-    for key, e in lay.parts.items():
-        x = tuple(f(o) for o in e.x)
-        _add(acc.part_cum[key], e, x, e.cum, f)
-        _add(acc.part_iso[key], e, x, e.iso, f)
 
 
-def _add(st: TensorStats, e: Entry, x: tuple, twin: Twin | None, f) -> None:
-    """One sample's scalars into a TensorStats; no twin means the quantized value equals the float one."""
+def _combine(rows: list[tuple[float, ...]], how: tuple) -> tuple[float, ...]:
+    """Column-wise sum/min/max of per-part scalars; NaN anywhere stays NaN (Python's min/max would drop it)."""
+    cols = list(zip(*rows, strict=True))
+    return tuple(float("nan") if any(np.isnan(c)) else f(c) for f, c in zip(how, cols, strict=True))
+
+
+def _add(st: TensorStats, size: int, x: tuple, q: tuple | None) -> None:
+    """One sample's scalars into a TensorStats; no twin (q None) means the quantized value equals the float."""
     sxx, mn, mx = x
-    if twin is None:
-        st.add_sums(e.size, sxx, sxx, 0.0, None, mn, mx)
+    if q is None:
+        st.add_sums(size, sxx, sxx, 0.0, None, mn, mx)
         return
-    syy, sdd, dmax, dmin = (f(o) for o in twin.names)
+    syy, sdd, dmax, dmin = q
     max_abs = float("nan") if np.isnan(sdd) else max(dmax, -dmin)
-    st.add_sums(e.size, sxx, syy, sdd, max_abs, mn, mx)
+    st.add_sums(size, sxx, syy, sdd, max_abs, mn, mx)
