@@ -169,12 +169,36 @@ def test_in_graph_sums_equal_the_array_path(y8, monkeypatch):
     assert a["hazards"] == b["hazards"] and a["warnings"] == b["warnings"]
 
 
+def _tiny_case(tmp_path, nodes, x_shape, outputs, consts, arrays, value_info=()):
+    """Write a one-input float model and .npy samples (one per array); return (graph, dataset).
+
+    `outputs` are (name, elem type, shape) triples; `consts` maps initializer names to arrays.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                           [helper.make_tensor_value_info(*o) for o in outputs],
+                           [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in consts.items()],
+                           value_info=[helper.make_tensor_value_info(*v) for v in value_info])
+    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, a in enumerate(arrays):
+        np.save(d / f"{i}.npy", np.asarray(a, dtype=np.float32))
+    g = ModelGraph.load(tmp_path / "m.onnx")
+    size = tuple(x_shape[2:]) if any(isinstance(v, str) for v in x_shape) else None
+    return g, load_dataset(d, g, size=size)
+
+
 def test_dynamic_shapes_use_the_array_path(tmp_path):
     """A model whose tensor shapes are not static (input dims N, H, W) cannot have its parts sliced inside
     the graph: compare takes the array path, and its metric still equals a direct computation."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     from qdebug.metrics.stats import compute_metrics
     from qdebug.runners.session import OrtSession
@@ -182,20 +206,9 @@ def test_dynamic_shapes_use_the_array_path(tmp_path):
     nodes = [helper.make_node("Mul", ["x", "k"], ["y"], name="mul"),
              helper.make_node("Sigmoid", ["y"], ["s"], name="sig"),
              helper.make_node("Concat", ["y", "s"], ["out"], axis=1, name="cat")]
-    dims = ["N", 2, "H", "W"]
-    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, "H", "W"])],
-                           [numpy_helper.from_array(np.array(40.0, dtype=np.float32), "k")])
-    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "m.onnx"))
-    d = tmp_path / "in"
-    d.mkdir()
     rng = np.random.default_rng(3)
-    for i in range(3):
-        np.save(d / f"{i}.npy", rng.uniform(-1, 1, size=(1, 2, 6, 6)).astype(np.float32))
-    g = ModelGraph.load(tmp_path / "m.onnx")
-    ds = load_dataset(d, g, size=(6, 6))
+    g, ds = _tiny_case(tmp_path, nodes, ["N", 2, 6, 6], [("out", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                       {"k": 40.0}, [rng.uniform(-1, 1, size=(1, 2, 6, 6)) for _ in range(3)])
     be = SimBackend("generic")
     res = run_compare(g, ds, QuantConfig(), be)
     assert res.engine == "arrays"
@@ -214,8 +227,7 @@ def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatc
     the quantized run gives inf. Both engines must finish, give that tensor null metrics and name it in a
     warning."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     import qdebug.pipeline as pl
     from qdebug.quant.scheme import Precision
@@ -223,20 +235,12 @@ def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatc
     monkeypatch.setattr(pl, "FUSED", fused)
     nodes = [helper.make_node("Sub", ["x", "h"], ["t"], name="sub"),
              helper.make_node("Reciprocal", ["t"], ["r"], name="rcp")]
-    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
-                           [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 1, 4, 4])],
-                           [numpy_helper.from_array(np.array(0.5, dtype=np.float32), "h")])
-    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "m.onnx"))
-    d = tmp_path / "in"
-    d.mkdir()
     x = np.linspace(0.0, 1.0, 16, dtype=np.float32)
     x[7:9] = (0.4996, 0.5004)  # t = -/+0.0004, a tenth of an int8 step of [-0.5, 0.5]: rounds to 0
-    np.save(d / "a.npy", x.reshape(1, 1, 4, 4))
-    g = ModelGraph.load(tmp_path / "m.onnx")
+    g, ds = _tiny_case(tmp_path, nodes, [1, 1, 4, 4], [("r", TensorProto.FLOAT, [1, 1, 4, 4])], {"h": 0.5},
+                       [x.reshape(1, 1, 4, 4)])
     cfg = QuantConfig(overrides={"rcp": Precision.FP32})  # a quantized output would clip inf to its range
-    res = run_compare(g, load_dataset(d, g), cfg, SimBackend("generic"))
+    res = run_compare(g, ds, cfg, SimBackend("generic"))
     assert res.engine == ("in-graph" if fused else "arrays")
     by = {t.tensor: t for t in res.tensors}
     assert by["r"].cumulative.snr_db is None and by["t"].cumulative.snr_db is not None
@@ -247,27 +251,16 @@ def test_in_graph_engine_with_an_integer_graph_output(tmp_path):
     """A graph output that is not float (ArgMax indices) is not compared, but the in-graph engine must keep
     its type and hand it, float and quantized, to the sample hook (the detection decoder reads outputs)."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     nodes = [helper.make_node("Mul", ["x", "k"], ["y"], name="mul"),
              helper.make_node("ArgMax", ["y"], ["idx"], axis=1, keepdims=0, name="arg")]
-    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4]),
-                            helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 4, 4])],
-                           [numpy_helper.from_array(np.array(3.0, dtype=np.float32), "k")])
-    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "m.onnx"))
-    d = tmp_path / "in"
-    d.mkdir()
     rng = np.random.default_rng(1)
     xs = [rng.uniform(-1, 1, size=(1, 3, 4, 4)).astype(np.float32) for _ in range(2)]
-    for i, x in enumerate(xs):
-        np.save(d / f"{i}.npy", x)
-    g = ModelGraph.load(tmp_path / "m.onnx")
+    g, ds = _tiny_case(tmp_path, nodes, [1, 3, 4, 4], [("y", TensorProto.FLOAT, [1, 3, 4, 4]),
+                                                        ("idx", TensorProto.INT64, [1, 4, 4])], {"k": 3.0}, xs)
     seen = []
-    res = run_compare(g, load_dataset(d, g), QuantConfig(), SimBackend("generic"),
+    res = run_compare(g, ds, QuantConfig(), SimBackend("generic"),
                       on_sample=lambda k, f, q: seen.append((k, f["idx"].copy(), q["idx"].copy(), f["x"].copy())))
     assert res.engine == "in-graph"
     assert [t.tensor for t in res.tensors] == ["x", "y"]
@@ -301,8 +294,7 @@ def test_wrong_static_shapes_are_caught_at_run_time(tmp_path):
     input declared with 3 channels instead of 2, and the output with 5 instead of 4) must not get wrong
     parts: compare runs on the array path with a warning."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     from qdebug.metrics.stats import compute_metrics
     from qdebug.runners.session import OrtSession
@@ -310,21 +302,11 @@ def test_wrong_static_shapes_are_caught_at_run_time(tmp_path):
     nodes = [helper.make_node("Mul", ["x", "k"], ["a"], name="mul"),
              helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
              helper.make_node("Concat", ["a", "s"], ["out"], axis=1, name="cat")]
-    gr = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 4, 4])],
-                           [numpy_helper.from_array(np.array(50.0, dtype=np.float32), "k")],
-                           value_info=[helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3, 4, 4])])
-    m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "m.onnx"))
-    d = tmp_path / "in"
-    d.mkdir()
     rng = np.random.default_rng(2)
-    for i in range(2):
-        np.save(d / f"{i}.npy", rng.uniform(-1, 1, size=(1, 2, 4, 4)).astype(np.float32))
-    g = ModelGraph.load(tmp_path / "m.onnx")
+    g, ds = _tiny_case(tmp_path, nodes, [1, 2, 4, 4], [("out", TensorProto.FLOAT, [1, 5, 4, 4])], {"k": 50.0},
+                       [rng.uniform(-1, 1, size=(1, 2, 4, 4)) for _ in range(2)],
+                       value_info=[("a", TensorProto.FLOAT, [1, 3, 4, 4])])
     assert g.shapes["a"] == (1, 3, 4, 4)  # the stale declaration is what static inference sees
-    ds = load_dataset(d, g)
     be = SimBackend("generic")
     seen = []
     res = run_compare(g, ds, QuantConfig(), be, on_sample=lambda k, f, q: seen.append(k))
