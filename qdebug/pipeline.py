@@ -182,12 +182,11 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         bad = _fused_loop(sess, lay, dataset, acc, inputs, names, progress, on_sample)
-        if bad is not None:  # shape inference was wrong somewhere: start again on the array path
+        if bad is not None:  # shape inference was wrong somewhere: start again on the array path (nothing was
+            # added to `acc` yet; it re-reads the part positions from the first sample's values)
             engine = "arrays"
             fallback = (f"metric sums taken on exposed arrays (slower): tensor '{bad}' has another shape at run "
                         "time than shape inference gives")
-            parts = concat_parts(graph, tensors)
-            acc = CompareAccumulator(graph, tensors, iso_map, parts)
     if engine == "arrays":
         # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
         fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)

@@ -73,7 +73,8 @@ class FusedLayout:
 
 
 def static_shapes(g: ModelGraph, tensors: list[str]) -> dict[str, tuple[int, ...]] | None:
-    """Shapes of `tensors` when all are float32 and fully known (the fused path needs both), else None."""
+    """Shapes of `tensors` when all are float32 and fully known and non-empty (the fused path needs that),
+    else None (zero-size tensors, too, take the array path, which skips them)."""
     opset = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 11:  # Slice with input positions
         return None
@@ -82,7 +83,7 @@ def static_shapes(g: ModelGraph, tensors: list[str]) -> dict[str, tuple[int, ...
     out = {}
     for t in tensors:
         s = g.shapes.get(t)
-        if g.elem_types.get(t) != TensorProto.FLOAT or s is None or any(d is None for d in s):
+        if g.elem_types.get(t) != TensorProto.FLOAT or s is None or any(not d for d in s):
             return None
         out[t] = tuple(int(d) for d in s)  # type: ignore[arg-type]
     return out
@@ -149,8 +150,6 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
     # disjoint pieces add up; min and max combine), which saves a pass over it for every twin
     tiled: dict[str, int] = {}  # Concat output -> axis
     for t, specs in parts.items():
-        if t not in shapes or not int(np.prod(shapes[t])):
-            continue
         rank = len(shapes[t])
         axis = specs[0].axis % rank
         pos = 0
@@ -168,8 +167,6 @@ def build_fused(g: ModelGraph, amodel: onnx.ModelProto, qmodel: onnx.ModelProto,
         tiled[t] = axis
     for t in tensors:
         size = int(np.prod(shapes[t]))
-        if size == 0:
-            continue
         q = qnames.get(t, t)
         has_cum = q != t or t not in inputs  # a graph input left unquantized is the same value in both runs
         if t in tiled:
@@ -290,11 +287,7 @@ def add_sample(acc: CompareAccumulator, lay: FusedLayout, vals: dict[str, np.nda
 
     if acc.samples == 0:
         acc._resolved = True  # part positions were fixed when the model was built
-        for t in acc.tensors:
-            if t in lay.tensors:
-                acc.shapes[t] = lay.shapes[t]
-            elif t in lay.shapes and t not in acc.zero_size:
-                acc.zero_size.append(t)
+        acc.shapes.update(lay.shapes)
     acc.samples += 1
     px = {key: read(e.x) for key, e in lay.parts.items()}
     xs = {}
