@@ -13,7 +13,20 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-SNR_INF = 999.0
+from qdebug.report.format import (  # noqa: F401  (re-exported for the sections)
+    SNR_INF,
+    f_bound,
+    f_cos,
+    f_det,
+    f_g,
+    f_jump,
+    f_metric,
+    f_pct,
+    f_secs,
+    f_snr,
+    num,
+)
+
 GITHUB_LIMIT = 65_536  # characters GitHub accepts in an issue body or comment
 
 
@@ -124,59 +137,6 @@ class Details:
 
 
 Block = Heading | Para | Quote | Bullets | Table | Code | Image | Details
-
-
-# -------------------------------------------------------------------------- numbers
-def f_snr(v: float | None) -> str:
-    """SNR in dB with one decimal; the 999 sentinel (identical tensors) is shown as ∞."""
-    if v is None:
-        return "–"
-    if v >= SNR_INF:
-        return "∞"
-    return f"{v:.1f}"
-
-
-def f_cos(v: float | None) -> str:
-    """Cosine with 5 decimals (6 when 5 would round a non-1 value to 1)."""
-    if v is None:
-        return "–"
-    s = f"{v:.5f}"
-    if s == "1.00000" and v < 1.0:
-        s = f"{v:.6f}"
-    return s
-
-
-def f_g(v: float | None, n: int = 3) -> str:
-    """`n` significant digits (max_abs, scales)."""
-    if v is None:
-        return "–"
-    return f"{v:.{n}g}"
-
-
-def f_jump(v: float | None) -> str:
-    """Signed dB lost at an op, one decimal."""
-    return "–" if v is None else f"{v:+.1f}"
-
-
-def f_metric(metric: str, v: float | None) -> str:
-    """A target metric value in that metric's precision."""
-    if metric == "snr_db":
-        return f_snr(v)
-    if metric == "cosine":
-        return f_cos(v)
-    if v is not None and metric.startswith(("map", "recall", "lost_frac")):  # detection task metrics
-        return f"{v:.3f}"
-    return f_g(v, 4)
-
-
-def f_bound(op: str, bound: float) -> str:
-    """`≥ 0.999` style bound text."""
-    sym = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}.get(op, op)
-    return f"{sym} {bound:g}"
-
-
-def f_secs(v: float | None) -> str:
-    return "–" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:.0f} s")
 
 
 # ------------------------------------------------------------------------- rendering
@@ -739,29 +699,9 @@ DETECTION_GROUP = "detection"  # ctx.images group of the float-vs-quantized pict
 DET_CLASSES_INLINE = 5  # per-class tables with more classes are collapsed
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def f_det(v: Any, spec: str = ".3f") -> str:
-    """A detection metric (mAP, recall, IoU) or "–"."""
-    x = _num(v)
-    return "–" if x is None else format(x, spec)
-
-
-def f_pct(v: Any) -> str:
-    """A fraction as a whole percentage ("<1%" for a small non-zero one)."""
-    x = _num(v)
-    if x is None:
-        return "–"
-    if 0 < x < 0.005:
-        return "<1%"
-    return f"{100 * x:.0f}%"
-
-
 def _map_span(v: Any, spec: str = ".3f") -> Span | str:
     """mAP50-95 vs float, marked like the terminal: ≥ 0.9 good, < 0.7 bad, in between plain."""
-    x = _num(v)
+    x = num(v)
     if x is None:
         return "–"
     text = format(x, spec)
@@ -829,7 +769,7 @@ def _detection(ctx: Ctx) -> list[Block]:
     th = det.get("thresholds") or {}
 
     def g(v: Any, default: str = "?") -> str:
-        x = _num(v)
+        x = num(v)
         return default if x is None else f"{x:g}"
 
     outs = d.get("outputs") or []
@@ -851,7 +791,7 @@ def _detection(ctx: Ctx) -> list[Block]:
         m, cnt = side.get("metrics") or {}, side.get("counts") or {}
         lost = cnt.get("lost")
         label = _promoted_label(det) if name == "promoted" else name
-        iou, shift = _num(cnt.get("mean_iou")), _num(cnt.get("mean_score_shift"))
+        iou, shift = num(cnt.get("mean_iou")), num(cnt.get("mean_score_shift"))
         rows.append([il(label), il(str(side.get("detections", "–"))), il(_map_span(m.get("map50_95_vs_float"))),
                      il(f_det(m.get("map50_vs_float"))), il(f_det(m.get("recall_vs_float"))),
                      il(f"{lost} ({f_pct(m.get('lost_frac'))})" if lost is not None else "–"),
@@ -897,7 +837,7 @@ def _det_per_class(det: dict) -> list[Block]:
         if isinstance(det.get("promoted"), dict) else None
 
     def worst(r: dict) -> tuple[float, int]:
-        ap = _num(r.get("ap50_95"))
+        ap = num(r.get("ap50_95"))
         return (ap if ap is not None else 1.0, -(r.get("float") or 0))
 
     q.sort(key=worst)
