@@ -136,8 +136,8 @@ def child_naive(model: Path, images: Path, n: int, targets: list[str], budget_s:
     from dataclasses import replace
 
     from qdebug.graph.model import ModelGraph
+    from qdebug.graph.parts import concat_parts
     from qdebug.inputs.dataset import load_dataset
-    from qdebug.metrics.engine import concat_parts
     from qdebug.quant.scheme import Precision, QuantConfig
     from qdebug.runners.session import OrtSession
     from qdebug.runners.sim import SimBackend

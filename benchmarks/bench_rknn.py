@@ -153,7 +153,7 @@ def _load(model: Path, images: Path, n: int):
 # ================================================================ child: costs
 def child_costs(model: Path, images: Path, n: int, target_expr: str, promote_op: str, extra_ops: int,
                 proposal: bool, work: Path, seed: int, crashing: list[str]) -> dict:
-    from qdebug.metrics.engine import concat_parts
+    from qdebug.graph.parts import concat_parts
     from qdebug.quant.scheme import Precision, QuantConfig
     from qdebug.runners.rockchip import RknnBackend, ToolkitError
     from qdebug.search.bisect import ancestors_ops

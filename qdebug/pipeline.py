@@ -9,114 +9,45 @@ import datetime as _dt
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from qdebug import __version__
 from qdebug.errors import ModelError
 from qdebug.graph.fusion import QuantOp
-from qdebug.graph.hazards import Hazard, find_hazards
+from qdebug.graph.hazards import find_hazards
 from qdebug.graph.model import ModelGraph
+from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
-from qdebug.metrics.engine import CompareAccumulator, concat_parts
+from qdebug.metrics.engine import CompareAccumulator
 from qdebug.metrics.fused import FusedLayout, add_sample, build_fused, static_shapes
-from qdebug.metrics.stats import SNR_INF, Metrics, json_float
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
+from qdebug.results.compare import (
+    COMPARE_SCHEMA,
+    CompareResult,
+    HazardRow,
+    IOInfo,
+    ModelInfo,
+    OutputRow,
+    PartRow,
+    QuantInfo,
+    SampleInfo,
+    TensorRow,
+)
+from qdebug.results.values import SNR_INF, json_float
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
 from qdebug.workers import ANALYSIS_THREADS, ordered_map, pool
 
-COMPARE_SCHEMA = "qdebug.compare/1"
 JUMP_REF_DB = 60.0  # input SNR above this counts as exact when computing an op's jump (docs/metrics.md)
 HEALTHY_DB = 40.0  # cumulative SNR at or above this is not highlighted
-FUSED = True  # metric sums inside the onnxruntime graph where possible (qdebug.metrics.fused)
+ENGINES = ("auto", "in-graph", "arrays")  # where the metric sums are taken (docs/simulator.md)
 # optimizers that cannot change a number (they merge equal computations or fold constants with the same
 # kernels) but take half the fused session's creation time on its ~5,000 nodes (0.6 -> 0.36 s, bench model)
 FUSED_SKIP = ("CommonSubexpressionElimination", "ConstantFolding", "ConstantSharing")
 
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
-
-
-@dataclass
-class TensorResult:
-    """Both metrics of one tensor plus where it sits in the graph."""
-
-    tensor: str
-    node: str
-    op_type: str
-    index: int
-    group: str | None
-    quantized: bool
-    shape: tuple[int, ...] | None
-    float_range: tuple[float, float] | None
-    cumulative: Metrics
-    isolated: Metrics
-    jump_db: float | None
-
-    def to_json(self) -> dict:
-        return {"tensor": self.tensor, "node": self.node, "op_type": self.op_type, "index": self.index,
-                "group": self.group, "quantized": self.quantized,
-                "shape": list(self.shape) if self.shape else None,
-                "float_range": [_f(self.float_range[0]), _f(self.float_range[1])] if self.float_range else None,
-                "cumulative": self.cumulative.to_json(), "isolated": self.isolated.to_json(),
-                "jump_db": _f(self.jump_db)}
-
-
-_f = json_float
-
-
-@dataclass
-class CompareResult:
-    """Everything `qdebug compare` found; `to_json()` is the documented qdebug.compare/1 schema."""
-
-    graph: ModelGraph
-    dataset: Dataset
-    config: QuantConfig
-    backend: dict
-    tensors: list[TensorResult]
-    parts: list[dict]
-    outputs: list[dict]
-    hazards: list[Hazard]
-    groups: list[dict]
-    unsupported: list[str]
-    warnings: list[str] = field(default_factory=list)
-    timing: dict = field(default_factory=dict)
-    command: str = ""
-    engine: str = "arrays"  # where the metric sums were taken: "in-graph" (metrics.fused) or "arrays"
-
-    def worst(self, n: int = 10) -> list[TensorResult]:
-        """Tensors with the largest SNR jump (error introduced at that op)."""
-        ranked = [t for t in self.tensors if t.jump_db is not None]
-        ranked.sort(key=lambda t: -t.jump_db)  # type: ignore[arg-type,operator]
-        return ranked[:n]
-
-    def to_json(self) -> dict:
-        g = self.graph
-        return {
-            "schema": COMPARE_SCHEMA,
-            "qdebug_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": self.command,
-            "model": {"path": g.path, "sha256": g.sha256(), "nodes": len(g.nodes),
-                      "opset": next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), None),
-                      "inputs": [i.to_json() for i in g.inputs], "outputs": [o.to_json() for o in g.outputs]},
-            "samples": {"count": len(self.dataset), "source": self.dataset.source, "kind": self.dataset.kind,
-                        "names": self.dataset.names()[:1000],
-                        "preprocess": self.dataset.preprocess.to_json() if self.dataset.preprocess else None},
-            "quant": {**self.backend, "scheme": self.config.scheme.to_json(), "calib": self.config.source,
-                      "overrides": self.config.overrides_json(), "groups": self.groups,
-                      "unsupported": self.unsupported},
-            "tensors": [t.to_json() for t in self.tensors],
-            "parts": self.parts,
-            "outputs": self.outputs,
-            "hazards": [h.to_json() for h in self.hazards],
-            "warnings": self.warnings,
-            "timing": {k: round(v, 3) for k, v in self.timing.items()},
-            "engine": self.engine,
-            "environment": environment(),
-        }
 
 
 def environment() -> dict:
@@ -131,8 +62,11 @@ def environment() -> dict:
 def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
                 calib: Dataset | None = None, progress: Progress | None = None,
                 on_sample: Callable[[int, dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
-                ) -> CompareResult:
+                engine: str = "auto") -> CompareResult:
     """Calibrate (unless done), then measure cumulative and isolated error of every float tensor.
+
+    `engine`: "auto"/"in-graph" take the metric sums inside the onnxruntime model (metrics.fused) where it
+    can be built, else on exposed arrays; "arrays" always on exposed arrays (the reference path).
 
     `on_sample(k, float_values, quant_values)` sees each sample's graph inputs and outputs (e.g. for the
     detection decoder; the array path passes every tensor); arrays may be reused for a later sample once it
@@ -168,7 +102,9 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     parts = concat_parts(graph, tensors)
     acc = CompareAccumulator(graph, tensors, iso_map, parts)
     names = dataset.names()
-    shapes = static_shapes(graph, tensors) if FUSED else None
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    shapes = static_shapes(graph, tensors) if engine != "arrays" else None
     lay = build_fused(graph, amodel, qmodel, tensors, iso_map, qnames, parts, shapes) if shapes else None
     engine, fallback = "arrays", ""
     if lay is not None:
@@ -197,8 +133,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample)
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
-    res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing)
-    res.engine = engine
+    res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing, engine)
     if fallback:
         res.warnings.append(fallback)
     return res
@@ -256,12 +191,13 @@ def _fused_loop(sess: OrtSession, lay: FusedLayout, dataset: Dataset, acc: Compa
 
 
 def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
-              ops: list[QuantOp], sp: SimPlan, acc: CompareAccumulator, parts: dict, timing: dict) -> CompareResult:
+              ops: list[QuantOp], sp: SimPlan, acc: CompareAccumulator, parts: dict, timing: dict,
+              engine: str) -> CompareResult:
     from qdebug.graph.fusion import group_of
 
     groups = group_of(ops)
-    results: list[TensorResult] = []
-    by_tensor: dict[str, TensorResult] = {}
+    results: list[TensorRow] = []
+    by_tensor: dict[str, TensorRow] = {}
     for t in acc.tensors:
         node = graph.producer.get(t)
         op = groups.get(node.name if node is not None else t)
@@ -282,24 +218,20 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
                 ps = acc.part_cum[(t, s.name)].result().snr_db
                 if src is not None and src.cumulative.snr_db is not None and ps is not None:
                     jump = max(jump, min(src.cumulative.snr_db, JUMP_REF_DB) - ps)
-        r = TensorResult(
+        shape, fr = acc.shapes.get(t), acc.float_range(t)
+        r = TensorRow(
             t, node.name if node is not None else t, node.op_type if node is not None else "Input",
             graph.index_of[node.name] if node is not None else -1, op.key if op else None,
-            bool(quantized), acc.shapes.get(t), acc.float_range(t), cum, acc.isolated(t), jump)
+            bool(quantized), list(shape) if shape else None,
+            [json_float(fr[0]), json_float(fr[1])] if fr else None, cum, acc.isolated(t), json_float(jump))
         results.append(r)
         by_tensor[t] = r
-    part_rows = []
-    for t, specs in parts.items():
-        for s in specs:
-            part_rows.append({**s.to_json(), "cumulative": acc.part_cum[(t, s.name)].result().to_json(),
-                              "isolated": acc.part_iso[(t, s.name)].result().to_json()})
-    outputs = []
-    for o in graph.outputs:
-        r = by_tensor.get(o.name)
-        if r is None:
-            continue
-        outputs.append({"tensor": o.name, "cumulative": r.cumulative.to_json(), "isolated": r.isolated.to_json(),
-                        "parts": [p for p in part_rows if p["tensor"] == o.name]})
+    part_rows = [PartRow(**s.to_json(), cumulative=acc.part_cum[(t, s.name)].result(),
+                         isolated=acc.part_iso[(t, s.name)].result())
+                 for t, specs in parts.items() for s in specs]
+    outputs = [OutputRow(o.name, by_tensor[o.name].cumulative, by_tensor[o.name].isolated,
+                         [p for p in part_rows if p.tensor == o.name])
+               for o in graph.outputs if o.name in by_tensor]
     hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8)
     warnings = []
     if sp.unsupported:
@@ -309,5 +241,21 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
         warnings.append(f"quantized run produced NaN/Inf in '{t}' (metrics for it are null)")
     for t in acc.zero_size[:5]:
         warnings.append(f"tensor '{t}' is zero-size and was skipped")
-    return CompareResult(graph, dataset, config, backend.describe(), results, part_rows, outputs, hazards,
-                         sp.to_json(ops), sp.unsupported, warnings, timing)
+    g = graph
+    model = ModelInfo(g.path, g.sha256(), len(g.nodes),
+                      next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), None),
+                      [IOInfo.from_json(i.to_json()) for i in g.inputs],
+                      [IOInfo.from_json(o.to_json()) for o in g.outputs])
+    samples = SampleInfo(len(dataset), dataset.source, dataset.kind, dataset.names()[:1000],
+                         dataset.preprocess.to_json() if dataset.preprocess else None)
+    quant = QuantInfo.from_json({**backend.describe(), "scheme": config.scheme.to_json(), "calib": config.source,
+                                 "overrides": config.overrides_json(), "groups": sp.to_json(ops),
+                                 "unsupported": sp.unsupported})
+    return CompareResult(COMPARE_SCHEMA, __version__, now_utc(), "", model, samples, quant, results, part_rows,
+                         outputs, [HazardRow.from_json(h.to_json()) for h in hazards], warnings,
+                         {k: round(v, 3) for k, v in timing.items()}, engine, environment())
+
+
+def now_utc() -> str:
+    """The creation time stamp of a result (UTC, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

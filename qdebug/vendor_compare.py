@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qdebug.graph.model import ModelGraph
+from qdebug.graph.parts import concat_parts, resolve_parts
 from qdebug.inputs.dataset import Dataset
-from qdebug.metrics.engine import concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map

@@ -10,8 +10,8 @@ import pytest
 from qdebug.cli import main
 from qdebug.errors import QDebugError
 from qdebug.graph.model import ModelGraph
+from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import load_dataset
-from qdebug.metrics.engine import concat_parts
 from qdebug.quant.scheme import Precision, QuantConfig, QuantScheme
 from qdebug.runners.sim import SimBackend
 from qdebug.search.bisect import PromotionSearch
@@ -46,42 +46,42 @@ def default_run(fx):
 
 def test_default_target_finds_final_concat(default_run):
     g, ds, doc = default_run
-    assert doc["target"]["assumed_default"] is True
-    res = doc["result"]
-    assert res["met"] and res["set"] == ["/model.22/Concat_5"]
-    assert doc["first_bad_cut"]["node"] in TAIL and doc["first_bad_cut"]["path"] == "one-pass"
-    c = doc["counts"]
-    assert c["evaluations"] <= evaluation_bound(c["candidates"], len(res["set"])) == c["bound"]
-    assert c["evaluations"] < c["naive_evaluations"]
-    target = doc["target"]["expression"]
-    assert _independent_pass(g, ds, "generic", target, res["set"])
+    assert doc.target.assumed_default is True
+    res = doc.result
+    assert res.met and res.set == ["/model.22/Concat_5"]
+    assert doc.first_bad_cut.node in TAIL and doc.first_bad_cut.path == "one-pass"
+    c = doc.counts
+    assert c.evaluations <= evaluation_bound(c.candidates, len(res.set)) == c.bound
+    assert c.evaluations < c.naive_evaluations
+    target = doc.target.expression
+    assert _independent_pass(g, ds, "generic", target, res.set)
     assert not _independent_pass(g, ds, "generic", target, [])
     # the verification run is a full comparison with the set applied
-    after = doc["compare_after"]
-    assert after["quant"]["overrides"] == {"/model.22/Concat_5": "int16"}
-    score = next(p for p in after["outputs"][0]["parts"] if p["part"] == "score")
-    assert score["cumulative"]["cosine"] >= 0.999
+    after = doc.compare_after
+    assert after.quant.overrides == {"/model.22/Concat_5": "int16"}
+    score = next(p for p in after.outputs[0].parts if p.part == "score")
+    assert score.cumulative.cosine >= 0.999
 
 
 def test_stride_mul_needed_for_box_target_hisi(fx):
     target = "output0.score:snr_db>=25 and output0.box:snr_db>=36"
     g, ds, be, cfg = _setup(fx, "hisi")
     doc = run_bisect(g, ds, cfg, be, target)
-    res = doc["result"]
-    assert res["met"], res["message"]
-    assert "/model.22/Mul_2" in res["set"] and len(res["set"]) <= 3
-    assert doc["counts"]["evaluations"] <= doc["counts"]["bound"]
-    assert _independent_pass(g, ds, "hisi", target, res["set"])
-    for member in res["set"]:  # each member is necessary
-        assert not _independent_pass(g, ds, "hisi", target, [m for m in res["set"] if m != member]), member
+    res = doc.result
+    assert res.met, res.message
+    assert "/model.22/Mul_2" in res.set and len(res.set) <= 3
+    assert doc.counts.evaluations <= doc.counts.bound
+    assert _independent_pass(g, ds, "hisi", target, res.set)
+    for member in res.set:  # each member is necessary
+        assert not _independent_pass(g, ds, "hisi", target, [m for m in res.set if m != member]), member
 
 
 def test_truncation_path_agrees_with_one_pass(fx, default_run):
     g, ds, be, cfg = _setup(fx)
     doc = run_bisect(g, ds, cfg, be, None, cut_path="truncation")
-    cut = doc["first_bad_cut"]
-    assert cut["path"] == "truncation" and cut["evaluations"] <= 2 + int(np.ceil(np.log2(len(g.nodes))))
-    assert cut["tensor"] == default_run[2]["first_bad_cut"]["tensor"]
+    cut = doc.first_bad_cut
+    assert cut.path == "truncation" and cut.evaluations <= 2 + int(np.ceil(np.log2(len(g.nodes))))
+    assert cut.tensor == default_run[2].first_bad_cut.tensor
 
 
 def test_benign_model_needs_no_promotion(fx, tmp_path):
@@ -92,8 +92,8 @@ def test_benign_model_needs_no_promotion(fx, tmp_path):
     for i in range(4):
         np.save(d / f"{i}.npy", rng.uniform(0, 1, size=(1, 3, 16, 16)).astype(np.float32))
     doc = run_bisect(g, load_dataset(d, g), QuantConfig(), SimBackend("generic"), "logits:cosine>=0.99")
-    assert doc["result"]["met"] and doc["result"]["set"] == []
-    assert doc["counts"]["evaluations"] == 1
+    assert doc.result.met and doc.result.set == []
+    assert doc.counts.evaluations == 1
 
 
 def test_impossible_target_reports_plainly(fx, tmp_path, capsys):
@@ -111,9 +111,9 @@ def test_deterministic_and_cached(fx):
     target = "output0.score:snr_db>=25"
     a = run_bisect(g, ds, cfg, be, target)
     b = run_bisect(g, ds, cfg, SimBackend("generic"), target)
-    assert a["result"]["set"] == b["result"]["set"]
-    assert [e["promoted"] for e in a["evaluations"]] == [e["promoted"] for e in b["evaluations"]]
-    sets = [tuple(e["promoted"]) for e in a["evaluations"]]
+    assert a.result.set == b.result.set
+    assert [e.promoted for e in a.evaluations] == [e.promoted for e in b.evaluations]
+    sets = [tuple(e.promoted) for e in a.evaluations]
     assert len(sets) == len(set(sets))  # no configuration evaluated twice
 
 

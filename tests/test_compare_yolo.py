@@ -108,7 +108,7 @@ def test_profiles_run(fx, profile):
     g = ModelGraph.load(fx["yolov8"])
     ds = load_dataset(fx["images"], g, samples=2)
     res = run_compare(g, ds, QuantConfig(), SimBackend(profile))
-    assert res.outputs and res.outputs[0]["cumulative"]["snr_db"] > 10
+    assert res.outputs and res.outputs[0].cumulative.snr_db > 10
 
 
 def test_benign_model_has_no_hazards(fx):
@@ -145,12 +145,9 @@ def test_in_graph_sums_equal_the_array_path(y8, monkeypatch):
     exposed activations) must give the same metrics up to float32 summation order and the float chain's
     thread count (measured: <= 0.004 dB, cosine 1e-7), and exactly the same part positions and shapes.
     A swapped twin, a wrong part slice or a wrong element count would be off by far more."""
-    import qdebug.pipeline as pl
-
     g, ds, be, res = y8
     assert res.engine == "in-graph"
-    monkeypatch.setattr(pl, "FUSED", False)
-    arr = run_compare(g, ds, QuantConfig(), be)
+    arr = run_compare(g, ds, QuantConfig(), be, engine="arrays")
     assert arr.engine == "arrays"
     a, b = res.to_json(), arr.to_json()
     assert [(p["tensor"], p["part"], p["axis"], p["start"], p["stop"]) for p in a["parts"]] == \
@@ -218,7 +215,7 @@ def test_dynamic_shapes_use_the_array_path(tmp_path):
     y = np.concatenate([qs.run(s)["out"] for s in ds])
     out = next(t for t in res.tensors if t.tensor == "out")
     assert out.cumulative.snr_db == pytest.approx(compute_metrics(x, y).snr_db, abs=1e-4)
-    assert {p["part"] for p in res.parts} == {"box", "score"}
+    assert {p.part for p in res.parts} == {"box", "score"}
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -229,10 +226,8 @@ def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatc
     import numpy as np
     from onnx import TensorProto, helper
 
-    import qdebug.pipeline as pl
     from qdebug.quant.scheme import Precision
 
-    monkeypatch.setattr(pl, "FUSED", fused)
     nodes = [helper.make_node("Sub", ["x", "h"], ["t"], name="sub"),
              helper.make_node("Reciprocal", ["t"], ["r"], name="rcp")]
     x = np.linspace(0.0, 1.0, 16, dtype=np.float32)
@@ -240,7 +235,7 @@ def test_inf_in_the_quantized_run_is_a_warning_not_an_error(tmp_path, monkeypatc
     g, ds = _tiny_case(tmp_path, nodes, [1, 1, 4, 4], [("r", TensorProto.FLOAT, [1, 1, 4, 4])], {"h": 0.5},
                        [x.reshape(1, 1, 4, 4)])
     cfg = QuantConfig(overrides={"rcp": Precision.FP32})  # a quantized output would clip inf to its range
-    res = run_compare(g, ds, cfg, SimBackend("generic"))
+    res = run_compare(g, ds, cfg, SimBackend("generic"), engine="auto" if fused else "arrays")
     assert res.engine == ("in-graph" if fused else "arrays")
     by = {t.tensor: t for t in res.tensors}
     assert by["r"].cumulative.snr_db is None and by["t"].cumulative.snr_db is not None
@@ -286,7 +281,7 @@ def test_refused_in_graph_model_falls_back_with_a_warning(y8, monkeypatch):
     monkeypatch.setattr(pl, "OrtSession", picky)
     got = run_compare(g, ds, QuantConfig(), be)
     assert got.engine == "arrays" and any("in-graph model was refused" in w for w in got.warnings)
-    assert got.outputs[0]["cumulative"]["snr_db"] == pytest.approx(res.outputs[0]["cumulative"]["snr_db"], abs=0.02)
+    assert got.outputs[0].cumulative.snr_db == pytest.approx(res.outputs[0].cumulative.snr_db, abs=0.02)
 
 
 def test_wrong_static_shapes_are_caught_at_run_time(tmp_path):
@@ -316,9 +311,9 @@ def test_wrong_static_shapes_are_caught_at_run_time(tmp_path):
     qs, fs = OrtSession(be.quantized_model(g, QuantConfig())), OrtSession(g.model)
     x = np.concatenate([fs.run(s)["out"][:, 2:] for s in ds])
     y = np.concatenate([qs.run(s)["out"][:, 2:] for s in ds])
-    score = next(p for p in res.parts if p["part"] == "score")
-    assert (score["start"], score["stop"]) == (2, 4)
-    assert score["cumulative"]["snr_db"] == pytest.approx(compute_metrics(x, y).snr_db, abs=1e-3)
+    score = next(p for p in res.parts if p.part == "score")
+    assert (score.start, score.stop) == (2, 4)
+    assert score.cumulative.snr_db == pytest.approx(compute_metrics(x, y).snr_db, abs=1e-3)
 
 
 def test_run_time_shapes_are_checked_before_any_sum(y8, monkeypatch):
@@ -342,6 +337,5 @@ def test_run_time_shapes_are_checked_before_any_sum(y8, monkeypatch):
     got = run_compare(g, ds, QuantConfig(), be, on_sample=lambda k, f, q: seen.append(k))
     assert got.engine == "arrays" and any("has another shape at run time" in w for w in got.warnings)
     assert seen == list(range(len(ds)))
-    monkeypatch.setattr(pl, "FUSED", False)
-    ref = run_compare(g, ds, QuantConfig(), be).to_json()
+    ref = run_compare(g, ds, QuantConfig(), be, engine="arrays").to_json()
     assert got.to_json()["tensors"] == ref["tensors"] and got.to_json()["parts"] == ref["parts"]

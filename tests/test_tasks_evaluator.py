@@ -114,11 +114,11 @@ def test_bisect_with_detection_target(setup):
     ev = DetectionEvaluator(g, ds, be, get_decoder("yolov8"))
     doc = run_bisect(g, ds, cfg, be, "map50_95_vs_float>=0.7 and lost_frac<=0.15 and output0.box:snr_db>=30",
                      evaluator=ev)
-    res = doc["result"]
-    assert res["met"] and res["set"] == [CONCAT]
-    assert res["before"]["map50_95_vs_float>=0.7"] == 0.0 and res["after"]["map50_95_vs_float>=0.7"] >= 0.7
-    assert res["after"]["output0.box:snr_db>=30"] >= 30
-    assert doc["counts"]["evaluations"] <= doc["counts"]["bound"]
+    res = doc.result
+    assert res.met and res.set == [CONCAT]
+    assert res.before["map50_95_vs_float>=0.7"] == 0.0 and res.after["map50_95_vs_float>=0.7"] >= 0.7
+    assert res.after["output0.box:snr_db>=30"] >= 30
+    assert doc.counts.evaluations <= doc.counts.bound
     assert ev.last is not None and ev.warnings == []
 
 
@@ -126,8 +126,8 @@ def test_evaluator_target_checks(setup):
     g, ds, be, _ = setup
     ev = DetectionEvaluator(g, ds, be, get_decoder("yolov8"))
     with pytest.raises(QDebugError, match="--labels"):
-        ev.target = parse_target("map50_95>=0.4", g)
-    ev.target = parse_target("recall_vs_float>=0.5", g)
+        ev.target = parse_target("map50_95>=0.4", g, task_metrics=ev.task_metrics)
+    ev.target = parse_target("recall_vs_float>=0.5", g, task_metrics=ev.task_metrics)
     assert ev.evaluate(QuantConfig()).values == {"recall_vs_float>=0.5": 0.0}
 
 

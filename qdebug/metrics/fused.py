@@ -23,7 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.engine import CompareAccumulator, PartSpec
+from qdebug.graph.parts import PartSpec
+from qdebug.metrics.engine import CompareAccumulator
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.simulate import ISO
 

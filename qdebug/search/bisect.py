@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.engine import concat_parts, resolve_parts
+from qdebug.graph.parts import concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats, json_float
 from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.results.bisect import Evaluation, Evidence, FirstBadCut, RankedOp
+from qdebug.results.compare import CompareResult, PartRow
 from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.evaluate import Evaluator, Score
@@ -42,51 +44,14 @@ class EvalRecord:
     score: Score
     seconds: float
 
-    def to_json(self, precision: Precision) -> dict:
-        return {"id": self.id, "purpose": self.purpose, "promoted": list(self.promoted),
-                "overrides": {k: precision.value for k in self.promoted},
-                "values": {k: _j(v) for k, v in self.score.values.items()}, "passed": self.score.passed,
-                "margin": _j(self.score.margin), "seconds": round(self.seconds, 3)}
+    def to_record(self, precision: Precision) -> Evaluation:
+        """The evaluation as a result record (values rounded for JSON)."""
+        return Evaluation(self.id, self.purpose, list(self.promoted), {k: precision.value for k in self.promoted},
+                          {k: _j(v) for k, v in self.score.values.items()}, self.score.passed, _j(self.score.margin),
+                          round(self.seconds, 3))
 
 
 _j = json_float
-
-
-@dataclass
-class RankedOp:
-    """A candidate op with its sensitivity score and the evidence behind it."""
-
-    key: str
-    op_type: str
-    nodes: list[str]
-    score: float
-    evidence: dict
-
-    def to_json(self, rank: int) -> dict:
-        return {"rank": rank, "op": self.key, "op_type": self.op_type, "nodes": self.nodes,
-                "score": round(self.score, 3), "evidence": self.evidence}
-
-
-@dataclass
-class CutResult:
-    """The first tensor whose cumulative error fails the cut threshold."""
-
-    tensor: str | None
-    node: str | None
-    op_type: str | None
-    index: int | None
-    metric: str
-    bound: float
-    value: float | None
-    part: str | None
-    path: str  # one-pass | truncation
-    evaluations: int
-    probes: list[dict] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"tensor": self.tensor, "node": self.node, "op_type": self.op_type, "index": self.index,
-                "metric": self.metric, "bound": self.bound, "value": _j(self.value), "part": self.part,
-                "path": self.path, "evaluations": self.evaluations, "probes": self.probes}
 
 
 @dataclass
@@ -193,27 +158,28 @@ class PromotionSearch:
 
 
 # ------------------------------------------------------------------- ranking
-def rank_ops(ops: list[QuantOp], compare: dict, hazards: list[dict], candidates: set[str]) -> list[RankedOp]:
+def rank_ops(ops: list[QuantOp], compare: CompareResult, candidates: set[str]) -> list[RankedOp]:
     """Order candidate ops by sensitivity (see docs/bisect.md for the formula)."""
-    by_tensor = {t["tensor"]: t for t in compare["tensors"]}
+    by_tensor = compare.by_tensor()
     hazard_nodes: dict[str, list[str]] = {}
-    for h in hazards:
-        hazard_nodes.setdefault(h["node"], []).append(h["kind"])
+    for h in compare.hazards:
+        hazard_nodes.setdefault(h.node, []).append(h.kind)
     ranked = []
     for op in ops:
         if op.key not in candidates:
             continue
         rows = [by_tensor[t] for t in op.outputs if t in by_tensor]
-        jump = max((r["jump_db"] for r in rows if r["jump_db"] is not None), default=0.0)
-        iso = min((r["isolated"]["snr_db"] for r in rows if r["isolated"]["snr_db"] is not None), default=None)
-        cum = min((r["cumulative"]["snr_db"] for r in rows if r["cumulative"]["snr_db"] is not None), default=None)
+        jump = max((r.jump_db for r in rows if r.jump_db is not None), default=0.0)
+        iso = min((r.isolated.snr_db for r in rows if r.isolated.snr_db is not None), default=None)
+        cum = min((r.cumulative.snr_db for r in rows if r.cumulative.snr_db is not None), default=None)
         kinds = sorted({k for n in [op.key, *op.nodes] for k in hazard_nodes.get(n, [])})
         score = (HAZARD_BONUS if kinds else 0.0) + max(0.0, jump) + 0.5 * max(0.0, 40.0 - (iso if iso is not None
                                                                                           else 40.0))
-        ranked.append(RankedOp(op.key, op.op_type, op.nodes, score,
-                               {"jump_db": _j(jump), "isolated_snr_db": _j(iso), "cumulative_snr_db": _j(cum),
-                                "hazards": kinds}))
-    ranked.sort(key=lambda r: (-r.score, r.key))
+        ranked.append(RankedOp(0, op.key, op.op_type, list(op.nodes), score,
+                               Evidence(_j(jump), _j(iso), _j(cum), kinds)))
+    ranked.sort(key=lambda r: (-r.score, r.op))
+    for i, r in enumerate(ranked):
+        r.rank, r.score = i + 1, round(r.score, 3)
     return ranked
 
 
@@ -234,27 +200,26 @@ def _fails(metric: str, op: str, bound: float, value: float | None) -> bool:
     return value is None or not OPS[op](value, bound)
 
 
-def first_bad_cut_one_pass(compare: dict, target: Target) -> CutResult:
+def first_bad_cut_one_pass(compare: CompareResult, target: Target) -> FirstBadCut:
     """Scan the one-pass cumulative metrics in topological order for the first failing tensor or part."""
     metric, op, bound = target.cut_threshold()
-    parts: dict[str, list[dict]] = {}
-    for p in compare["parts"]:
-        parts.setdefault(p["tensor"], []).append(p)
-    for t in compare["tensors"]:
-        if t["index"] < 0:  # graph inputs
+    parts: dict[str, list[PartRow]] = {}
+    for p in compare.parts:
+        parts.setdefault(p.tensor, []).append(p)
+    for t in compare.tensors:
+        if t.index < 0:  # graph inputs
             continue
-        checks = [(None, t["cumulative"].get(metric))] + [(p["part"], p["cumulative"].get(metric))
-                                                            for p in parts.get(t["tensor"], [])]
+        checks = [(None, t.cumulative.get(metric))] + [(p.part, p.cumulative.get(metric) if p.cumulative else None)
+                                                       for p in parts.get(t.tensor, [])]
         for part, v in checks:
             if _fails(metric, op, bound, v):
-                return CutResult(t["tensor"], t["node"], t["op_type"], t["index"], metric, bound, v, part,
-                                 "one-pass", 0)
-    return CutResult(None, None, None, None, metric, bound, None, None, "one-pass", 0)
+                return FirstBadCut(t.tensor, t.node, t.op_type, t.index, metric, bound, _j(v), part, "one-pass", 0)
+    return FirstBadCut(None, None, None, None, metric, bound, None, None, "one-pass", 0)
 
 
 def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantConfig,
                              samples: Sequence[dict[str, np.ndarray]], target: Target,
-                             cuts: Sequence[str]) -> CutResult:
+                             cuts: Sequence[str]) -> FirstBadCut:
     """Binary search over topological cut points; each probe truncates the graph at the cut tensor,
     quantizes that subgraph with the backend (final outputs only) and compares it with the float value."""
     metric, op, bound = target.cut_threshold()
@@ -288,7 +253,7 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
     lo, hi = -1, len(cuts) - 1
     bad_hi, v_hi, part_hi = probe(hi)
     if not bad_hi:
-        return CutResult(None, None, None, None, metric, bound, None, None, "truncation", len(probes), probes)
+        return FirstBadCut(None, None, None, None, metric, bound, None, None, "truncation", len(probes), probes)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         bad, v, part = probe(mid)
@@ -298,5 +263,5 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
             lo = mid
     t = cuts[hi]
     node = graph.producer[t]
-    return CutResult(t, node.name, node.op_type, graph.index_of[node.name], metric, bound, v_hi, part_hi,
+    return FirstBadCut(t, node.name, node.op_type, graph.index_of[node.name], metric, bound, _j(v_hi), part_hi,
                      "truncation", len(probes), probes)

@@ -7,13 +7,13 @@ final outputs). Task metrics (detection mAP) plug in as another Evaluator with t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from qdebug.graph.model import ModelGraph
-from qdebug.metrics.engine import PartSpec, concat_parts, resolve_parts
+from qdebug.graph.parts import PartSpec, concat_parts, resolve_parts
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
@@ -35,6 +35,7 @@ class Evaluator(ABC):
     """Scores one QuantConfig against a target."""
 
     target: Target
+    task_metrics: Mapping[str, bool] = {}  # target clauses without REF: this evaluator can score
 
     @abstractmethod
     def evaluate(self, config: QuantConfig) -> Score:

@@ -3,7 +3,7 @@
 A clause is `REF:METRIC OP NUMBER` where REF is a graph output (or any tensor) optionally followed by
 `.part` (a Concat input part: `score`, `box`, `part1`...), METRIC is one of snr_db, cosine, max_abs,
 rel_l2 (cumulative error), OP is >=, >, <=, <. A clause without `REF:` names a task metric (e.g.
-`map50_95_vs_float>=0.95`) that a task plug-in provides; see TASK_METRICS.
+`map50_95_vs_float>=0.95`) that the task evaluator provides (passed to `parse_target`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from qdebug.errors import QDebugError
@@ -19,8 +20,7 @@ from qdebug.graph.model import ModelGraph
 METRICS = ("snr_db", "cosine", "max_abs", "rel_l2")
 HIGHER_BETTER = {"snr_db": True, "cosine": True, "max_abs": False, "rel_l2": False}
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-TASK_METRICS: dict[str, bool] = {}
-DEFAULT_CUT_SNR_DB = 20.0  # name -> higher is better; filled by task plug-ins
+DEFAULT_CUT_SNR_DB = 20.0
 
 _CLAUSE = re.compile(r"^\s*(?:(?P<ref>[^:]+?)\s*:\s*)?(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op>>=|<=|>|<)\s*"
                      r"(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -92,12 +92,15 @@ class Target:
         return ("snr_db", ">=", min(snr)) if snr else ("snr_db", ">=", DEFAULT_CUT_SNR_DB)
 
 
-def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]] | None = None) -> Target:
+def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]] | None = None,
+                 task_metrics: Mapping[str, bool] | None = None) -> Target:
     """Parse and validate a target against the model's outputs/tensors and Concat parts.
 
     With no expression, every graph output part (or output without parts) must reach cosine >= 0.999.
+    `task_metrics` (name -> higher is better) are the clauses without `REF:` the task evaluator provides.
     """
     parts = parts or {}
+    task_metrics = task_metrics or {}
     outputs = [o.name for o in graph.outputs]
     if not expr or not expr.strip():
         clauses = []
@@ -119,11 +122,12 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
         ref, metric, op, num = m.group("ref"), m.group("metric"), m.group("op"), float(m.group("num"))
         metric = metric.removeprefix("cumulative.")
         if ref is None:
-            if metric not in TASK_METRICS:
+            if metric not in task_metrics:
                 raise QDebugError(f"'{metric}' is not a task metric and the clause names no output",
                                   where="--target",
                                   fix=f"prefix an output, e.g. {outputs[0]}:{metric}{op}{num:g}"
-                                  + (f"; task metrics: {', '.join(TASK_METRICS)}" if TASK_METRICS else ""))
+                                  + (f"; task metrics: {', '.join(task_metrics)}" if task_metrics else
+                                     "; task metrics such as map50_95_vs_float need --task"))
             clauses.append(Clause(None, None, metric, op, num))
             continue
         if metric not in METRICS:

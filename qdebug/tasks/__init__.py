@@ -1,8 +1,8 @@
 """Task-level verdicts: decode detector outputs and score quantized detections in the user's own unit (mAP).
 
 Decoders are plug-ins registered by name (`--task yolov8`, `--task yolov5`): one module each, one
-`@register_decoder` line. Importing this package also registers the task metrics that target
-expressions accept (`map50_95_vs_float>=0.95`, `lost_frac<=0.05`, ...).
+`@register_decoder` line. TASK_METRICS lists the metrics target expressions may use once a task is
+given (`map50_95_vs_float>=0.95`, `lost_frac<=0.05`, ...); the CLI passes them to target parsing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qdebug.errors import QDebugError
-from qdebug.search.target import TASK_METRICS
 
 if TYPE_CHECKING:
     from qdebug.tasks.base import Decoder
@@ -21,8 +20,7 @@ AGREEMENT_METRICS = {"map50_95_vs_float": True, "map50_vs_float": True, "recall_
                      "lost_frac": False}
 LABEL_METRICS = {"map50_95": True, "map50": True}
 DEFAULT_TASK_TARGET = "map50_95_vs_float>=0.9"  # bisect --task without --target
-TASK_METRICS.update(AGREEMENT_METRICS)
-TASK_METRICS.update(LABEL_METRICS)
+TASK_METRICS: dict[str, bool] = {**AGREEMENT_METRICS, **LABEL_METRICS}
 
 DECODERS: dict[str, type[Decoder]] = {}
 
@@ -65,4 +63,5 @@ ALIASES = {"yolo11": "yolov8", "yolov11": "yolov8", "yolov7": "yolov5"}
 
 from qdebug.tasks import yolov5, yolov8  # noqa: E402,F401  (register the built-in decoders)
 
-__all__ = ["AGREEMENT_METRICS", "DECODERS", "DEFAULT_TASK_TARGET", "LABEL_METRICS", "get_decoder", "register_decoder", "task_metrics_in"]
+__all__ = ["AGREEMENT_METRICS", "DECODERS", "DEFAULT_TASK_TARGET", "LABEL_METRICS", "TASK_METRICS", "get_decoder",
+           "register_decoder", "task_metrics_in"]

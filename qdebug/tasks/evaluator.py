@@ -26,7 +26,7 @@ from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.evaluate import Evaluator, Score, TensorTargetEvaluator
 from qdebug.search.target import Target
-from qdebug.tasks import LABEL_METRICS
+from qdebug.tasks import LABEL_METRICS, TASK_METRICS
 from qdebug.tasks.agreement import IOU_THRS, Agreement, agreement
 from qdebug.tasks.base import Decoder, Detections, ImageMeta, image_metas, network_hw, plausibility_warning
 from qdebug.tasks.labels import Labels, true_map
@@ -76,6 +76,8 @@ def _prepare(graph: ModelGraph, backend: Backend, config: QuantConfig, samples: 
 
 class DetectionEvaluator(Evaluator):
     """Scores a QuantConfig by detection agreement with the float model (and true mAP with labels)."""
+
+    task_metrics = TASK_METRICS
 
     def __init__(self, graph: ModelGraph, dataset: Dataset, backend: Backend, decoder: Decoder,
                  labels: Labels | str | Path | None = None, target: Target | None = None,

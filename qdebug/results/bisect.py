@@ -1,0 +1,157 @@
+"""Typed `qdebug.bisect/1` results: target, first bad cut, ranked ops, every evaluation, the verified set.
+
+The search builds these; the report and CLI read them by attribute. `to_json` writes the documented
+schema (schemas/bisect-1.json) with the before/after compare results embedded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+from qdebug.results.compare import CompareResult, ModelInfo, QuantInfo, SampleInfo
+from qdebug.results.detection import DetectionResult
+from qdebug.results.record import OMIT, Record, record
+from qdebug.results.vendor import PatchedFile, ToolkitProposal
+
+BISECT_SCHEMA = "qdebug.bisect/1"
+
+
+@record
+class ClauseInfo(Record):
+    """One clause of a target: `ref` (tensor, part or task), the metric, the comparison and the bound."""
+
+    ref: str
+    tensor: str | None = None
+    part: str | None = None
+    metric: str = "snr_db"
+    op: str = ">="
+    bound: float = 0.0
+
+    def key(self) -> str:
+        """The clause as written in evaluation records (`output0.score:snr_db>=30`, `lost_frac<=0.05`)."""
+        return f"{self.ref}:{self.metric}{self.op}{self.bound:g}" if self.tensor else \
+            f"{self.metric}{self.op}{self.bound:g}"
+
+    def passes(self, v: float | None) -> bool:
+        """True when a value meets this clause."""
+        if v is None:
+            return False
+        return {">=": v >= self.bound, ">": v > self.bound, "<=": v <= self.bound, "<": v < self.bound}[self.op]
+
+
+@record
+class TargetInfo(Record):
+    """The target a search had to meet, as parsed (expression, clauses, first-bad-cut threshold)."""
+
+    expression: str
+    assumed_default: bool = False
+    cut_threshold: str | None = None
+    clauses: list[ClauseInfo] = field(default_factory=list)
+
+
+@record
+class FirstBadCut(Record):
+    """The first tensor (in graph order) whose cumulative error fails the cut threshold."""
+
+    tensor: str | None
+    node: str | None = None
+    op_type: str | None = None
+    index: int | None = None
+    metric: str = "snr_db"
+    bound: float = 0.0
+    value: float | None = None
+    part: str | None = None
+    path: str = "one-pass"
+    evaluations: int = 0
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@record
+class Evidence(Record):
+    """Why an op ranks where it does: the SNR it loses, its isolated SNR and the hazards at it."""
+
+    jump_db: float | None = None
+    isolated_snr_db: float | None = None
+    cumulative_snr_db: float | None = None
+    hazards: list[str] = field(default_factory=list)
+
+
+@record
+class RankedOp(Record):
+    """One candidate op in sensitivity order."""
+
+    rank: int
+    op: str
+    op_type: str
+    nodes: list[str]
+    score: float
+    evidence: Evidence
+
+
+@record
+class Evaluation(Record):
+    """One quantized evaluation of a promotion set against the target."""
+
+    id: int
+    purpose: str
+    promoted: list[str]
+    overrides: dict[str, str]
+    values: dict[str, float | None]
+    passed: bool
+    margin: float | None
+    seconds: float
+
+
+@record
+class SearchOutcome(Record):
+    """The answer: whether the target is met, the promotion set, its target values before and after."""
+
+    met: bool
+    set: list[str]
+    set_nodes: list[str] = field(default_factory=list)
+    message: str = ""
+    before: dict[str, float | None] = field(default_factory=dict)
+    after: dict[str, float | None] = field(default_factory=dict)
+    best: Evaluation | None = None
+
+
+@record
+class Counts(Record):
+    """How much work the search did against its promised bound."""
+
+    candidates: int
+    evaluations: int
+    search_evaluations: int
+    cut_evaluations: int
+    bound: int
+    naive_evaluations: int
+    search_seconds: float
+    total_seconds: float
+
+
+@record
+class BisectResult(Record):
+    """Everything `qdebug bisect` found (schema `qdebug.bisect/1`)."""
+
+    schema: str
+    qdebug_version: str
+    created: str
+    command: str
+    model: ModelInfo
+    samples: SampleInfo
+    quant: QuantInfo
+    target: TargetInfo
+    promote_precision: str
+    first_bad_cut: FirstBadCut
+    ranking: list[RankedOp]
+    evaluations: list[Evaluation]
+    result: SearchOutcome
+    counts: Counts
+    environment: dict[str, Any]
+    compare_before: CompareResult
+    compare_after: CompareResult | None = None
+    detection: DetectionResult | None = field(default=None, metadata=OMIT)
+    patched_file: PatchedFile | None = field(default=None, metadata=OMIT)
+    exports: dict[str, str] | None = field(default=None, metadata=OMIT)
+    toolkit_proposal: ToolkitProposal | None = field(default=None, metadata=OMIT)
