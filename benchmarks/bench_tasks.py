@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
 
-    import qdebug.pipeline as pipeline
+    import qdebug.compare.stage as pipeline
     from qdebug.graph.model import ModelGraph
     from qdebug.inputs.dataset import load_dataset
     from qdebug.quant.scheme import QuantConfig

@@ -94,7 +94,7 @@ def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
 
     import qdebug.inputs.dataset as dataset_mod
     import qdebug.metrics.engine as engine
-    import qdebug.pipeline as pipeline
+    import qdebug.compare.stage as pipeline
     import qdebug.runners.session as session
 
     cpu: collections.Counter = collections.Counter()

@@ -12,7 +12,7 @@ import pytest
 from qdebug.cli import main
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
-from qdebug.pipeline import run_compare
+from qdebug.compare.stage import run_compare
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.sim import SimBackend
 
@@ -268,7 +268,7 @@ def test_in_graph_engine_with_an_integer_graph_output(tmp_path):
 
 def test_refused_in_graph_model_falls_back_with_a_warning(y8, monkeypatch):
     """If onnxruntime refuses the fused model, compare still finishes on the array path and says so."""
-    import qdebug.pipeline as pl
+    import qdebug.compare.stage as pl
     from qdebug.errors import ModelError
     from qdebug.runners.session import OrtSession
 
@@ -321,7 +321,7 @@ def test_run_time_shapes_are_checked_before_any_sum(y8, monkeypatch):
     stale declaration onnxruntime does not check), compare must notice on the first sample, before adding
     anything, and start again on the array path: same numbers as that path, every sample hooked once."""
     import qdebug.metrics.fused as fused
-    import qdebug.pipeline as pl
+    import qdebug.compare.stage as pl
 
     g, ds, be, res = y8
     real = fused.build_fused

@@ -1,4 +1,4 @@
-"""The compare flow: inputs -> calibration -> float/isolated and cumulative runs -> metrics -> result.
+"""The compare stage: inputs -> calibration -> float/isolated and cumulative runs -> metrics -> CompareResult.
 
 This is the orchestration the CLI (and bisect, and reports) call; it owns no math of its own.
 """
@@ -201,7 +201,7 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     for t in acc.tensors:
         node = graph.producer.get(t)
         op = groups.get(node.name if node is not None else t)
-        quantized = op is not None and op.kind in ("compute", "input") and \
+        quantized = op is not None and op.quantizable and \
             sp.precision.get(op.key) is not None and t in op.outputs
         cum = acc.cumulative(t)
         jump = None

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from qdebug.graph.model import ModelGraph
-from qdebug.graph.parts import concat_parts, resolve_parts
+from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
+from qdebug.results.vendor import VendorComparison, VendorTensor
+from qdebug.runners.reference import float_references
 from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map
 from qdebug.runners.rockchip import RknnBackend
-from qdebug.runners.session import OrtSession
-from qdebug.workers import ordered_map
 
 
 def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: RknnBackend, compare: dict,
@@ -27,28 +27,24 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     rk.prepare(graph, config, list(calib) if calib is not None else samples)
     outs = [o.name for o in graph.outputs]
     parts = concat_parts(graph, outs)
-    # one float session gives the references and, on the first sample, the Concat part sizes
-    sources = sorted({p.source for ps in parts.values() for p in ps} - set(outs))
-    fs = OrtSession(graph.with_outputs(outs + sources), source=graph.path)
+    refs = float_references(graph, samples, outs, parts)
     stats = {o: TensorStats() for o in outs}
     pstats: dict[tuple[str, str], TensorStats] = {}
-    for k, (s, q, f) in enumerate(zip(samples, rk.run(graph, config, samples, outs), ordered_map(fs.run, samples),
-                                      strict=True)):
-        if k == 0 and parts:
-            resolve_parts(graph, parts, {**f, **s})
+    for f, q in zip(refs, rk.run(graph, config, samples, outs), strict=True):
         for o in outs:
             stats[o].update(f[o], q[o])
             for p in parts.get(o, []):
                 if p.stop > p.start:
                     pstats.setdefault((o, p.name), TensorStats()).update(p.slice(f[o]), p.slice(q[o]))
-    sim_out = {o["tensor"]: o for o in compare["outputs"]}
+    sim_out = {o.tensor: o for o in compare.outputs}
     outputs = []
     for o in outs:
+        row = sim_out.get(o)
+        builtin_parts = {bp.part: bp.cumulative for bp in row.parts} if row is not None else {}
         outputs.append({"tensor": o, "cumulative": stats[o].result().to_json(),
-                        "builtin": sim_out.get(o, {}).get("cumulative"),
+                        "builtin": row.cumulative.to_json() if row is not None else None,
                         "parts": [{"part": p.name, "cumulative": pstats[(o, p.name)].result().to_json(),
-                                   "builtin": next((bp["cumulative"] for bp in sim_out.get(o, {}).get("parts", [])
-                                                    if bp["part"] == p.name), None)}
+                                   "builtin": bc.to_json() if (bc := builtin_parts.get(p.name)) else None}
                                   for p in parts.get(o, []) if (o, p.name) in pstats]})
     # per-tensor analysis on the first K samples
     rows_all: list = []
@@ -73,17 +69,16 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
                 gv, qv = load_dump(g), load_dump(q)
                 if gv.shape == qv.shape:
                     tstats.setdefault(t, TensorStats()).update(gv, qv)
-    by_tensor = {t["tensor"]: t for t in compare["tensors"]}
+    by_tensor = compare.by_tensor()
     disagreements = []
     for t, row in table.items():
-        entry = {"toolkit_name": row["toolkit_name"], "op_type": row["op_type"],
-                 "table": {k: row[k] for k in ("entire_cos", "entire_euc", "single_cos", "single_euc")}}
-        if t in tstats:
-            entry["cumulative"] = tstats[t].result().to_json()
+        entry = VendorTensor(row["toolkit_name"], row["op_type"],
+                             {k: row[k] for k in ("entire_cos", "entire_euc", "single_cos", "single_euc")},
+                             tstats[t].result() if t in tstats else None)
         if t in by_tensor:
-            by_tensor[t]["vendor"] = entry
-            vc = entry.get("cumulative", {}).get("cosine") or row["entire_cos"]
-            bc = by_tensor[t]["cumulative"]["cosine"]
+            by_tensor[t].vendor = entry
+            vc = (entry.cumulative.cosine if entry.cumulative is not None else None) or row["entire_cos"]
+            bc = by_tensor[t].cumulative.cosine
             if vc is not None and bc is not None:
                 disagreements.append({"tensor": t, "vendor_cosine": vc, "builtin_cosine": bc,
                                       "gap": abs(float(vc) - float(bc))})
@@ -92,12 +87,7 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
         versions = rk.versions()
     except Exception:  # noqa: BLE001 - versions are informational
         versions = {}
-    return {
-        "backend": "rknn", "platform": rk.platform, "toolkit": versions.get("rknn_toolkit2"),
-        "samples": len(samples), "analysis_samples": min(analysis_samples, len(samples)),
-        "outputs": outputs,
-        "tensors_matched": len(table),
-        "fused_away": fused_away(graph.activation_tensors(), rows_all) if rows_all else [],
-        "disagreements": disagreements[:20],
-        "builds": rk.builds,
-    }
+    return VendorComparison("rknn", rk.platform, versions.get("rknn_toolkit2"), len(samples),
+                            min(analysis_samples, len(samples)), outputs, len(table),
+                            fused_away(graph.activation_tensors(), rows_all) if rows_all else [],
+                            disagreements[:20], rk.builds)

@@ -40,6 +40,12 @@ class QuantOp:
     weighted: list[str] = field(default_factory=list)  # member nodes with a constant weight input
     index: int = 0  # topological position of the anchor
 
+    @property
+    def quantizable(self) -> bool:
+        """True for the ops that own a quantization point (computing ops and graph inputs); the one home of
+        this rule for the simulator, search, vendor formats and compare."""
+        return self.kind in ("compute", "input")
+
     def to_json(self) -> dict:
         return {"key": self.key, "nodes": self.nodes, "op_type": self.op_type, "kind": self.kind,
                 "outputs": self.outputs, "inputs": [t for _, _, t in self.inputs]}

@@ -137,7 +137,7 @@ class SimBackend(Backend):
         """
         want: set[str] = {i.name for i in graph.inputs}
         for op in self.quant_ops(graph):
-            if op.kind in ("compute", "input"):
+            if op.quantizable:
                 want.update(op.outputs)
                 want.update(t for _, _, t in op.inputs)
         for node in graph.nodes:

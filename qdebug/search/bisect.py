@@ -20,16 +20,15 @@ import numpy as np
 
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.model import ModelGraph
-from qdebug.graph.parts import concat_parts, resolve_parts
+from qdebug.graph.parts import concat_parts
 from qdebug.metrics.stats import TensorStats, json_float
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.results.bisect import Evaluation, Evidence, FirstBadCut, RankedOp
 from qdebug.results.compare import CompareResult, PartRow
 from qdebug.runners.base import Backend
-from qdebug.runners.session import OrtSession
+from qdebug.runners.reference import float_references
 from qdebug.search.evaluate import Evaluator, Score
 from qdebug.search.target import OPS, Target
-from qdebug.workers import ordered_map
 
 HAZARD_BONUS = 100.0
 
@@ -188,7 +187,7 @@ def ancestors_ops(graph: ModelGraph, ops: list[QuantOp], tensors: Sequence[str])
     needed, seen_nodes = graph.ancestors(tensors)
     out = set()
     for op in ops:
-        if op.kind not in ("compute", "input"):
+        if not op.quantizable:
             continue
         if (op.kind == "input" and op.key in needed) or any(n in seen_nodes for n in op.nodes):
             out.add(op.key)
@@ -223,10 +222,9 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
     """Binary search over topological cut points; each probe truncates the graph at the cut tensor,
     quantizes that subgraph with the backend (final outputs only) and compares it with the float value."""
     metric, op, bound = target.cut_threshold()
-    fsess = OrtSession(graph.with_outputs(list(cuts)), source=graph.path)
-    refs = list(ordered_map(fsess.run, samples))
-    probes: list[dict] = []
     part_specs = concat_parts(graph, list(cuts))
+    refs = float_references(graph, samples, list(cuts), part_specs)
+    probes: list[dict] = []
 
     def probe(k: int) -> tuple[bool, float | None, str | None]:
         t = cuts[k]
@@ -234,8 +232,6 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
         stats = TensorStats()
         pstats: dict[str, TensorStats] = {}
         specs = part_specs.get(t, [])
-        if specs:
-            resolve_parts(graph, {t: specs}, {**refs[0], **samples[0]})
         for ref, out in zip(refs, backend.run(sub, config, samples, [t]), strict=True):
             stats.update(ref[t], out[t])
             for s in specs:

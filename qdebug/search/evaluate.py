@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdebug.graph.model import ModelGraph
-from qdebug.graph.parts import PartSpec, concat_parts, resolve_parts
+from qdebug.graph.parts import PartSpec, concat_parts
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
-from qdebug.runners.session import OrtSession
+from qdebug.runners.reference import float_references
 from qdebug.search.target import Clause, Target
-from qdebug.workers import ordered_map
 
 
 @dataclass
@@ -59,15 +58,7 @@ class TensorTargetEvaluator(Evaluator):
         self.target = target
         self.tensors = target.tensors()
         self.parts: dict[str, list[PartSpec]] = concat_parts(graph, self.tensors)
-        # one float session gives the references and, on the first sample, the Concat part sizes
-        sources = sorted({p.source for ps in self.parts.values() for p in ps} - set(self.tensors))
-        fs = OrtSession(graph.with_outputs(self.tensors + sources), source=graph.path)
-        self.reference = []
-        for k, (s, vals) in enumerate(zip(self.samples, ordered_map(fs.run, self.samples), strict=True)):
-            vals.update(s)
-            if k == 0 and self.parts:
-                resolve_parts(graph, self.parts, vals)
-            self.reference.append({t: vals[t] for t in self.tensors})
+        self.reference = float_references(graph, self.samples, self.tensors, self.parts)
 
     def clause_stats(self) -> dict[str, TensorStats]:
         return {c.text(): TensorStats() for c in self.target.clauses if c.tensor}
