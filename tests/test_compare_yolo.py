@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from qdebug.cli import main
+from qdebug.compare.stage import run_compare
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
-from qdebug.compare.stage import run_compare
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.sim import SimBackend
 
@@ -320,8 +320,8 @@ def test_run_time_shapes_are_checked_before_any_sum(y8, monkeypatch):
     """If a static shape the fused model was built with is not the run-time one (shape inference trusted a
     stale declaration onnxruntime does not check), compare must notice on the first sample, before adding
     anything, and start again on the array path: same numbers as that path, every sample hooked once."""
-    import qdebug.metrics.fused as fused
     import qdebug.compare.stage as pl
+    import qdebug.metrics.fused as fused
 
     g, ds, be, res = y8
     real = fused.build_fused

@@ -15,9 +15,10 @@ import pytest
 from markdown_it import MarkdownIt
 
 from qdebug.cli import main
+from qdebug.compare.explain import explain
 from qdebug.errors import QDebugError
 from qdebug.report import plots
-from qdebug.report.build import write_report
+from qdebug.report.build import why_ops, write_report
 from qdebug.report.schema import load_result, validate_result
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +36,15 @@ def runs(fx, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["report", str(d / "run.json"), "-o", str(d / "rep_compare")]) == 0
     return {"dir": d, "compare_json": d / "run.json", "bisect_json": d / "bisect.json",
             "compare": d / "rep_compare", "bisect": d / "rep_bisect"}
+
+
+def _report(src: dict | Path, out: Path, model: str | None = None, data: str | None = None, why: bool = True,
+            top: int = TOP) -> dict[str, str]:
+    """What `qdebug report` does: the re-run (qdebug.compare.explain), then the rendering (write_report)."""
+    doc = src if isinstance(src, dict) else load_result(src)
+    base = None if isinstance(src, dict) else Path(src).parent
+    explained = explain(doc, why_ops(doc, wanted=why), model=model, data=data, base_dir=base)
+    return write_report(src, out, explained, top=top)
 
 
 def _headings(md: str) -> list[str]:
@@ -201,7 +211,7 @@ def test_report_for_a_1000_op_model_stays_readable(runs: dict[str, Path], tmp_pa
     validate_result(doc)
     src = tmp_path / "big.json"
     src.write_text(json.dumps(doc))
-    paths = write_report(src, tmp_path / "rep", top=TOP)
+    paths = _report(src, tmp_path / "rep", top=TOP)
     md = Path(paths["md"]).read_text()
     body, appendix = md.split("## Appendix: full tables")
     worst = body.split("## Worst ops by error jump")[1].split("\n## ")[0]
@@ -289,7 +299,7 @@ def test_report_never_overwrites_its_input(runs: dict[str, Path], tmp_path: Path
 def test_report_degrades_to_tables_without_matplotlib(runs: dict[str, Path], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plots, "available", lambda: False)
-    paths = write_report(runs["bisect_json"], tmp_path / "rep")
+    paths = _report(runs["bisect_json"], tmp_path / "rep")
     md = Path(paths["md"]).read_text()
     assert "matplotlib is not installed" in md and "`pip install 'qdebug[plot]'`" in md
     assert "![" not in md and not list((tmp_path / "rep").glob("*.png"))
@@ -298,10 +308,61 @@ def test_report_degrades_to_tables_without_matplotlib(runs: dict[str, Path], tmp
 
 
 def test_why_plots_need_the_model_of_the_run(runs: dict[str, Path], tmp_path: Path, fx) -> None:
-    paths = write_report(runs["compare_json"], tmp_path / "rep", model=str(fx["yolov5"]))
+    paths = _report(runs["compare_json"], tmp_path / "rep", model=str(fx["yolov5"]))
     md = Path(paths["md"]).read_text()
     assert "is not the model of this run (sha256 differs)" in md
     assert "why-1.png" not in md and "snr.png" in md
+
+
+RENDER_ONLY = """
+import io, sys
+import numpy as np
+from PIL import Image
+from qdebug.report.build import write_report
+from qdebug.report.schema import load_result
+from qdebug.results.explain import ExamplePicture, Explanation, WhyData
+x = np.linspace(-3, 3, 500)
+w = WhyData(op="/fake/Conv", op_type="Conv", reason="test", point_tensor="t", point_desc="the op output", bits=8,
+            lo=-2.0, hi=2.0, step=4 / 255, x_point=x, out_tensor="t", x_out=x, y_out=np.clip(x, -2, 2),
+            out_grid=(4 / 255, 0.0, -128, 127))
+buf = io.BytesIO()
+Image.new("RGB", (320, 240), "white").save(buf, format="PNG")
+ex = Explanation(why=[w], why_notes=["re-ran nothing"], pictures=[ExamplePicture(2, False, buf.getvalue())],
+                 missing_pictures=["gone.jpg"])
+write_report(load_result(sys.argv[1]), sys.argv[2], ex)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] == "onnxruntime" or m.startswith(
+    ("qdebug.runners", "qdebug.quant", "qdebug.tasks", "qdebug.graph", "qdebug.inputs", "qdebug.compare",
+     "qdebug.search", "qdebug.pipeline", "qdebug.metrics", "qdebug.formats")))
+print("heavy:", heavy)
+"""
+
+
+def test_report_only_places_precomputed_plots_and_pictures(det_runs: dict[str, Path], tmp_path: Path) -> None:
+    """write_report draws the why-plot and places the picture it is given, loading no model layer."""
+    out = tmp_path / "rep"
+    run = subprocess.run([sys.executable, "-c", RENDER_ONLY, str(det_runs["compare_json"]), str(out)],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip().endswith("heavy: []"), run.stdout + run.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["detections-2.png", "parts.png", "snr.png", "why-1.png"]
+    md = (out / "report.md").read_text()
+    assert "![Why /fake/Conv loses accuracy](why-1.png)" in md and "re-ran nothing" in md
+    doc = json.loads(det_runs["compare_json"].read_text())
+    name = doc["detection"]["examples"][1]["image"]
+    assert f"*{name}: float (green) vs quantized (red, dashed)" in md
+    assert "detection pictures skipped for 1 example image(s) (gone.jpg)" in md
+    # without an explanation: no re-run, no pictures, and the report says so
+    paths = write_report(doc, tmp_path / "bare")
+    md = Path(paths["md"]).read_text()
+    assert "why-plots not drawn" in md and "detection pictures not drawn" in md
+    assert sorted(p.name for p in (tmp_path / "bare").glob("*.png")) == ["parts.png", "snr.png"]
+
+
+def test_explain_without_why_runs_no_model(runs: dict[str, Path]) -> None:
+    doc = load_result(runs["compare_json"])
+    ex = explain(doc, None, model="/nonexistent.onnx")
+    assert ex.why is None and ex.why_notes == [] and ex.pictures is None  # no detection section: nothing drawn
+    ex = explain(doc, [("/model.22/Concat_5", "test")], model="/nonexistent.onnx")
+    assert ex.why == [] and "why-plots skipped: model '/nonexistent.onnx' not found" in ex.why_notes[0]
 
 
 # ------------------------------------------------------------------ rendering
@@ -326,7 +387,7 @@ def test_html_renders_headless_to_a_non_blank_page(runs: dict[str, Path], tmp_pa
 
 
 def test_vendor_backend_sections(runs: dict[str, Path], tmp_path: Path) -> None:
-    """A bisect judged by rknn-toolkit2 (as cli_bisect writes it) and a compare with the toolkit beside ours."""
+    """A bisect judged by rknn-toolkit2 (as qdebug/cli/bisect.py writes it) and a compare with the toolkit beside ours."""
     doc = json.loads(runs["bisect_json"].read_text())
     doc["quant"]["judge"] = {"backend": "rknn", "profile": "rknn", "platform": "rk3588", "python": "/env/bin/python",
                              "quantized_algorithm": "normal", "unpromotable": {"/model.22/Mul_2": "no int16 kernel"},
@@ -348,7 +409,7 @@ def test_vendor_backend_sections(runs: dict[str, Path], tmp_path: Path) -> None:
         "disagreements": [{"tensor": "output0", "vendor_cosine": 0.9991, "builtin_cosine": 0.9998, "gap": 0.0007}],
         "builds": 3}
     validate_result(doc)
-    paths = write_report(doc, tmp_path / "rep", why=False)
+    paths = _report(doc, tmp_path / "rep", why=False)
     md = Path(paths["md"]).read_text()
     head = md.split("## Outputs")[0]
     assert "**Judge:** every candidate set was scored by the rknn backend (rk3588)" in head
@@ -521,7 +582,7 @@ def test_report_without_detection_renders_as_before(det_runs: dict[str, Path], r
                                                      tmp_path: Path) -> None:
     doc = json.loads(det_runs["compare_json"].read_text())
     del doc["detection"]
-    paths = write_report(doc, tmp_path / "rep", why=False)
+    paths = _report(doc, tmp_path / "rep", why=False)
     md = Path(paths["md"]).read_text()
     assert "Detection verdict" not in md and "**Detections**" not in md and "detections-" not in md
     assert not list((tmp_path / "rep").glob("detections-*.png"))
@@ -535,7 +596,7 @@ def test_detection_pictures_degrade_when_images_are_gone(det_runs: dict[str, Pat
     for ex in doc["detection"]["examples"]:
         ex["path"] = str(tmp_path / "moved" / ex["image"])
     doc["samples"]["source"] = str(tmp_path / "moved")
-    paths = write_report(copy.deepcopy(doc), tmp_path / "rep", why=False)
+    paths = _report(copy.deepcopy(doc), tmp_path / "rep", why=False)
     md = Path(paths["md"]).read_text()
     sec = _section(md, "Detection verdict")
     assert "detection pictures skipped for 3 example image(s)" in sec and "`--data FOLDER`" in sec
@@ -544,7 +605,7 @@ def test_detection_pictures_degrade_when_images_are_gone(det_runs: dict[str, Pat
     assert "missing)" not in Path(paths["html"]).read_text()
     _check_markdown(md)
     # --data points at the images again: found by name
-    paths = write_report(doc, tmp_path / "rep2", data=str(fx["images"]), why=False)
+    paths = _report(doc, tmp_path / "rep2", data=str(fx["images"]), why=False)
     assert len(list((tmp_path / "rep2").glob("detections-*.png"))) == 6
     assert "pictures skipped" not in Path(paths["md"]).read_text()
 
@@ -560,7 +621,7 @@ def test_detection_labels_classes_and_warnings(det_runs: dict[str, Path], tmp_pa
     row = det["quantized"]["per_class"][0]
     det["quantized"]["per_class"] = [dict(row, **{"class": k, "name": f"cls{k}", "ap50_95": k / 10}) for k in range(8)]
     det["warnings"] = ["decoded boxes look implausible: 90 of 100 candidate boxes"]
-    paths = write_report(doc, tmp_path / "rep", why=False)
+    paths = _report(doc, tmp_path / "rep", why=False)
     md = Path(paths["md"]).read_text()
     sec = _section(md, "Detection verdict")
     _check_markdown(md)
@@ -574,7 +635,7 @@ def test_detection_labels_classes_and_warnings(det_runs: dict[str, Path], tmp_pa
     det.update(promoted=None, examples=[], labels=None, warnings=[])
     det["quantized"]["metrics"] = {k: None for k in det["quantized"]["metrics"]}
     det["quantized"]["counts"] = {"lost": 0, "added": 0}
-    paths = write_report(doc, tmp_path / "rep2", why=False)
+    paths = _report(doc, tmp_path / "rep2", why=False)
     sec = _section(Path(paths["md"]).read_text(), "Detection verdict")
     assert _md_tables(sec)[0][1][1][2] == "–" and "no example pictures" in sec
     assert not list((tmp_path / "rep2").glob("detections-*.png"))
@@ -602,5 +663,5 @@ def test_large_detection_pictures_are_reduced(tmp_path: Path) -> None:
 def test_detection_pictures_without_matplotlib(det_runs: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plots, "available", lambda: False)  # the pictures need Pillow only
-    write_report(det_runs["compare_json"], tmp_path / "rep", why=False)
+    _report(det_runs["compare_json"], tmp_path / "rep", why=False)
     assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == [f"detections-{k}.png" for k in (1, 2, 3)]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from qdebug.cli.options import add_task_args, check_target_task, decoder_from_args
+from qdebug.cli.terminal import render_detection
 from qdebug.errors import QDebugError
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
@@ -19,7 +21,6 @@ from qdebug.runners.sim import SimBackend
 from qdebug.search.driver import run_bisect
 from qdebug.search.target import parse_target
 from qdebug.tasks import get_decoder
-from qdebug.tasks.cli import add_task_args, check_target_task, decoder_from_args, render_detection
 from qdebug.tasks.evaluator import DetectionCollector, DetectionEvaluator, run_detection
 
 CONCAT = "/model.22/Concat_5"

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from qdebug.cli.options import add_task_args, decoder_from_args
 from qdebug.errors import DataError, QDebugError
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
 from qdebug.tasks.base import Detections, image_metas, network_hw
-from qdebug.tasks.cli import add_task_args, decoder_from_args
 from qdebug.tasks.labels import load_labels, require_pycocotools, true_map
 
 # objects in original pixels of the 160x120 fixture images: (image index, class, x1, y1, x2, y2)

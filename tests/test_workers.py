@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import qdebug.workers as workers
+from qdebug.compare.stage import run_compare
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
-from qdebug.compare.stage import run_compare
 from qdebug.quant.calibrate import make_calibrator
 from qdebug.quant.scheme import QuantConfig, QuantScheme
 from qdebug.runners.session import OrtSession

@@ -6,16 +6,14 @@ import argparse
 import json
 
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
+from qdebug.cli.terminal import err_console, render_bisect, render_detection
 from qdebug.errors import QDebugError
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bisect` subcommand."""
-    from qdebug.cli import add_data_args, add_quant_args
-
     b = sub.add_parser("bisect", help="find the sensitive ops and the smallest set to keep at 16 bits")
     b.add_argument("model", help="float ONNX model")
     add_data_args(b)
@@ -36,14 +34,12 @@ def register(sub) -> None:
     b.add_argument("--rknn-proposal", action="store_true",
                    help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
     b.add_argument("--quiet", "-q", action="store_true")
-    from qdebug.tasks.cli import add_task_args
-
     add_task_args(b, draw=False)
     b.set_defaults(func=cmd_bisect)
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from qdebug.cli import build_config, err_console, load_inputs, make_backend
+    """Run `qdebug bisect`: rank the ops, search the smallest promotion set, write the vendor file and exports."""
     from qdebug.fileio import atomic_write
     from qdebug.quant.scheme import Precision
     from qdebug.search.driver import run_bisect
@@ -56,28 +52,22 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
-    from qdebug.tasks.cli import check_target_task, decoder_from_args
     from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
 
     check_target_task(args)  # a task metric in --target needs --task
-    decoder = decoder_from_args(args)  # None without --task
-    if decoder is not None and not args.target:
+    st = setup_run(args)
+    graph, ds, calib, cfg = st.graph, st.dataset, st.calib, st.config
+    backend, decoder, judge = st.backend, st.decoder, st.vendor
+    target = args.target
+    if decoder is not None and not target:
         from qdebug.tasks import DEFAULT_TASK_TARGET
 
-        args.target = DEFAULT_TASK_TARGET
-    graph, ds, calib = load_inputs(args)
-    if args.backend == "rknn" and args.profile == "generic":
-        args.profile = "rknn"
-    cfg, _mapping = build_config(args, graph)
-    from qdebug.runners.sim import SimBackend
-
-    backend = SimBackend(args.profile)
-    judge = make_backend(args, ds) if args.backend != "sim" else None
+        target = DEFAULT_TASK_TARGET
     log = None if args.quiet else (lambda s: err_console.print(f"[dim]· {s}[/]"))
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     try:
-        doc = run_bisect(graph, ds, cfg, backend, args.target, prec, args.cut_search, calib, log=log,
-                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator)
+        doc = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
+                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator).to_json()
         if decoder is not None and evaluator is not None:
             nodes = doc["result"]["set"]
             promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
@@ -95,16 +85,16 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if not args.quiet:
         render_bisect(doc, console)
         if "detection" in doc:
-            from qdebug.tasks.cli import render_detection
-
             render_detection(doc["detection"], console)
     if args.json:
         atomic_write(args.json, json.dumps(doc, indent=1, allow_nan=False) + "\n", protect=(args.model,))
         console.print(f"wrote {args.json}")
     if args.report:
-        from qdebug.report.build import write_report
+        from qdebug.compare.explain import explain
+        from qdebug.report.build import check_output, why_ops, write_report
 
-        paths = write_report(doc, args.report)
+        check_output(args.report)
+        paths = write_report(doc, args.report, explain(doc, why_ops(doc)))
         console.print(f"wrote {paths['md']} and {paths['html']}")
     return 0 if doc["result"]["met"] else 1
 
@@ -185,56 +175,3 @@ def _diff(a: str, b: str) -> str:
 
     return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), "original", "patched", n=2))
 
-
-def render_bisect(doc: dict, console: Console) -> None:
-    """Terminal summary of a bisect result."""
-    from qdebug.report.terminal import fmt_snr
-
-    t = doc["target"]
-    console.print(f"[bold]qdebug bisect[/] {doc['model']['path']}  ·  {doc['samples']['count']} samples  ·  "
-                  f"profile [cyan]{doc['quant'].get('profile')}[/]")
-    console.print(f"target: [bold]{t['expression']}[/]" + ("  [yellow](assumed default)[/]" if t["assumed_default"]
-                                                           else ""))
-    cut = doc["first_bad_cut"]
-    if cut["tensor"]:
-        part = f".{cut['part']}" if cut["part"] else ""
-        console.print(f"first bad cut ({cut['path']}, {cut['evaluations']} evaluations): [bold red]{cut['tensor']}"
-                      f"{part}[/] at {cut['node']} ({cut['op_type']}, #{cut['index']}): {cut['metric']} "
-                      f"{cut['value']} fails {cut['metric']}>={cut['bound']:g}")
-    else:
-        console.print(f"first bad cut: none (every tensor passes {cut['metric']}>={cut['bound']:g})")
-    tbl = Table(title="Most sensitive ops", header_style="bold")
-    for c in ("rank", "op", "type", "score", "jump dB", "iso SNR", "hazards"):
-        tbl.add_column(c, overflow="fold")
-    for r in doc["ranking"][:8]:
-        e = r["evidence"]
-        tbl.add_row(str(r["rank"]), r["op"], r["op_type"], f"{r['score']:.1f}",
-                    "-" if e["jump_db"] is None else f"{e['jump_db']:+.1f}", fmt_snr(e["isolated_snr_db"]),
-                    ", ".join(e["hazards"]))
-    console.print(tbl)
-    res = doc["result"]
-    color = "green" if res["met"] else "red"
-    console.print(f"[bold {color}]{escape(res['message'])}[/]")
-    if res["set"]:
-        console.print("promote: " + ", ".join(f"[bold]{k}[/]" for k in res["set"]))
-    for k, v in res["before"].items():
-        console.print(f"  {k}: {v} → {res['after'].get(k)}")
-    c = doc["counts"]
-    console.print(f"{c['evaluations']} quantized evaluations (bound {c['bound']}; naive one-per-op: "
-                  f"{c['naive_evaluations']}), {c['total_seconds']:.1f} s")
-    for name, text in (doc.get("exports") or {}).items():
-        console.print(f"[dim]{name}:[/] {escape(text.strip().splitlines()[0]) if text.strip() else ''}"
-                      + (" ..." if len(text.strip().splitlines()) > 1 else ""))
-    tp = doc.get("toolkit_proposal")
-    if tp:
-        vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in tp["values"].items())
-        console.print(f"rknn-toolkit2's own proposal: {tp['count']} tensor(s) -> {vals} "
-                      f"({'meets' if tp['passed'] else 'misses'} the target)")
-    unp = (doc["quant"].get("judge") or {}).get("unpromotable")
-    if unp:
-        console.print("[yellow]the toolkit cannot promote:[/] " + "; ".join(f"{k} ({v})" for k, v in unp.items()))
-    pf = doc.get("patched_file")
-    if pf:
-        console.print(f"patched {pf['format']} file: [bold]{pf['path']}[/] (changed: {', '.join(pf['changed'])})")
-        for n in pf["notes"]:
-            console.print(f"  [yellow]note:[/] {escape(n)}")

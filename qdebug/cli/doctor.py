@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import subprocess
 
 from rich.console import Console
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `doctor` subcommand."""
     d = sub.add_parser("doctor", help="check the environment; --setup-rknn DIR creates the rknn-toolkit2 env")
     d.add_argument("--setup-rknn", metavar="DIR", default=None,
@@ -19,16 +18,27 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_doctor)
 
 
-def _version(mod: str) -> str | None:
+def _optional_versions() -> dict[str, str | None]:
+    """Version of each optional package (None when it does not import), by plain imports."""
+    out: dict[str, str | None] = {}
     try:
-        m = importlib.import_module(mod)
+        import matplotlib
+
+        out["matplotlib"] = getattr(matplotlib, "__version__", "installed")
     except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return None
-    return getattr(m, "__version__", "installed")
+        out["matplotlib"] = None
+    try:
+        import pycocotools
+
+        out["pycocotools"] = getattr(pycocotools, "__version__", "installed")
+    except Exception:  # noqa: BLE001
+        out["pycocotools"] = None
+    return out
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from qdebug.pipeline import environment
+    """Run `qdebug doctor`: print what this machine has; exit 1 when the rknn environment is broken."""
+    from qdebug.compare.stage import environment
     from qdebug.runners.rockchip import DEFAULT_ENV, find_rknn_python, setup_rknn_env
 
     console = Console(highlight=False)
@@ -39,8 +49,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     env = environment()
     for k, v in env.items():
         console.print(f"{k:12s} {v}")
+    versions = _optional_versions()
     for mod, what in (("matplotlib", "plots in reports (extra: plot)"), ("pycocotools", "true mAP (extra: coco)")):
-        v = _version(mod)
+        v = versions[mod]
         console.print(f"{mod:12s} {v or '[yellow]missing[/]'}  ({what})")
     chrome = shutil.which("chromium")
     console.print(f"{'chromium':12s} {chrome or 'missing'}  (optional: report rendering test)")

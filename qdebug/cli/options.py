@@ -1,23 +1,42 @@
-"""Command-line interface: a thin layer that parses options and calls the pipeline/search/report layers."""
+"""Option groups of compare and bisect: each adds its argparse group and builds its objects from the parsed args.
+
+data → Preprocess, data set, calibration set; quantization → QuantConfig (overrides, --calib mapping) and
+the profile (`decide_profile`, once); backend → built-in SimBackend / vendor backend; task → decoder.
+`setup_run` is the start both commands share.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console
 from rich.markup import escape
 
-from qdebug import __version__
+from qdebug.cli.terminal import err_console
 from qdebug.errors import QDebugError
+from qdebug.tasks import DECODERS, LABEL_METRICS, get_decoder, task_metrics_in
 
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from qdebug.formats.base import MappingReport, VendorFile
+    from qdebug.graph.model import ModelGraph
+    from qdebug.inputs.dataset import Dataset, Preprocess
+    from qdebug.quant.scheme import QuantConfig
+    from qdebug.runners.base import Backend
+    from qdebug.runners.sim import SimBackend
+    from qdebug.tasks.base import Decoder
+
+G = TypeVar("G")
 
 
-# --------------------------------------------------------------------- options
+def _pick(cls: type[G], args: argparse.Namespace) -> G:
+    """An option-group dataclass filled from the args (fields are argparse `dest` names; absent ones keep defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------- data
 def _floats(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
@@ -55,8 +74,48 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-dtype", choices=["float32", "uint8"], default=None)
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """The inputs group: where the samples are and how an image becomes the network's input."""
+
+    data: str
+    samples: int | None = None
+    calib_data: str | None = None
+    size: tuple[int, int] | None = None
+    resize: str = "letterbox"
+    color: str = "rgb"
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (255.0, 255.0, 255.0)
+    layout: str | None = None
+    input_dtype: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataOptions:
+        """The group's values from parsed args."""
+        return _pick(cls, args)
+
+    def preprocess(self) -> Preprocess:
+        """Image preprocessing (resize, colour order, normalization, layout) for the data sets."""
+        from qdebug.inputs.dataset import Preprocess
+
+        return Preprocess(size=self.size, resize=self.resize, color=self.color, mean=tuple(self.mean),
+                          std=tuple(self.std), layout=self.layout, dtype=self.input_dtype)
+
+    def load(self, graph: ModelGraph) -> tuple[Dataset, Dataset | None]:
+        """The data set (at most --samples) and the separate calibration set (None without --calib-data)."""
+        from qdebug.inputs.dataset import load_dataset
+
+        prep = self.preprocess()
+        if self.samples is not None and self.samples <= 0:
+            raise QDebugError("--samples must be positive", where="--samples", fix="pass --samples 8 or more")
+        ds = load_dataset(self.data, graph, prep, self.samples, self.size)
+        calib = load_dataset(self.calib_data, graph, prep, None, self.size) if self.calib_data else None
+        return ds, calib
+
+
+# --------------------------------------------------------------------- quantization
 def add_quant_args(p: argparse.ArgumentParser) -> None:
-    """Quantization scheme options shared by compare and bisect."""
+    """Quantization scheme options shared by compare and bisect (the backend options are in this group too)."""
     g = p.add_argument_group("quantization")
     g.add_argument("--backend", default="sim", help="sim (built-in simulator) | rknn (rknn-toolkit2 simulator)")
     g.add_argument("--platform", default="rk3588", help="rknn target platform (rk3588, rk3568, rk3576, ...)")
@@ -79,41 +138,68 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="simulate with a vendor calibration file, e.g. hisi:calibration_param.txt")
 
 
-def build_preprocess(args: argparse.Namespace):
-    from qdebug.inputs.dataset import Preprocess
+@dataclass(frozen=True)
+class QuantOptions:
+    """The quantization scheme as given on the command line (`profile` is --profile, before `decide_profile`)."""
 
-    return Preprocess(size=args.size, resize=args.resize, color=args.color, mean=tuple(args.mean),
-                      std=tuple(args.std), layout=args.layout, dtype=args.input_dtype)
+    profile: str = "generic"
+    dtype: str = "int8"
+    calibrator: str = "minmax"
+    percentile: float = 99.99
+    per_tensor_weights: bool = False
+    asymmetric_weights: bool = False
+    symmetric_activations: bool = False
+    override: tuple[str, ...] = ()
+    overrides: str | None = None
+    calib: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> QuantOptions:
+        """The group's values from parsed args."""
+        opts = _pick(cls, args)
+        return cls(**{**opts.__dict__, "override": tuple(opts.override)})
 
 
-def build_config(args: argparse.Namespace, graph):
-    """QuantConfig from the CLI: scheme, overrides (validated against the graph), vendor file."""
-    from qdebug.quant.scheme import Precision, QuantConfig, QuantScheme
+@dataclass(frozen=True)
+class QuantSetup:
+    """What the quantization group builds: the config, the --calib mapping report and the decided profile."""
 
-    try:
-        act = Precision.parse(args.dtype)
-    except ValueError as exc:
-        raise QDebugError(str(exc), where="--dtype") from None
-    if not act.is_int:
-        raise QDebugError(f"--dtype {args.dtype} is not an integer precision", where="--dtype",
-                          fix="use int8 or int16; use --override for fp16 ops")
-    scheme = QuantScheme(activation=act, per_channel_weights=not args.per_tensor_weights,
-                         symmetric_weights=not args.asymmetric_weights,
-                         symmetric_activations=args.symmetric_activations,
-                         calibrator=args.calibrator, percentile=args.percentile, profile=args.profile)
+    config: QuantConfig
+    mapping: MappingReport | None
+    profile: str
+
+
+def decide_profile(profile: str, backend: str, vendor_file: VendorFile | None = None) -> str:
+    """Where the NPU quantizes: --profile when given, else rknn for --backend rknn, else the --calib file's profile.
+
+    The one place the profile is decided; "generic" (the --profile default) counts as not given.
+    """
+    if profile != "generic":
+        return profile
+    if backend == "rknn":
+        return "rknn"
+    if vendor_file is not None:  # the vendor file decides where quantization happens
+        return vendor_file.profile
+    return "generic"
+
+
+def _overrides(q: QuantOptions, graph: ModelGraph) -> dict[str, Any]:
+    """--overrides file and --override NODE=PREC, validated against the graph (node name -> Precision)."""
+    from qdebug.quant.scheme import Precision
+
     overrides: dict[str, Precision] = {}
     items: list[tuple[str, str, str]] = []
-    if args.overrides:
+    if q.overrides:
         try:
-            data = json.loads(Path(args.overrides).read_text())
+            data = json.loads(Path(q.overrides).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise QDebugError(f"cannot read overrides ({exc.__class__.__name__})", file=args.overrides,
+            raise QDebugError(f"cannot read overrides ({exc.__class__.__name__})", file=q.overrides,
                               fix='write a JSON object {"node": "int16"}') from None
         if not isinstance(data, dict):
-            raise QDebugError("overrides must be a JSON object", file=args.overrides,
+            raise QDebugError("overrides must be a JSON object", file=q.overrides,
                               fix='write {"node": "int16"}')
-        items += [(k, str(v), args.overrides) for k, v in data.items()]
-    for ov in args.override:
+        items += [(k, str(v), q.overrides) for k, v in data.items()]
+    for ov in q.override:
         node, sep, prec = ov.rpartition("=")
         if not sep or not node:
             raise QDebugError(f"bad --override '{ov}'", where="--override", fix="write NODE=int16")
@@ -126,23 +212,41 @@ def build_config(args: argparse.Namespace, graph):
             overrides[node] = Precision.parse(prec)
         except ValueError as exc:
             raise QDebugError(str(exc), where=where) from None
-    cfg = QuantConfig(scheme=scheme, overrides=overrides)
-    if args.calib:
+    return overrides
+
+
+def build_config(q: QuantOptions, graph: ModelGraph, backend: str = "sim") -> QuantSetup:
+    """QuantConfig from the CLI: scheme, overrides (validated against the graph), vendor file, and the profile."""
+    from qdebug.quant.scheme import Precision, QuantConfig, QuantScheme
+
+    try:
+        act = Precision.parse(q.dtype)
+    except ValueError as exc:
+        raise QDebugError(str(exc), where="--dtype") from None
+    if not act.is_int:
+        raise QDebugError(f"--dtype {q.dtype} is not an integer precision", where="--dtype",
+                          fix="use int8 or int16; use --override for fp16 ops")
+    overrides = _overrides(q, graph)
+    vf = None
+    if q.calib:
         from qdebug.formats.base import load_vendor_file
 
-        vf = load_vendor_file(args.calib)
-        if args.profile == "generic":  # the vendor file decides where quantization happens
-            args.profile = vf.profile
-            cfg.scheme = QuantScheme(**{**cfg.scheme.__dict__, "profile": vf.profile})
-        vcfg, report = vf.to_config(graph, cfg)
-        vcfg.overrides.update(overrides)
-        for note in _mapping_notes(report):
-            err_console.print(f"[yellow]calib:[/] {escape(note)}")
-        return vcfg, report
-    return cfg, None
+        vf = load_vendor_file(q.calib)
+    profile = decide_profile(q.profile, backend, vf)
+    scheme = QuantScheme(activation=act, per_channel_weights=not q.per_tensor_weights,
+                         symmetric_weights=not q.asymmetric_weights, symmetric_activations=q.symmetric_activations,
+                         calibrator=q.calibrator, percentile=q.percentile, profile=profile)
+    cfg = QuantConfig(scheme=scheme, overrides=overrides)
+    if vf is None:
+        return QuantSetup(cfg, None, profile)
+    vcfg, report = vf.to_config(graph, cfg)
+    vcfg.overrides.update(overrides)
+    for note in _mapping_notes(report):
+        err_console.print(f"[yellow]calib:[/] {escape(note)}")
+    return QuantSetup(vcfg, report, profile)
 
 
-def _mapping_notes(report) -> list[str]:
+def _mapping_notes(report: MappingReport) -> list[str]:
     notes = list(report.notes)
     if report.unmatched_records:
         notes.append(f"{len(report.unmatched_records)} record(s) match no ONNX node (fused/inserted by the "
@@ -153,163 +257,146 @@ def _mapping_notes(report) -> list[str]:
     return notes
 
 
-def load_inputs(args: argparse.Namespace):
-    """Graph + data set (+ calibration set) from CLI args."""
+# --------------------------------------------------------------------- backend
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which simulator judges the run: the built-in one (sim) or a vendor's (rknn) beside it."""
+
+    backend: str = "sim"
+    platform: str = "rk3588"
+    rknn_python: str | None = None
+    rknn_analysis_samples: int = 1
+    keep_work: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        """The group's values from parsed args."""
+        return _pick(cls, args)
+
+    def builtin(self, profile: str) -> SimBackend:
+        """The built-in simulator for the decided profile (always built: it runs the per-tensor compare)."""
+        from qdebug.runners.sim import SimBackend
+
+        return SimBackend(profile)
+
+    def vendor(self, dataset: Dataset | None = None) -> Backend | None:
+        """The vendor backend configured from the options (rknn gets the images' mean/std); None for sim."""
+        from qdebug.runners.base import get_backend
+
+        if self.backend == "sim":
+            return None
+        if self.backend == "rknn":
+            from qdebug.runners.rockchip import RknnBackend
+
+            images = dataset is not None and dataset.kind == "images" and dataset.preprocess is not None
+            prep = dataset.preprocess if images else None
+            return RknnBackend(python=self.rknn_python, platform=self.platform, keep_work=self.keep_work,
+                               mean=prep.mean if prep else None, std=prep.std if prep else None)
+        return get_backend(self.backend)
+
+
+# --------------------------------------------------------------------- task
+def add_task_args(p: argparse.ArgumentParser, draw: bool = True) -> None:
+    """Add the detection-task option group to a subcommand parser."""
+    g = p.add_argument_group("task (detection verdict)")
+    g.add_argument("--task", default=None, metavar="NAME",
+                   help=f"decode detector outputs and score detections: {', '.join(sorted(DECODERS))} "
+                        "(yolo11 = yolov8, yolov7 = yolov5)")
+    g.add_argument("--anchors", default=None, metavar="SPEC|FILE",
+                   help='YOLOv5 raw heads: anchors in pixels per level, "10,13,16,30,33,23;30,61,...;..." or a '
+                        "file with one level per line (default: the YOLOv5 COCO anchors, with a warning)")
+    g.add_argument("--labels", default=None, metavar="PATH",
+                   help="ground truth for true mAP: COCO JSON or a folder of YOLO .txt (needs qdebug[coco])")
+    g.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25; 0.001 to match "
+                   "`yolo val` mAP)")
+    g.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: yolov8 0.7, yolov5 0.45)")
+    g.add_argument("--max-det", type=int, default=300, help="detections kept per image after NMS (default 300)")
+    g.add_argument("--nc", type=int, default=None, help="number of classes when the output carries extra channels")
+    if draw:
+        g.add_argument("--draw", default=None, metavar="DIR",
+                       help="write pictures of the 3 images with the most lost/added detections into DIR")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The detection-task group: which decoder scores the detections, and where its ground truth is."""
+
+    task: str | None = None
+    anchors: str | None = None
+    labels: str | None = None
+    conf: float = 0.25
+    iou: float | None = None
+    max_det: int = 300
+    nc: int | None = None
+    draw: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TaskOptions:
+        """The group's values from parsed args."""
+        return _pick(cls, args)
+
+    def decoder(self) -> Decoder | None:
+        """The decoder selected by --task (None without --task); rejects task-only options without it."""
+        if not self.task:
+            for opt in ("anchors", "labels"):
+                if getattr(self, opt):
+                    raise QDebugError(f"--{opt} needs --task", where=f"--{opt}",
+                                      fix="add --task yolov8 or --task yolov5")
+            return None
+        if self.labels:
+            from qdebug.tasks.labels import require_pycocotools
+
+            require_pycocotools()  # fail before the long runs when the extra is missing
+        return get_decoder(self.task, conf=self.conf, iou=self.iou, max_det=self.max_det, nc=self.nc,
+                           **({"anchors": self.anchors} if self.anchors is not None else {}))
+
+
+def decoder_from_args(args: argparse.Namespace) -> Decoder | None:
+    """The decoder selected by --task (None without --task); rejects task-only options without it."""
+    return TaskOptions.from_args(args).decoder()
+
+
+def check_target_task(args: argparse.Namespace) -> None:
+    """Refuse a target with task metrics without --task (or true-mAP metrics without --labels), before any run."""
+    used = task_metrics_in(getattr(args, "target", None))
+    if used and not getattr(args, "task", None):
+        raise QDebugError(f"target uses task metric(s) {', '.join(used)} but no --task was given", where="--target",
+                          fix="add --task yolov8 (or yolov5) so qdebug can decode the detections")
+    need = [m for m in used if m in LABEL_METRICS]
+    if need and not getattr(args, "labels", None):
+        raise QDebugError(f"target uses {', '.join(need)} (true mAP against labels) but no --labels were given",
+                          where="--target", fix="pass --labels, or use map50_95_vs_float (agreement with float)")
+
+
+# --------------------------------------------------------------------- shared setup
+@dataclass
+class Setup:
+    """What compare and bisect build before their first run, from the option groups."""
+
+    graph: ModelGraph
+    dataset: Dataset
+    calib: Dataset | None
+    config: QuantConfig
+    mapping: MappingReport | None
+    profile: str
+    decoder: Decoder | None
+    backend: SimBackend
+    vendor: Backend | None
+
+
+def setup_run(args: argparse.Namespace) -> Setup:
+    """Decoder, graph and data sets, quantization config and profile, then the backends, in that order.
+
+    The order is the order of the user errors: options checked without I/O first, the vendor backend last.
+    Nothing is written back to `args`.
+    """
     from qdebug.graph.model import ModelGraph
-    from qdebug.inputs.dataset import load_dataset
 
+    decoder = TaskOptions.from_args(args).decoder()  # checks --anchors/--labels/pycocotools up front
     graph = ModelGraph.load(args.model)
-    prep = build_preprocess(args)
-    if args.samples is not None and args.samples <= 0:
-        raise QDebugError("--samples must be positive", where="--samples", fix="pass --samples 8 or more")
-    ds = load_dataset(args.data, graph, prep, args.samples, args.size)
-    calib = load_dataset(args.calib_data, graph, prep, None, args.size) if args.calib_data else None
-    return graph, ds, calib
-
-
-def make_backend(args: argparse.Namespace, dataset=None):
-    """The built-in simulator, or a vendor backend configured from the CLI (rknn)."""
-    from qdebug.runners.base import get_backend
-    from qdebug.runners.sim import SimBackend
-
-    if args.backend == "sim":
-        return SimBackend(args.profile)
-    if args.backend == "rknn":
-        from qdebug.runners.rockchip import RknnBackend
-
-        images = dataset is not None and dataset.kind == "images" and dataset.preprocess is not None
-        prep = dataset.preprocess if images else None
-        return RknnBackend(python=args.rknn_python, platform=args.platform, keep_work=args.keep_work,
-                           mean=prep.mean if prep else None, std=prep.std if prep else None)
-    return get_backend(args.backend)
-
-
-def _progress_factory(console: Console, quiet: bool):
-    if quiet:
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-    tasks: dict[str, int] = {}
-
-    def cb(phase: str, adv: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = prog.add_task(phase, total=total)
-        prog.update(tasks[phase], advance=adv)
-
-    return prog, cb
-
-
-# -------------------------------------------------------------------- commands
-def cmd_compare(args: argparse.Namespace) -> int:
-    from qdebug.fileio import atomic_write
-    from qdebug.pipeline import run_compare
-    from qdebug.report.terminal import render_compare
-    from qdebug.tasks.cli import decoder_from_args, render_detection
-    from qdebug.tasks.evaluator import DetectionCollector, run_detection
-
-    console = Console(highlight=False)
-    decoder = decoder_from_args(args)  # None without --task; checks --anchors/--labels/pycocotools up front
-    graph, ds, calib = load_inputs(args)
-    if args.backend == "rknn" and args.profile == "generic":
-        args.profile = "rknn"
-    cfg, mapping = build_config(args, graph)
-    vendor = make_backend(args, ds) if args.backend != "sim" else None
-    from qdebug.runners.sim import SimBackend
-
-    backend = SimBackend(args.profile)
-    collector = DetectionCollector(graph, ds, decoder) if decoder is not None else None
-    hook = collector.add if collector is not None else None
-    prog, cb = _progress_factory(err_console, args.quiet)
-    if prog:
-        with prog:
-            res = run_compare(graph, ds, cfg, backend, calib, progress=cb, on_sample=hook)
-    else:
-        res = run_compare(graph, ds, cfg, backend, calib, on_sample=hook)
-    res.command = args.command_line
-    data = res.to_json()
-    if mapping is not None:
-        data["quant"]["calib_mapping"] = mapping.to_json()
-    if decoder is not None:
-        det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
-        data["detection"] = det.to_json()
-        for png in det.draw(args.draw) if args.draw else []:
-            console.print(f"wrote {png}")
-    if vendor is not None:
-        from qdebug.vendor_compare import rknn_compare
-
-        if not args.quiet:
-            err_console.print(f"[dim]· running {args.backend} simulator on {len(ds)} samples and its per-tensor "
-                              f"analysis on {args.rknn_analysis_samples}[/]")
-        try:
-            data["vendor"] = rknn_compare(graph, ds, cfg, vendor, data, calib, args.rknn_analysis_samples)
-        finally:
-            vendor.close()
-    if not args.quiet:
-        render_compare(data, console, top=args.top, show_all=args.all)
-        if "vendor" in data:
-            from qdebug.report.terminal import render_vendor
-
-            render_vendor(data["vendor"], console)
-        if "detection" in data:
-            render_detection(data["detection"], console)
-    if args.json:
-        atomic_write(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n",
-                     protect=(args.model, args.data))
-        console.print(f"wrote {args.json}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qdebug", description="Layer-level quantization debugger for ONNX models "
-                                 "deployed to edge NPUs.")
-    ap.add_argument("--version", action="version", version=f"qdebug {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("compare", help="float vs quantized error of every tensor (cumulative and isolated)")
-    c.add_argument("model", help="float ONNX model")
-    add_data_args(c)
-    add_quant_args(c)
-    c.add_argument("--json", default=None, help="write the full result (schema qdebug.compare/1)")
-    c.add_argument("--top", type=int, default=15, help="rows in the worst-ops table")
-    c.add_argument("--all", action="store_true", help="print every tensor in execution order")
-    c.add_argument("--quiet", "-q", action="store_true")
-    from qdebug.tasks.cli import add_task_args
-
-    add_task_args(c)
-    c.set_defaults(func=cmd_compare)
-    _register_more(sub)
-    return ap
-
-
-def _register_more(sub) -> None:
-    """Subcommands from later layers register here (promote, bisect, report, doctor)."""
-    for mod in ("qdebug.cli_promote", "qdebug.cli_bisect", "qdebug.cli_report", "qdebug.cli_doctor"):
-        try:
-            module = __import__(mod, fromlist=["register"])
-        except ImportError:
-            continue
-        module.register(sub)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `qdebug` console script; user errors become one line and exit code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    args.command_line = "qdebug " + " ".join(shlex.quote(a) for a in argv)
-    try:
-        return int(args.func(args) or 0)
-    except QDebugError as exc:
-        err_console.print(f"[bold red]qdebug: error:[/] {exc.one_line()}", soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("qdebug: interrupted")
-        return 130
-    except MemoryError:
-        err_console.print("[bold red]qdebug: error:[/] out of memory (fix: use fewer --samples or a smaller --size)")
-        return 3
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    ds, calib = DataOptions.from_args(args).load(graph)
+    be = BackendOptions.from_args(args)
+    quant = build_config(QuantOptions.from_args(args), graph, be.backend)
+    backend = be.builtin(quant.profile)  # before the vendor backend, which makes a work folder
+    return Setup(graph=graph, dataset=ds, calib=calib, config=quant.config, mapping=quant.mapping,
+                 profile=quant.profile, decoder=decoder, backend=backend, vendor=be.vendor(ds))

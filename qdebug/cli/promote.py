@@ -17,7 +17,7 @@ from rich.table import Table
 from qdebug.errors import QDebugError
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `promote` subcommand to the CLI's subparsers."""
     p = sub.add_parser(
         "promote", help="patch a vendor calibration/config file so chosen layers stay at 16-bit",

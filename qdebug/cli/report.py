@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `report` subcommand."""
     r = sub.add_parser("report", help="Markdown/HTML report with plots from a compare or bisect JSON result",
                        description="Write DIR/report.md (paste into an issue, images next to it), "
@@ -23,10 +23,18 @@ def register(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qdebug.report.build import write_report
+    """Run `qdebug report`: write report.md, report.html and the plots from a result JSON."""
+    from pathlib import Path
 
-    paths = write_report(args.result, args.output, model=args.model, data=args.data, top=args.top,
-                         why=not args.no_why)
+    from qdebug.compare.explain import explain
+    from qdebug.report.build import check_output, why_ops, write_report
+    from qdebug.report.schema import load_result
+
+    doc = load_result(args.result)
+    check_output(args.output, args.top)
+    explained = explain(doc, why_ops(doc, wanted=not args.no_why), model=args.model, data=args.data,
+                        base_dir=Path(args.result).parent)
+    paths = write_report(doc, args.output, explained, top=args.top, protect=(args.result, args.model, args.data))
     pngs = [k for k in paths if k.endswith(".png")]
     Console(highlight=False).print(f"wrote {paths['md']} and {paths['html']}"
                                    + (f" ({len(pngs)} plot{'s' * (len(pngs) != 1)})" if pngs else ""))

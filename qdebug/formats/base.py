@@ -97,17 +97,23 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+def decode_text(data: bytes, path: str | None = None) -> str:
+    """The file's text, exactly (no newline translation, a byte order mark kept): UTF-8 only."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = 1 + data.count(b"\n", 0, exc.start)
+        raise FormatError(f"not UTF-8 text (byte {exc.start})", file=path, where=f"line {line}",
+                          fix="give the text file the vendor toolchain wrote (UTF-8)") from None
+
+
 def load_vendor_file(spec: str) -> VendorFile:
     """Open `FORMAT:PATH` (or a bare path, auto-detected) as a VendorFile."""
     fmt, path = split_spec(spec)
     p = Path(path)
     if not p.is_file():
         raise FormatError("calibration/config file not found", file=path, fix="check the path")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"not UTF-8 text (byte {exc.start})", file=path,
-                          fix="give the text file the vendor toolchain wrote") from None
+    text = decode_text(p.read_bytes(), path)
     if fmt is None:
         matches = [c for c in FORMATS.values() if c.sniff(text, path)]
         if not matches:

@@ -1,292 +1,43 @@
 """HiSilicon SVP ATC `calibration_param.txt` (protobuf text format of `calibration.CalibrationParam`).
 
-A small lossless tokenizer/parser (no protobuf dependency): every character of the file belongs to one
-token, so an unchanged file is written back byte for byte, and promotion edits only the tokens of the
-promoted records. Units: `scale` is the inverse step, q = round(x * scale) + offset, x = (q - offset) / scale.
-See docs/formats.md for the grammar, the mapping into the simulator and the U8 image-record rule.
+Reading is in `hisi_text.py` (one linear pass, every value validated). This module maps the records into
+the simulator and promotes layers by editing only the promoted records' text: the rest of the file is
+copied byte for byte, line endings included. Units: `scale` is the inverse step, q = round(x * scale) +
+offset, x = (q - offset) / scale. See docs/formats.md for the grammar, the simulator mapping and the U8
+image-record rule.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from qdebug.errors import FormatError
 from qdebug.formats.base import MappingReport, PromotionResult, VendorFile, register_format
+from qdebug.formats.hisi_text import (  # noqa: F401  (re-exported: the record types and the tokenizer)
+    DATA_TYPES,
+    FLOAT32_MAX,
+    FLOAT_TYPES,
+    INT_RANGE,
+    Factor,
+    Field,
+    Layer,
+    Parser,
+    Token,
+    layer_of,
+    read_layers,
+    record_tree,
+    tokenize,
+)
 from qdebug.graph.fusion import QuantOp, build_quant_ops, group_of
 from qdebug.graph.model import ModelGraph
 from qdebug.quant.profiles import get_profile
 from qdebug.quant.scheme import Precision, QParams, QuantConfig
 
-# enum DataType of calibration.proto, in value order (S4=0 ... F32=9)
-DATA_TYPES = ("S4", "U4", "S8", "U8", "S16", "U16", "F16", "S32", "U32", "F32")
-INT_RANGE = {"S4": (-8, 7), "U4": (0, 15), "S8": (-128, 127), "U8": (0, 255), "S16": (-32768, 32767),
-             "U16": (0, 65535), "S32": (-(2 ** 31), 2 ** 31 - 1), "U32": (0, 2 ** 32 - 1)}
-FLOAT_TYPES = ("F16", "F32")
 WIDEN = {"S4": "S16", "S8": "S16", "U4": "U16", "U8": "U16"}  # derived 16-bit type per narrow type
-MAX_DEPTH = 64
-
-_PUNCT = set("{}<>:,;[]")
-_NUMBER = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)")
-_SPECIAL = re.compile(r"[-+](?:inf(?:inity)?|nan)(?![A-Za-z0-9_])", re.IGNORECASE)
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-_WS = re.compile(r"[ \t\r\n\f\v]+")
-
-
-# ------------------------------------------------------------------ tokens
-@dataclass
-class Token:
-    """One lossless token: kind is ws | comment | ident | number | string | punct."""
-
-    kind: str
-    text: str
-    start: int
-    line: int
-
-
-def tokenize(text: str, path: str | None = None) -> list[Token]:
-    """Split text into tokens whose concatenation is exactly `text`."""
-    toks: list[Token] = []
-    i, line, n = 0, 1, len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t\r\n\f\v":
-            m = _WS.match(text, i)
-            assert m is not None
-            kind, j = "ws", m.end()
-        elif c == "#":
-            j = text.find("\n", i)
-            kind, j = "comment", (n if j < 0 else j)
-        elif c in _PUNCT:
-            kind, j = "punct", i + 1
-        elif c in "\"'":
-            kind, j = "string", _string_end(text, i, line, path)
-        elif c in "+-" and (m := _SPECIAL.match(text, i)) is not None:
-            kind, j = "number", m.end()  # -inf, -nan
-        elif c in "0123456789+-." and (m := _NUMBER.match(text, i)) is not None:
-            kind, j = "number", m.end()
-            if j < n and (text[j].isalnum() or text[j] in "_."):
-                raise FormatError(f"malformed number {text[i:j + 1]!r}", file=path, where=f"line {line}",
-                                  fix="write a plain decimal number")
-        elif (m := _IDENT.match(text, i)) is not None:
-            kind, j = "ident", m.end()
-        else:
-            raise FormatError(f"unexpected character {c!r}", file=path, where=f"line {line}",
-                              fix="the file is not protobuf text format; re-export it from ATC")
-        toks.append(Token(kind, text[i:j], i, line))
-        line += text.count("\n", i, j)
-        i = j
-    return toks
-
-
-def _string_end(text: str, i: int, line: int, path: str | None) -> int:
-    q = text[i]
-    j = i + 1
-    while j < len(text):
-        c = text[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "\n":
-            break
-        if c == q:
-            return j + 1
-        j += 1
-    raise FormatError("unterminated string", file=path, where=f"line {line}", fix="close the quoted string")
-
-
-def _unquote(tok: str) -> str:
-    """Decode a C-style quoted protobuf string literal."""
-    body = tok[1:-1]
-    if "\\" not in body:
-        return body
-    out = bytearray()
-    i = 0
-    simple = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11, "\\": 92, "'": 39, '"': 34, "?": 63}
-    while i < len(body):
-        c = body[i]
-        if c != "\\" or i + 1 >= len(body):
-            out += c.encode("utf-8")
-            i += 1
-            continue
-        e = body[i + 1]
-        if e in simple:
-            out.append(simple[e])
-            i += 2
-        elif e in "xX":
-            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
-            out.append(int(m.group(), 16) if m else 0)
-            i += 2 + (len(m.group()) if m else 0)
-        elif e in "01234567":
-            m = re.match(r"[0-7]{1,3}", body[i + 1:])
-            assert m is not None
-            out.append(int(m.group(), 8) & 0xFF)
-            i += 1 + len(m.group())
-        else:
-            out += e.encode("utf-8")
-            i += 2
-    return out.decode("utf-8", errors="replace")
-
-
-# ------------------------------------------------------------------ syntax tree
-@dataclass
-class Field:
-    """One `name: value` or `name { ... }` occurrence, with token indices for surgical edits."""
-
-    name: str
-    line: int
-    name_tok: int
-    value_tok: int | None = None  # scalar value token index
-    message: Message | None = None
-    last_tok: int | None = None  # last token of a scalar value (adjacent string literals concatenate)
-
-    @property
-    def is_message(self) -> bool:
-        return self.message is not None
-
-
-@dataclass
-class Message:
-    """A `{ ... }` body (or the whole file): its fields in order and the token range it spans."""
-
-    fields: list[Field] = field(default_factory=list)
-    open_tok: int = -1
-    close_tok: int = -1
-
-    def all(self, name: str) -> list[Field]:
-        return [f for f in self.fields if f.name == name]
-
-    def first(self, name: str) -> Field | None:
-        return next((f for f in self.fields if f.name == name), None)
-
-
-class _Parser:
-    """Recursive-descent parser over the significant tokens."""
-
-    def __init__(self, toks: list[Token], path: str | None) -> None:
-        self.toks = toks
-        self.path = path
-        self.sig = [k for k, t in enumerate(toks) if t.kind not in ("ws", "comment")]
-        self.p = 0
-
-    def err(self, problem: str, k: int | None = None, fix: str | None = None) -> FormatError:
-        if k is None:
-            k = self.sig[self.p] if self.p < len(self.sig) else None
-        line = self.toks[k].line if k is not None else (self.toks[-1].line if self.toks else 1)
-        return FormatError(problem, file=self.path, where=f"line {line}",
-                           fix=fix or "check the brace nesting and `name: value` syntax around this line")
-
-    def peek(self) -> Token | None:
-        return self.toks[self.sig[self.p]] if self.p < len(self.sig) else None
-
-    def take(self) -> int:
-        k = self.sig[self.p]
-        self.p += 1
-        return k
-
-    def message(self, close: str | None, depth: int, open_tok: int = -1) -> Message:
-        if depth > MAX_DEPTH:
-            raise self.err("messages nested too deeply")
-        msg = Message(open_tok=open_tok)
-        while True:
-            t = self.peek()
-            if t is None:
-                if close is not None:
-                    raise self.err(f"missing '{close}' at end of file", k=msg.open_tok,
-                                   fix=f"close the block opened on this line with '{close}'")
-                return msg
-            if t.kind == "punct" and t.text in "}>":
-                if close is None or t.text != close:
-                    raise self.err(f"unexpected '{t.text}'", fix="remove it or fix the brace nesting")
-                msg.close_tok = self.take()
-                return msg
-            if t.kind == "punct" and t.text in ",;":
-                self.take()
-                continue
-            if t.kind != "ident":
-                raise self.err(f"expected a field name, got {t.text!r}")
-            name_k = self.take()
-            self.field(msg, name_k, depth)
-
-    def field(self, msg: Message, name_k: int, depth: int) -> None:
-        name = self.toks[name_k].text
-        line = self.toks[name_k].line
-        t = self.peek()
-        colon = False
-        if t is not None and t.kind == "punct" and t.text == ":":
-            self.take()
-            colon = True
-            t = self.peek()
-        if t is None:
-            raise self.err(f"field '{name}' has no value", k=name_k)
-        if t.kind == "punct" and t.text in "{<":
-            open_k = self.take()
-            sub = self.message("}" if t.text == "{" else ">", depth + 1, open_k)
-            msg.fields.append(Field(name, line, name_k, message=sub))
-            return
-        if not colon:
-            raise self.err(f"expected ':' after '{name}'", k=name_k)
-        if t.kind == "punct" and t.text == "[":
-            self.take()
-            while True:
-                t = self.peek()
-                if t is None:
-                    raise self.err(f"missing ']' in list '{name}'", k=name_k)
-                if t.kind == "punct" and t.text == "]":
-                    self.take()
-                    return
-                if t.kind == "punct" and t.text == ",":
-                    self.take()
-                    continue
-                if t.kind == "punct" and t.text in "{<":
-                    open_k = self.take()
-                    sub = self.message("}" if t.text == "{" else ">", depth + 1, open_k)
-                    msg.fields.append(Field(name, t.line, name_k, message=sub))
-                    continue
-                if t.kind not in ("number", "ident", "string"):
-                    raise self.err(f"unexpected {t.text!r} in list '{name}'")
-                msg.fields.append(Field(name, t.line, name_k, value_tok=self.take()))
-        if t.kind not in ("number", "ident", "string"):
-            raise self.err(f"expected a value after '{name}:', got {t.text!r}")
-        vk = last = self.take()
-        while t.kind == "string" and (n2 := self.peek()) is not None and n2.kind == "string":
-            last = self.take()  # adjacent string literals concatenate
-        msg.fields.append(Field(name, line, name_k, value_tok=vk, last_tok=last))
-
-
-# ------------------------------------------------------------------ records
-@dataclass
-class Factor:
-    """One `input` / `weight` / `output` FactorParam record."""
-
-    kind: str
-    data_type: str
-    scale: list[float]
-    offset: list[int]
-    line: int
-    field: Field
-
-    @property
-    def is_int(self) -> bool:
-        return self.data_type in INT_RANGE
-
-
-@dataclass
-class Layer:
-    """One `layer { ... }` record."""
-
-    name: str
-    calc_data_type: str
-    inputs: list[Factor]
-    weights: list[Factor]
-    outputs: list[Factor]
-    line: int
-    field: Field
-    calc_field: Field | None
+Edit = tuple[int, int, str]  # (start offset, end offset, replacement text)
 
 
 def factor_qparams(f: Factor, axis: int | None = None) -> QParams | None:
@@ -341,11 +92,8 @@ class HisiCalibration(VendorFile):
     default_suffix = ".txt"
     profile = "hisi"
 
-    def __init__(self, path: str | None, text: str, tokens: list[Token], root: Message,
-                 layers: list[Layer]) -> None:
+    def __init__(self, path: str | None, text: str, layers: list[Layer]) -> None:
         super().__init__(path, text)
-        self.tokens = tokens
-        self.root = root
         self.layers = layers
 
     # ---------------------------------------------------------------- parse
@@ -356,23 +104,14 @@ class HisiCalibration(VendorFile):
 
     @classmethod
     def parse(cls, text: str, path: str | None = None) -> HisiCalibration:
-        toks = tokenize(text, path)
-        parser = _Parser(toks, path)
-        root = parser.message(None, 0)
-        layers: list[Layer] = []
-        for f in root.fields:
-            if f.name == "layer":
-                layers.append(_layer(toks, f, path))
-            elif f.name == "version" and (f.value_tok is None or toks[f.value_tok].kind != "number"):
-                raise FormatError("version must be a number", file=path, where=_where(f),
-                                  fix="write `version: 65536`")
+        layers = read_layers(text, path)
         if not layers:
             raise FormatError("no `layer { ... }` records", file=path, where="line 1",
                               fix="give the calibration_param.txt that ATC wrote into its output folder")
-        return cls(path, text, toks, root, layers)
+        return cls(path, text, layers)
 
     def dumps(self) -> str:
-        return "".join(t.text for t in self.tokens)
+        return self.text
 
     def layer_names(self) -> list[str]:
         return [ly.name for ly in self.layers]
@@ -477,7 +216,7 @@ class HisiCalibration(VendorFile):
             raise FormatError("int8 is not a promotion", file=self.path,
                               fix="use --dtype int16 (S16) or fp16 (F16)")
         names = self._resolve(layers, graph)
-        edits: list[tuple[int, int, str]] = []  # (first token, last token + 1, replacement)
+        edits: list[Edit] = []
         notes: list[str] = []
         if donor is not None:
             if not isinstance(donor, HisiCalibration):
@@ -490,10 +229,10 @@ class HisiCalibration(VendorFile):
                     raise FormatError(f"the 16-bit file has no record for layer '{name}'", file=donor.path,
                                       fix=("did you mean " + ", ".join(close)) if close else
                                       "give the calibration file of the same model built with --compile_mode 1")
-                src = donor.record_text(theirs[0])
-                for ly in self.by_name(name):
-                    a, b = _span(ly.field)
-                    edits.append((a, b, src))
+                src = donor.record_text(_editable(donor, theirs[0]))
+                for ly in self.by_name(name):  # the record keeps this file's line endings
+                    _editable(self, ly)
+                    edits.append((ly.start, ly.end, _with_line_ending(src, _line_ending_at(self.text, ly.start))))
                 if not _is_wide(theirs[0]):
                     notes.append(f"{name}: the donor record is not 16-bit (calc_data_type "
                                  f"{theirs[0].calc_data_type}); copied as is")
@@ -509,20 +248,18 @@ class HisiCalibration(VendorFile):
                              "for measured 16-bit parameters build once with --compile_mode 1 and pass --from16")
             else:
                 notes.append(f"set calc_data_type and input data_type to {_float_type(dtype)}; scale/offset kept")
-        text = self._apply(edits)
-        new = HisiCalibration.parse(text, self.path)
-        differ = {a.name for a, b in zip(self.layers, new.layers, strict=True)
-                  if self.record_text(a) != new.record_text(b)}
+        text, applied = self._apply(edits)
+        differ = {ly.name for ly, new in self._reread(text, applied) if self.record_text(ly) != text[new.start:new.end]}
         changed = [n for n in names if n in differ]
         same = [n for n in names if n not in changed]
         if same:
             notes.append(f"already at the requested precision, left unchanged: {', '.join(same)}")
-        return PromotionResult(text=new.text, changed=changed, notes=notes,
+        return PromotionResult(text=text, changed=changed, notes=notes,
                                extra={"atc_option": "--high_precision_layer=" + ";".join(names)})
 
     def record_text(self, ly: Layer) -> str:
-        a, b = _span(ly.field)
-        return "".join(t.text for t in self.tokens[a:b])
+        """The record's exact text (from `layer` to its closing brace)."""
+        return self.text[ly.start:ly.end]
 
     def _resolve(self, layers: list[str], graph: ModelGraph | None) -> list[str]:
         have = set(self.layer_names())
@@ -539,24 +276,28 @@ class HisiCalibration(VendorFile):
                 out.append(name)
         return out
 
-    def _derive_edits(self, ly: Layer, dtype: Precision) -> list[tuple[int, int, str]]:
-        edits: list[tuple[int, int, str]] = []
+    def _derive_edits(self, ly: Layer, dtype: Precision) -> list[Edit]:
+        rec = record_tree(self.text, _editable(self, ly), self.path)
+        assert rec.message is not None
+        qp = rec.message.first("quant_param")
+        assert qp is not None and qp.message is not None
+        edits: list[Edit] = []
         calc = ly.calc_data_type
         if dtype == Precision.INT16:
             new_calc = WIDEN.get(calc, calc)
         else:
             new_calc = "F32" if calc == "F32" else _float_type(dtype)
         if new_calc != calc:
-            if ly.calc_field is not None and ly.calc_field.value_tok is not None:
-                k = ly.calc_field.value_tok
-                edits.append((k, k + 1, new_calc))
+            cf = rec.message.first("calc_data_type")
+            if cf is not None:
+                edits.append(_replace(cf, new_calc))
             else:
-                edits.append(self._insert_after(ly.field.message.first("name"), f"calc_data_type: {new_calc}"))
-        for f in ly.inputs:
-            msg = f.field.message
+                edits.append(self._insert_after(rec.message.first("name"), f"calc_data_type: {new_calc}"))
+        for f, ff in zip(ly.inputs, qp.message.all("input"), strict=True):
+            msg = ff.message
             assert msg is not None
             dt = msg.first("data_type")
-            assert dt is not None and dt.value_tok is not None
+            assert dt is not None
             if dtype == Precision.INT16:
                 if f.data_type not in WIDEN:
                     continue
@@ -566,40 +307,83 @@ class HisiCalibration(VendorFile):
                 for k, sf in enumerate(scales):
                     off = f.offset[k] if k < len(f.offset) else (f.offset[0] if f.offset else 0)
                     wide, s16, o16 = widen_record(f.data_type, f.scale[k], off)
-                    assert sf.value_tok is not None
-                    edits.append((sf.value_tok, sf.value_tok + 1, fmt_float(s16)))
+                    if not s16 <= FLOAT32_MAX:
+                        raise FormatError(f"layer '{ly.name}': scale {f.scale[k]} x 257 does not fit a float32",
+                                          file=self.path, where=f"line {sf.line}",
+                                          fix="pass the 16-bit file with --from16, or use --dtype fp16")
+                    edits.append(_replace(sf, fmt_float(s16)))
                     if k < len(offsets):
-                        ok = offsets[k].value_tok
-                        assert ok is not None
-                        edits.append((ok, ok + 1, str(o16)))
+                        edits.append(_replace(offsets[k], str(o16)))
                     elif not offsets and k == 0:
                         edits.append(self._insert_after(scales[-1], f"offset: {o16}"))
-                edits.append((dt.value_tok, dt.value_tok + 1, wide))
+                edits.append(_replace(dt, wide))
             else:
                 ft = _float_type(dtype)
                 if f.data_type != ft and f.data_type != "F32":
-                    edits.append((dt.value_tok, dt.value_tok + 1, ft))
+                    edits.append(_replace(dt, ft))
         return edits
 
-    def _insert_after(self, fld: Field | None, line_text: str) -> tuple[int, int, str]:
-        """An edit inserting `line_text` on a new line after field `fld`, with that field's indentation."""
+    def _insert_after(self, fld: Field | None, line_text: str) -> Edit:
+        """An edit putting `line_text` on a new line after field `fld`, with that field's indentation and the
+        line ending of its line (CRLF stays CRLF); after a trailing comment when the line has one."""
         assert fld is not None
-        last = fld.last_tok if fld.last_tok is not None else fld.message.close_tok  # type: ignore[union-attr]
-        indent = _indent_of(self.tokens, fld.name_tok)
-        k = last + 1
-        return (k, k, f"\n{indent}{line_text}")
+        text = self.text
+        line_start = text.rfind("\n", 0, fld.start) + 1
+        indent = text[line_start:fld.start]
+        if line_start == 0 or indent.strip(" \t\r\f\v"):
+            indent = "  "
+        eol = text.find("\n", fld.end)
+        rest = text[fld.end:eol if eol >= 0 else len(text)]
+        nl = "\r\n" if (rest.endswith("\r") if eol >= 0 else _crlf(text)) else "\n"
+        tail = rest[:-1] if rest.endswith("\r") else rest
+        if eol >= 0 and (not tail.strip(" \t") or tail.lstrip(" \t").startswith("#")):
+            at = fld.end + len(tail)  # after the rest of the line (spaces, a comment), before its line ending
+        else:
+            at = fld.end
+        return (at, at, f"{nl}{indent}{line_text}")
 
-    def _apply(self, edits: list[tuple[int, int, str]]) -> str:
+    def _apply(self, edits: list[Edit]) -> tuple[str, list[Edit]]:
+        """The patched text, copying everything between the edits, and the edits applied (in order)."""
         parts: list[str] = []
+        applied: list[Edit] = []
         k = 0
         for a, b, rep in sorted(edits, key=lambda e: (e[0], e[1])):
             if a < k:
                 continue  # overlapping edit (a record listed twice): first wins
-            parts.extend(t.text for t in self.tokens[k:a])
+            parts.append(self.text[k:a])
             parts.append(rep)
+            applied.append((a, b, rep))
             k = b
-        parts.extend(t.text for t in self.tokens[k:])
-        return "".join(parts)
+        parts.append(self.text[k:])
+        return "".join(parts), applied
+
+    def _reread(self, text: str, applied: list[Edit]) -> list[tuple[Layer, Layer]]:
+        """Read every edited record again from the patched text: (old record, new record) pairs.
+
+        The edits stay inside records (or replace whole records), whose text starts with the `layer` name and
+        ends with a closing brace, so the text between them and the file's top-level structure are unchanged:
+        reading the edited records again validates the patched file as a whole."""
+        out: list[tuple[Layer, Layer]] = []
+        shift = lines = j = 0
+        for ly in self.layers:
+            while j < len(applied) and applied[j][1] <= ly.start:
+                a, b, rep = applied[j]
+                shift += len(rep) - (b - a)
+                lines += rep.count("\n") - self.text.count("\n", a, b)
+                j += 1
+            k = j
+            while k < len(applied) and applied[k][0] >= ly.start and applied[k][1] <= ly.end:
+                k += 1
+            inner = applied[j:k]
+            if not inner:
+                continue
+            start, line = ly.start + shift, ly.line + lines
+            end = ly.end + shift + sum(len(rep) - (b - a) for a, b, rep in inner)
+            fields = Parser(text, self.path, start, line).field(0)
+            if len(fields) != 1 or fields[0].name != "layer" or fields[0].end != end:
+                raise AssertionError(f"internal error: patched record '{ly.name}' does not parse as one record")
+            out.append((ly, layer_of(text, fields[0], self.path)))
+        return out
 
 
 # ------------------------------------------------------------------ helpers
@@ -624,113 +408,35 @@ def _layer_precision(ly: Layer) -> Precision | None:
     return None
 
 
-def _indent_of(tokens: list[Token], k: int) -> str:
-    if k > 0 and tokens[k - 1].kind == "ws":
-        ws = tokens[k - 1].text
-        if "\n" in ws:
-            return ws.rsplit("\n", 1)[1]
-    return "  "
+def _replace(f: Field, value: str) -> Edit:
+    """An edit replacing the (first) value token of a scalar field."""
+    _, a, b, _ = f.values[0]
+    return (a, b, value)
 
 
-def _span(f: Field) -> tuple[int, int]:
-    """Token range of a whole field, from its name to its closing brace (or value)."""
-    end = f.message.close_tok if f.message is not None else f.last_tok
-    assert end is not None
-    return f.name_tok, end + 1
+def _editable(vf: HisiCalibration, ly: Layer) -> Layer:
+    """`ly`, unless it is one item of a list `layer: [{...}, ...]` (its text is not one record)."""
+    if vf.text[ly.end - 1] == "]":
+        raise FormatError(f"layer '{ly.name}' is written inside a list `layer: [...]`", file=vf.path,
+                          where=f"line {ly.line}", fix="write the record as `layer { ... }` to promote it")
+    return ly
 
 
-def _where(f: Field) -> str:
-    return f"line {f.line}"
+def _line_ending_at(text: str, pos: int) -> str:
+    """The line ending of the line holding `pos` (the file's first one when that line has none)."""
+    eol = text.find("\n", pos)
+    if eol < 0:
+        return "\r\n" if _crlf(text) else "\n"
+    return "\r\n" if eol > 0 and text[eol - 1] == "\r" else "\n"
 
 
-def _enum(toks: list[Token], f: Field, path: str | None) -> str:
-    if f.value_tok is None:
-        raise FormatError(f"{f.name} must be a DataType, not a block", file=path, where=_where(f),
-                          fix="write e.g. `data_type: S8`")
-    t = toks[f.value_tok]
-    if t.kind == "ident" and t.text in DATA_TYPES:
-        return t.text
-    if t.kind == "number" and re.fullmatch(r"\d+", t.text) and int(t.text) < len(DATA_TYPES):
-        return DATA_TYPES[int(t.text)]
-    raise FormatError(f"unknown DataType {t.text!r} in {f.name}", file=path, where=f"line {t.line}",
-                      fix=f"use one of {', '.join(DATA_TYPES)}")
+def _with_line_ending(text: str, nl: str) -> str:
+    """`text` with every line ending written as `nl`."""
+    lf = text.replace("\r\n", "\n")
+    return lf if nl == "\n" else lf.replace("\n", nl)
 
 
-def _number(toks: list[Token], f: Field, path: str | None, integer: bool = False) -> float:
-    if f.value_tok is None:
-        raise FormatError(f"{f.name} must be a number, not a block", file=path, where=_where(f),
-                          fix=f"write `{f.name}: <number>`")
-    t = toks[f.value_tok]
-    text = t.text.rstrip("fF") if not t.text.lower().startswith("0x") else t.text
-    try:
-        v = float(int(text, 16)) if text.lower().lstrip("+-").startswith("0x") else float(text)
-    except ValueError:
-        v = math.nan
-    if t.kind != "number" or not math.isfinite(v):
-        raise FormatError(f"{f.name} must be a finite number, got {t.text!r}", file=path, where=f"line {t.line}",
-                          fix=f"write `{f.name}: <number>`")
-    if integer and v != int(v):
-        raise FormatError(f"{f.name} must be an integer, got {t.text!r}", file=path, where=f"line {t.line}",
-                          fix=f"write `{f.name}: <integer>`")
-    return v
-
-
-def _factor(toks: list[Token], f: Field, path: str | None) -> Factor:
-    if f.message is None:
-        raise FormatError(f"`{f.name}` must be a block `{f.name} {{ ... }}`", file=path, where=_where(f),
-                          fix="write data_type, scale and offset inside braces")
-    m = f.message
-    dt_f = m.first("data_type")
-    if dt_f is None:
-        raise FormatError(f"`{f.name}` record without data_type", file=path, where=_where(f),
-                          fix="add `data_type: S8` (or the type ATC wrote)")
-    if len(m.all("data_type")) > 1:
-        raise FormatError("data_type given twice", file=path, where=_where(m.all("data_type")[1]),
-                          fix="keep one data_type line")
-    dt = _enum(toks, dt_f, path)
-    scales = []
-    for sf in m.all("scale"):
-        v = _number(toks, sf, path)
-        if v <= 0:
-            raise FormatError(f"scale must be > 0, got {toks[sf.value_tok].text}", file=path,  # type: ignore[index]
-                              where=_where(sf), fix="scale is 1/step; re-run ATC calibration for this layer")
-        scales.append(v)
-    offsets = [int(_number(toks, of, path, integer=True)) for of in m.all("offset")]
-    if dt in INT_RANGE:
-        if not scales:
-            raise FormatError(f"{dt} `{f.name}` record without scale", file=path, where=_where(f),
-                              fix="add `scale: <1/step>`")
-        if len(offsets) not in (0, 1, len(scales)):
-            raise FormatError(f"{len(offsets)} offsets for {len(scales)} scales", file=path, where=_where(f),
-                              fix="give one offset, or one per scale")
-    for pf in m.all("params"):
-        if pf.value_tok is None or toks[pf.value_tok].kind != "string":
-            raise FormatError("params must be a quoted bytes string", file=path, where=_where(pf),
-                              fix='write `params: "..."`')
-    return Factor(f.name, dt, scales, offsets, f.line, f)
-
-
-def _layer(toks: list[Token], f: Field, path: str | None) -> Layer:
-    if f.message is None:
-        raise FormatError("`layer` must be a block `layer { ... }`", file=path, where=_where(f),
-                          fix="write layer records as `layer { name: ... }`")
-    m = f.message
-    nf = m.first("name")
-    if nf is None or nf.value_tok is None or toks[nf.value_tok].kind != "string":
-        raise FormatError("layer record without a quoted name", file=path, where=_where(f),
-                          fix='add `name: "<ONNX node name>"`')
-    name = "".join(_unquote(t.text) for t in toks[nf.value_tok:(nf.last_tok or nf.value_tok) + 1]
-                   if t.kind == "string")
-    cf = m.first("calc_data_type")
-    calc = _enum(toks, cf, path) if cf is not None else "S8"
-    qp = m.first("quant_param")
-    if qp is None:
-        raise FormatError(f"layer '{name}' has no quant_param", file=path, where=_where(f),
-                          fix="add a `quant_param { input { ... } }` block or delete the record")
-    if qp.message is None:
-        raise FormatError("quant_param must be a block", file=path, where=_where(qp),
-                          fix="write `quant_param { ... }`")
-    ins = [_factor(toks, x, path) for x in qp.message.all("input")]
-    ws = [_factor(toks, x, path) for x in qp.message.all("weight")]
-    outs = [_factor(toks, x, path) for x in qp.message.all("output")]
-    return Layer(name, calc, ins, ws, outs, f.line, f, cf)
+def _crlf(text: str) -> bool:
+    """True when the file's first line ends with CRLF (the style used where a line has no ending of its own)."""
+    eol = text.find("\n")
+    return eol > 0 and text[eol - 1] == "\r"

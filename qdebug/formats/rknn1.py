@@ -13,9 +13,11 @@ import yaml
 
 from qdebug.errors import FormatError
 from qdebug.formats.base import MappingReport, PromotionResult, VendorFile, register_format
-from qdebug.formats.rknn2 import (
+from qdebug.formats.rknn_yaml import (
+    check_printable,
     child_indent,
-    compose_yaml,
+    compose,
+    has_top_key,
     line_of,
     mapping_items,
     render_entry,
@@ -71,11 +73,16 @@ class Rknn1QuantizeLayers(VendorFile):
 
     @classmethod
     def sniff(cls, text: str, path: str | None = None) -> bool:
-        return bool(re.search(rf"^{KEY}\s*:", text, re.M))
+        return has_top_key(text, KEY)
 
     @classmethod
     def parse(cls, text: str, path: str | None = None) -> Rknn1QuantizeLayers:
-        node, data = compose_yaml(text, path, fix=f"give the file with the `{KEY}:` section")
+        check_printable(text, path)
+        node = compose(text, path)
+        if not isinstance(node, yaml.MappingNode):
+            raise FormatError("top level is not a YAML mapping", file=path,
+                              where=line_of(node) if node is not None else "line 1",
+                              fix=f"give the file with the `{KEY}:` section")
         items = {str(k.value): (k, v) for k, v in mapping_items(node)}
         if KEY not in items:
             raise FormatError(f"missing `{KEY}`", file=path, where="line 1",
@@ -89,7 +96,7 @@ class Rknn1QuantizeLayers(VendorFile):
             name = str(k.value)
             val = str(v.value) if isinstance(v, yaml.ScalarNode) else ""
             if val not in QTYPES:
-                raise FormatError(f"unknown quantized dtype {val!r} for '{name}'", file=path, where=line_of(v),
+                raise FormatError(f"unknown quantized dtype {val[:40]!r} for '{name}'", file=path, where=line_of(v),
                                   fix="use dynamic_fixed_point-i16, dynamic_fixed_point-i8, asymmetric_affine-u8 "
                                   "or float32")
             layers[name] = val
@@ -149,7 +156,7 @@ class Rknn1QuantizeLayers(VendorFile):
                          "printed (or its .json/.quantize file): " + ", ".join(guessed))
         items = {str(k.value): (k, v) for k, v in mapping_items(self.node)}
         kn, vn = items[KEY]
-        text = set_block_entries(self.text, kn, vn, child_indent(vn, self.text), entries)
+        text = set_block_entries(self.text, kn, vn, child_indent(vn, self.text), entries, self.path)
         Rknn1QuantizeLayers.parse(text, self.path)
         changed = [k for k, v in entries if self.layers.get(k) != v]
         return PromotionResult(text=text, changed=changed, notes=notes,

@@ -1,27 +1,62 @@
 """`write_report`: a compare or bisect result -> report.md + report.html + *.png in one folder.
 
 The Markdown is for pasting into a GitHub/GitLab issue (images next to it), the HTML is one
-self-contained file to attach. Every file is written atomically; the input JSON is never overwritten.
+self-contained file to attach. Everything that needs the model (why-plot values, detection pictures)
+comes in precomputed as an `Explanation`; this module only draws plots from data and writes files.
+Every file is written atomically; the input JSON is never overwritten.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from qdebug.errors import QDebugError
 from qdebug.fileio import atomic_write
-from qdebug.report import markdown as md
+from qdebug.report import context as cx
+from qdebug.report.blocks import Para, b, c, il
+from qdebug.report.context import Ctx
 from qdebug.report.html import to_html
+from qdebug.report.markdown import size_note, to_markdown
 from qdebug.report.schema import load_result, validate_result
+from qdebug.report.sections import build_blocks
+from qdebug.results.explain import Explanation
 
-WHY_SAMPLES = 2  # inputs re-run for the why-plots
+WHY_OPS = 3  # ops explained by a why-plot
 PNG_LIMIT = 200_000  # bytes per picture; larger detection pictures are reduced to a palette, then downscaled
 
 
-def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, model: str | None = None,
-                 data: str | None = None, top: int = 15, why: bool = True) -> dict[str, str]:
-    """Write report.md, report.html and the plots into `out_dir`; return {"md", "html", "<png name>": path}."""
+def check_output(out_dir: str | Path, top: int = 15) -> None:
+    """Refuse a report folder that is a file and a --top below 1 (before any slow work)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QDebugError("the report output must be a folder, but a file has that name", file=str(out),
+                          fix="pass -o NEW_FOLDER (report.md, report.html and the plots go inside)")
+    if top < 1:
+        raise QDebugError("--top must be at least 1", where="--top", fix="pass --top 15")
+
+
+def why_ops(doc: dict, wanted: bool = True) -> list[tuple[str, str]] | None:
+    """(op key, reason) of the ops the report explains with why-plots; None when none will be drawn.
+
+    None (nothing to re-run) when not `wanted` or without matplotlib; hand the result to
+    `qdebug.compare.explain.explain`.
+    """
+    from qdebug.report import plots
+
+    if not wanted or not plots.available():
+        return None
+    return cx.why_ops(Ctx(doc=doc), WHY_OPS)
+
+
+def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, explained: Explanation | None = None,
+                 top: int = 15, protect: Sequence[str | Path | None] = ()) -> dict[str, str]:
+    """Write report.md, report.html and the plots into `out_dir`; return {"md", "html", "<png name>": path}.
+
+    `explained` holds the re-run's values and pictures (None: no why-plots, no detection pictures);
+    `protect` lists further input files (model, input set) the report must never overwrite.
+    """
     src: Path | None = None
     if isinstance(doc_or_path, dict):
         doc = doc_or_path
@@ -29,28 +64,25 @@ def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, model: str
     else:
         src = Path(doc_or_path)
         doc = load_result(src)
+    check_output(out_dir, top)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise QDebugError("the report output must be a folder, but a file has that name", file=str(out),
-                          fix="pass -o NEW_FOLDER (report.md, report.html and the plots go inside)")
-    if top < 1:
-        raise QDebugError("--top must be at least 1", where="--top", fix="pass --top 15")
-    ctx = md.Ctx(doc=doc, top=top)
-    images = _plots(ctx, model, data, src.parent if src else None, why)
-    images.update(_detection_images(ctx, data, src.parent if src else None))
-    blocks = md.build_blocks(ctx)
-    text = md.to_markdown(blocks)
-    warn = md.size_note(text)
+    explained = explained or Explanation()
+    ctx = Ctx(doc=doc, top=top)
+    images = _plots(ctx, explained)
+    images.update(_detection_images(ctx, explained))
+    blocks = build_blocks(ctx)
+    text = to_markdown(blocks)
+    warn = size_note(text)
     if warn:
-        blocks.insert(1, md.Para(md.il(md.b("Note: "), warn)))
-        text = md.to_markdown(blocks)
-    protect = tuple(str(p) for p in (src, model, data) if p)
+        blocks.insert(1, Para(il(b("Note: "), warn)))
+        text = to_markdown(blocks)
+    keep = tuple(str(p) for p in (src, *protect) if p)
     paths: dict[str, str] = {}
     for name, png in images.items():
-        paths[name] = _write(out / name, png, protect)
-    paths["md"] = _write(out / "report.md", text, protect)
+        paths[name] = _write(out / name, png, keep)
+    paths["md"] = _write(out / "report.md", text, keep)
     title = f"qdebug report: {Path(doc['model'].get('path') or 'model').name}"
-    paths["html"] = _write(out / "report.html", to_html(blocks, images, title), protect)
+    paths["html"] = _write(out / "report.html", to_html(blocks, images, title), keep)
     return paths
 
 
@@ -66,26 +98,26 @@ def _write(path: Path, data: str | bytes, protect: tuple[str, ...]) -> str:
     return str(p)
 
 
-def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, why: bool) -> dict[str, bytes]:
+def _plots(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
     """Draw the plots (when matplotlib is there) into ctx.images/ctx.notes; return {file name: PNG bytes}."""
     from qdebug.report import plots
 
     if not plots.available():
-        ctx.notes.append(md.il("matplotlib is not installed, so this report has no plots (install the plot "
-                               "extra: ", md.c("pip install 'qdebug[plot]'"), ")."))
+        ctx.notes.append(il("matplotlib is not installed, so this report has no plots (install the plot "
+                            "extra: ", c("pip install 'qdebug[plot]'"), ")."))
         return {}
     doc, before, after = ctx.doc, ctx.before, ctx.after
     images: dict[str, bytes] = {}
     promote = doc.get("promote_precision", "int16")
     after_label = f"after promoting {len(doc['result']['set'])} op(s) to {promote}" if after else ""
     marks = plots.Marks(after_label=after_label or "after promotion")
-    for key, _typ, _why in md.sensitive_ops(ctx, 5):
-        xi = md._op_index(before, key)
+    for key, _typ, _why in cx.sensitive_ops(ctx, 5):
+        xi = cx.op_index(before, key)
         if xi is not None:
             marks.sensitive.append((key, xi))
     if ctx.kind == "bisect":
         for key in doc["result"]["set"]:
-            xi = md._op_index(before, key)
+            xi = cx.op_index(before, key)
             if xi is not None:
                 marks.promoted.append((key, xi))
         cut = doc["first_bad_cut"]
@@ -105,21 +137,19 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
         bounds = {cl["ref"]: cl["bound"] for cl in doc["target"]["clauses"] if cl["metric"] == "snr_db"}
     if ctx.kind == "bisect":
         res = doc["result"]["before"]
-        failing = {cl["ref"] for cl in doc["target"]["clauses"] if not md._passes(cl, res.get(md._clause_key(cl)))}
+        failing = {cl["ref"] for cl in doc["target"]["clauses"] if not cx.passes(cl, res.get(cx.clause_key(cl)))}
     else:
-        failing = {ref for ref, _ in md.default_failures(before)}
+        failing = {ref for ref, _ in cx.default_failures(before)}
     images["parts.png"] = plots.parts_plot(before, after, bounds, after_label or "after promotion", failing)
     ctx.images.append(("parts", "parts.png", "SNR of each output and output part",
                        "Cumulative SNR per graph output and Concat part (cosine in brackets; red: fails the "
                        "target)"
                        + ("; black ticks: the target's SNR bounds" if bounds else "") + "."))
-    if not why:
+    if explained.why is None:
         ctx.notes.append("why-plots not drawn (--no-why).")
         return images
-    ops = md.why_ops(ctx, 3)
-    data_list, notes = plots.collect_why(doc, ops, model, data, base, WHY_SAMPLES)
-    ctx.notes.extend(notes)
-    for k, w in enumerate(data_list, start=1):
+    ctx.notes.extend(explained.why_notes)
+    for k, w in enumerate(explained.why, start=1):
         fname = f"why-{k}.png"
         images[fname] = plots.why_plot(w)
         ctx.images.append(("why", fname, f"Why {w.op} loses accuracy",
@@ -128,25 +158,6 @@ def _plots(ctx: md.Ctx, model: str | None, data: str | None, base: Path | None, 
                            "quantized output; right, a zoom where half of the values lie (a staircase coarser than "
                            "the spread means the step is too coarse)."))
     return images
-
-
-def _example_image(ex: dict, doc: dict, data: str | None, base: Path | None) -> Path | None:
-    """Find an example's image: its stored path, relative to the result's folder, or by name in --data / the input set."""
-    from qdebug.report.plots import _resolve
-
-    stored = ex.get("path")
-    name = ex.get("image") or (Path(stored).name if stored else None)
-    found = _resolve(stored, base) if stored else None
-    if found is not None and found.is_file():
-        return found
-    for folder in (data, doc.get("samples", {}).get("source")):
-        root = _resolve(folder, base)
-        if root is None or not root.is_dir():
-            continue
-        for cand in ([root / name] if name else []) + ([root / Path(stored).name] if stored else []):
-            if cand.is_file():
-                return cand
-    return None
 
 
 def _fit_png(data: bytes, limit: int = PNG_LIMIT) -> bytes:
@@ -173,9 +184,9 @@ def _fit_png(data: bytes, limit: int = PNG_LIMIT) -> bytes:
     return best
 
 
-def _detection_images(ctx: md.Ctx, data: str | None, base: Path | None) -> dict[str, bytes]:
-    """Float-vs-quantized (and float-vs-promoted) pictures of the detection examples; notes when some cannot be drawn."""
-    det = md.detection_section(ctx.doc)
+def _detection_images(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
+    """Place the float-vs-quantized (and float-vs-promoted) example pictures; notes for those that are missing."""
+    det = cx.detection_section(ctx.doc)
     if det is None:
         return {}
     examples = [ex for ex in det.get("examples") or [] if isinstance(ex, dict)]
@@ -184,51 +195,34 @@ def _detection_images(ctx: md.Ctx, data: str | None, base: Path | None) -> dict[
                              if not det.get("worst_images") and "examples" in det
                              else "no example pictures in this result.")
         return {}
-    try:
-        from PIL import Image  # noqa: F401
-
-        from qdebug.tasks.draw import draw_examples
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        ctx.det_notes.append("detection pictures not drawn: Pillow is not installed.")
+    ctx.det_notes.extend(explained.picture_notes)
+    if explained.pictures is None:
+        if not explained.picture_notes:
+            ctx.det_notes.append("detection pictures not drawn (the report was written without the input images).")
         return {}
-    import tempfile
-
     images: dict[str, bytes] = {}
-    missing: list[str] = []
     per_image = {r.get("image"): r for r in det.get("per_image") or [] if isinstance(r, dict)}
-    has_promoted = isinstance(det.get("promoted"), dict)
-    with tempfile.TemporaryDirectory(prefix="qdebug-det-") as tmp:
-        for k, ex in enumerate(examples, start=1):
-            name = str(ex.get("image") or Path(str(ex.get("path") or f"image {k}")).name)
-            path = _example_image(ex, ctx.doc, data, base)
-            if path is None:
-                missing.append(name)
-                continue
-            row = per_image.get(ex.get("image")) or {}
-            runs = [("quantized", False)] + ([("promoted", True)] if has_promoted and ex.get("promoted") is not None
-                                             else [])
-            for run, promoted in runs:
-                section = dict(det, examples=[dict(ex, path=str(path))])
-                try:
-                    drawn = draw_examples(section, Path(tmp) / f"{k}-{run}", promoted=promoted)
-                except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable image, a malformed row
-                    ctx.det_notes.append(f"picture of {name} ({run}) not drawn: {exc.__class__.__name__}: {exc}")
-                    continue
-                if not drawn:
-                    continue
-                fname = f"detections-{k}{'-promoted' if promoted else ''}.png"
-                images[fname] = _fit_png(drawn[0].read_bytes())
-                lost = row.get("promoted_lost" if promoted else "lost")
-                added = row.get("promoted_added" if promoted else "added")
-                counts = (f": {row.get('float', '?')} float detections, {lost} lost, {added} added"
-                          if lost is not None and added is not None else "")
-                what = "promoted" if promoted else "quantized"
-                ctx.images.append((md.DETECTION_GROUP, fname, f"{name}: float vs {what} detections",
-                                   f"{name}: float (green) vs {'the promotion set applied' if promoted else what} "
-                                   f"(red, dashed){counts}."))
+    for pic in explained.pictures:
+        if not 1 <= pic.example <= len(examples):
+            continue
+        ex = examples[pic.example - 1]
+        k, promoted = pic.example, pic.promoted
+        name = str(ex.get("image") or Path(str(ex.get("path") or f"image {k}")).name)
+        row = per_image.get(ex.get("image")) or {}
+        fname = f"detections-{k}{'-promoted' if promoted else ''}.png"
+        images[fname] = _fit_png(pic.png)
+        lost = row.get("promoted_lost" if promoted else "lost")
+        added = row.get("promoted_added" if promoted else "added")
+        counts = (f": {row.get('float', '?')} float detections, {lost} lost, {added} added"
+                  if lost is not None and added is not None else "")
+        what = "promoted" if promoted else "quantized"
+        ctx.images.append((cx.DETECTION_GROUP, fname, f"{name}: float vs {what} detections",
+                           f"{name}: float (green) vs {'the promotion set applied' if promoted else what} "
+                           f"(red, dashed){counts}."))
+    missing = explained.missing_pictures
     if missing:
         shown = ", ".join(missing[:3])
-        ctx.det_notes.append(md.il(f"detection pictures skipped for {len(missing)} example image(s) ({shown}): the "
-                                   "file is not at the stored path nor in the input set (pass ", md.c("--data FOLDER"),
-                                   " with the images)."))
+        ctx.det_notes.append(il(f"detection pictures skipped for {len(missing)} example image(s) ({shown}): the "
+                                "file is not at the stored path nor in the input set (pass ", c("--data FOLDER"),
+                                " with the images)."))
     return images

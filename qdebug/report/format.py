@@ -1,4 +1,7 @@
-"""Number formatting shared by the Markdown/HTML report and the terminal: one rule per kind of value."""
+"""Number formatting shared by the Markdown/HTML report and the terminal: one rule per kind of value.
+
+`ascii=True` (the terminal) writes a missing value as "-" and an infinite SNR as "inf".
+"""
 
 from __future__ import annotations
 
@@ -7,35 +10,40 @@ from typing import Any
 from qdebug.results.values import SNR_INF
 
 
-def f_snr(v: float | None) -> str:
-    """SNR in dB with one decimal; the 999 sentinel (identical tensors) is shown as ∞."""
+def _missing(ascii: bool) -> str:
+    """The text of a missing value: an en dash, or "-" for plain-ASCII output (the terminal)."""
+    return "-" if ascii else "–"
+
+
+def f_snr(v: float | None, ascii: bool = False) -> str:
+    """SNR in dB with one decimal; the 999 sentinel (identical tensors) is shown as ∞ ("inf" with ascii)."""
     if v is None:
-        return "–"
+        return _missing(ascii)
     if v >= SNR_INF:
-        return "∞"
+        return "inf" if ascii else "∞"
     return f"{v:.1f}"
 
 
-def f_cos(v: float | None) -> str:
+def f_cos(v: float | None, ascii: bool = False) -> str:
     """Cosine with 5 decimals (6 when 5 would round a non-1 value to 1)."""
     if v is None:
-        return "–"
+        return _missing(ascii)
     s = f"{v:.5f}"
     if s == "1.00000" and v < 1.0:
         s = f"{v:.6f}"
     return s
 
 
-def f_g(v: float | None, n: int = 3) -> str:
+def f_g(v: float | None, n: int = 3, ascii: bool = False) -> str:
     """`n` significant digits (max_abs, scales)."""
     if v is None:
-        return "–"
+        return _missing(ascii)
     return f"{v:.{n}g}"
 
 
-def f_jump(v: float | None) -> str:
+def f_jump(v: float | None, ascii: bool = False) -> str:
     """Signed dB lost at an op, one decimal."""
-    return "–" if v is None else f"{v:+.1f}"
+    return _missing(ascii) if v is None else f"{v:+.1f}"
 
 
 def f_metric(metric: str, v: float | None) -> str:
@@ -63,10 +71,21 @@ def num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def f_det(v: Any, spec: str = ".3f") -> str:
+MAP_FINE, MAP_BROKEN = 0.9, 0.7  # mAP50-95 vs float: at or above FINE is fine, below BROKEN is broken
+
+
+def map_grade(v: Any) -> str:
+    """"good", "bad" or "" for an mAP50-95 against the float detections (the report and terminal colours)."""
+    x = num(v)
+    if x is None:
+        return ""
+    return "good" if x >= MAP_FINE else "bad" if x < MAP_BROKEN else ""
+
+
+def f_det(v: Any, spec: str = ".3f", ascii: bool = False) -> str:
     """A detection metric (mAP, recall, IoU) or "–"."""
     x = num(v)
-    return "–" if x is None else format(x, spec)
+    return _missing(ascii) if x is None else format(x, spec)
 
 
 def f_pct(v: Any) -> str:

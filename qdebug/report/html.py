@@ -8,7 +8,7 @@ import html
 import re
 from collections.abc import Mapping
 
-from qdebug.report.markdown import (
+from qdebug.report.blocks import (
     Block,
     Bullets,
     Code,

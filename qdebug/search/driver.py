@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 
 from qdebug import __version__
+from qdebug.compare.stage import environment, now_utc, run_compare
 from qdebug.graph.model import ModelGraph
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
-from qdebug.compare.stage import environment, now_utc, run_compare
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.results.bisect import BISECT_SCHEMA, BisectResult, Counts, SearchOutcome, TargetInfo
 from qdebug.results.values import json_float

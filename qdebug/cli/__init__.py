@@ -1,0 +1,45 @@
+"""Command-line interface: the `qdebug` parser, its explicit subcommand list, and the entry point `main`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from qdebug import __version__
+from qdebug.cli import bisect, compare, doctor, promote, report
+from qdebug.cli.terminal import err_console
+from qdebug.errors import QDebugError
+
+# Each module's register(sub) adds its subparser and sets `func`; this order is the order in --help.
+COMMANDS = {"compare": compare, "promote": promote, "bisect": bisect, "report": report, "doctor": doctor}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `qdebug` argument parser with every subcommand registered."""
+    ap = argparse.ArgumentParser(prog="qdebug", description="Layer-level quantization debugger for ONNX models "
+                                 "deployed to edge NPUs.")
+    ap.add_argument("--version", action="version", version=f"qdebug {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for module in COMMANDS.values():
+        module.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `qdebug` console script; user errors become one line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    args.command_line = "qdebug " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return int(args.func(args) or 0)
+    except QDebugError as exc:
+        err_console.print(f"[bold red]qdebug: error:[/] {exc.one_line()}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("qdebug: interrupted")
+        return 130
+    except MemoryError:
+        err_console.print("[bold red]qdebug: error:[/] out of memory (fix: use fewer --samples or a smaller --size)")
+        return 3

@@ -1,0 +1,7 @@
+"""`python -m qdebug.cli`: the `qdebug` console script."""
+
+import sys
+
+from qdebug.cli import main
+
+sys.exit(main())

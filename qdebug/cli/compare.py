@@ -1,0 +1,76 @@
+"""`qdebug compare`: float vs quantized error of every tensor, printed and optionally written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+
+from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, setup_run
+from qdebug.cli.terminal import err_console, progress_factory, render_compare, render_detection, render_vendor
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `compare` subcommand."""
+    c = sub.add_parser("compare", help="float vs quantized error of every tensor (cumulative and isolated)")
+    c.add_argument("model", help="float ONNX model")
+    add_data_args(c)
+    add_quant_args(c)
+    c.add_argument("--json", default=None, help="write the full result (schema qdebug.compare/1)")
+    c.add_argument("--top", type=int, default=15, help="rows in the worst-ops table")
+    c.add_argument("--all", action="store_true", help="print every tensor in execution order")
+    c.add_argument("--quiet", "-q", action="store_true")
+    add_task_args(c)
+    c.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run `qdebug compare`: the built-in simulator's per-tensor compare, the vendor's beside it, the task verdict."""
+    from qdebug.compare.stage import run_compare
+    from qdebug.fileio import atomic_write
+    from qdebug.results.detection import DetectionResult
+    from qdebug.tasks.evaluator import DetectionCollector, run_detection
+
+    console = Console(highlight=False)
+    st = setup_run(args)
+    graph, ds, calib, cfg = st.graph, st.dataset, st.calib, st.config
+    backend, decoder, vendor = st.backend, st.decoder, st.vendor
+    collector = DetectionCollector(graph, ds, decoder) if decoder is not None else None
+    hook = collector.add if collector is not None else None
+    prog, cb = progress_factory(err_console, args.quiet)
+    if prog:
+        with prog:
+            res = run_compare(graph, ds, cfg, backend, calib, progress=cb, on_sample=hook)
+    else:
+        res = run_compare(graph, ds, cfg, backend, calib, on_sample=hook)
+    res.command = args.command_line
+    if decoder is not None:
+        det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
+        res.detection = DetectionResult.from_json(det.to_json())
+        for png in det.draw(args.draw) if args.draw else []:
+            console.print(f"wrote {png}")
+    if vendor is not None:
+        from qdebug.compare.vendor import rknn_compare
+
+        if not args.quiet:
+            err_console.print(f"[dim]· running {args.backend} simulator on {len(ds)} samples and its per-tensor "
+                              f"analysis on {args.rknn_analysis_samples}[/]")
+        try:
+            res.vendor = rknn_compare(graph, ds, cfg, vendor, res, calib, args.rknn_analysis_samples)
+        finally:
+            vendor.close()
+    data = res.to_json()
+    if st.mapping is not None:
+        data["quant"]["calib_mapping"] = st.mapping.to_json()
+    if not args.quiet:
+        render_compare(data, console, top=args.top, show_all=args.all)
+        if "vendor" in data:
+            render_vendor(data["vendor"], console)
+        if "detection" in data:
+            render_detection(data["detection"], console)
+    if args.json:
+        atomic_write(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n",
+                     protect=(args.model, args.data))
+        console.print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,78 @@
+"""Layering rules checked on the source: the report layer only renders typed results."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import qdebug
+
+PKG = Path(qdebug.__file__).parent
+# what qdebug/report/ may import from qdebug (besides itself): the results layer and two ground-floor modules
+REPORT_ALLOWED = ("qdebug.report", "qdebug.results", "qdebug.errors", "qdebug.fileio")
+ROOT_NAMES = {"__version__"}  # `from qdebug import __version__`: the package root carries no layer
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(text: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute qdebug-or-other module) of every import in `text`, at any depth (functions too).
+
+    `from qdebug import x` counts as importing `qdebug.x`; relative imports resolve against `module`.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[:len(parts) - (node.level - 1)]
+                mod = ".".join(parts + ([mod] if mod else []))
+            if mod == "qdebug":
+                out += [(node.lineno, "qdebug" if a.name in ROOT_NAMES else f"qdebug.{a.name}") for a in node.names]
+            else:
+                out.append((node.lineno, mod))
+    return out
+
+
+def report_may_import(mod: str) -> bool:
+    """Whether a module under qdebug/report/ may import `mod`."""
+    if mod != "qdebug" and not mod.startswith("qdebug."):
+        return True  # standard library and third-party packages
+    return mod == "qdebug" or any(mod == a or mod.startswith(a + ".") for a in REPORT_ALLOWED)
+
+
+REPORT_FILES = sorted((PKG / "report").rglob("*.py"))
+
+
+def test_the_report_layer_is_found() -> None:
+    assert (PKG / "report" / "build.py") in REPORT_FILES and (PKG / "report" / "plots.py") in REPORT_FILES
+
+
+@pytest.mark.parametrize("path", REPORT_FILES, ids=lambda p: str(p.relative_to(PKG)))
+def test_report_imports_only_results_errors_fileio(path: Path) -> None:
+    mods = imported_modules(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py")
+    bad = [f"{path.relative_to(PKG.parent)}:{line}: imports {mod}" for line, mod in mods
+           if not report_may_import(mod)]
+    assert not bad, (f"the report layer only renders results; besides itself it may import "
+                     f"{', '.join(REPORT_ALLOWED[1:])}:\n" + "\n".join(bad))
+
+
+def test_the_check_sees_function_level_relative_and_root_imports() -> None:
+    text = ("from . import plots\nfrom .. import errors, runners\nfrom qdebug import __version__\n"
+            "def f():\n    from qdebug.runners.session import OrtSession\n    import qdebug.tasks.draw\n")
+    mods = sorted(m for _, m in imported_modules(text, "qdebug.report.build"))
+    assert mods == ["qdebug", "qdebug.errors", "qdebug.report", "qdebug.runners", "qdebug.runners.session",
+                    "qdebug.tasks.draw"]
+    assert [m for m in mods if not report_may_import(m)] == ["qdebug.runners", "qdebug.runners.session",
+                                                             "qdebug.tasks.draw"]
+    in_init = imported_modules("from ..blocks import il\nfrom .rows import r\n", "qdebug.report.sections", True)
+    assert [m for _, m in in_init] == ["qdebug.report.blocks", "qdebug.report.sections.rows"]
