@@ -92,9 +92,9 @@ def stages(qmain, model: Path, images: Path, samples: int, out: Path) -> int:
     import resource
     import threading
 
+    import qdebug.compare.stage as pipeline
     import qdebug.inputs.dataset as dataset_mod
     import qdebug.metrics.engine as engine
-    import qdebug.compare.stage as pipeline
     import qdebug.runners.session as session
 
     cpu: collections.Counter = collections.Counter()

@@ -76,3 +76,79 @@ def test_the_check_sees_function_level_relative_and_root_imports() -> None:
                                                              "qdebug.tasks.draw"]
     in_init = imported_modules("from ..blocks import il\nfrom .rows import r\n", "qdebug.report.sections", True)
     assert [m for _, m in in_init] == ["qdebug.report.blocks", "qdebug.report.sections.rows"]
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def test_no_module_over_600_lines():
+    """Every module stays readable in one sitting (issue rule: none over 600 lines)."""
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}
+
+
+def test_no_dynamic_imports():
+    """Modules import each other plainly: no __import__ or importlib.import_module (a broken module must fail
+    loudly, and the import graph must be readable from the source)."""
+    bad = []
+    for m, p in _modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                if name in ("__import__", "import_module"):
+                    bad.append(f"{m}:{node.lineno}")
+    assert bad == []
+
+
+def _qdebug_edges() -> dict[str, set[str]]:
+    mods = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for _, target in imported_modules(p.read_text(), m, p.name == "__init__.py"):
+            # `from qdebug.x import name` may name a submodule or an attribute: take the longest module prefix
+            while target and target not in mods:
+                target = target.rpartition(".")[0]
+            if target and target != m and target != "qdebug":
+                edges[m].add(target)
+    return edges
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges.get(m, ())):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    """No module imports (at any depth, functions included) a module that imports it back; package
+    __init__ files that only register their plug-ins are the one allowed loop (package -> plug-in -> package)."""
+    edges = _qdebug_edges()
+    for m in list(edges):  # a plug-in importing its own package's registry is not a layering cycle
+        if m.count(".") >= 2:
+            pkg = m.rpartition(".")[0]
+            edges[pkg] = {t for t in edges.get(pkg, set()) if not (t.startswith(pkg + ".") and pkg in edges[t])}
+    assert _cycle(edges) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    """The checker itself must be able to fail."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

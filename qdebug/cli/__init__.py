@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from rich.markup import escape
+
 from qdebug import __version__
 from qdebug.cli import bisect, compare, doctor, promote, report
 from qdebug.cli.terminal import err_console
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except QDebugError as exc:
-        err_console.print(f"[bold red]qdebug: error:[/] {exc.one_line()}", soft_wrap=True)
+        err_console.print(f"[bold red]qdebug: error:[/] {escape(exc.one_line())}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("qdebug: interrupted")

@@ -49,8 +49,6 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 def get_backend(name: str, **kwargs) -> Backend:
     """Instantiate a registered backend by name."""
-    import qdebug.runners.sim  # noqa: F401  (registers the built-in simulator)
-
     if name not in BACKENDS:
         raise QDebugError(f"unknown backend '{name}'", where="--backend",
                           fix=f"use one of: {', '.join(sorted(BACKENDS))}")
