@@ -52,6 +52,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
+    from qdebug.results.runspec import RunSpec
     from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
 
     check_target_task(args)  # a task metric in --target needs --task
@@ -79,6 +80,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
     doc["command"] = args.command_line
+    doc["spec"] = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile,
+                                       target=target).to_json()
     if (args.calib or args.format) and args.backend != "rknn":
         _vendor_outputs(args, graph, doc, prec)
     _exports(graph, doc, prec)

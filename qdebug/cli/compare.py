@@ -30,6 +30,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from qdebug.compare.stage import run_compare
     from qdebug.fileio import atomic_write
     from qdebug.results.detection import DetectionResult
+    from qdebug.results.runspec import RunSpec
     from qdebug.tasks.evaluator import DetectionCollector, run_detection
 
     console = Console(highlight=False)
@@ -45,6 +46,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         res = run_compare(graph, ds, cfg, backend, calib, on_sample=hook)
     res.command = args.command_line
+    res.spec = RunSpec.from_options("compare", args, model=args.model, profile=st.profile)
     if decoder is not None:
         det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
         res.detection = DetectionResult.from_json(det.to_json())

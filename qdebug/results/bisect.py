@@ -12,6 +12,7 @@ from typing import Any
 from qdebug.results.compare import CompareResult, ModelInfo, QuantInfo, SampleInfo
 from qdebug.results.detection import DetectionResult
 from qdebug.results.record import OMIT, Record, record
+from qdebug.results.runspec import RunSpec
 from qdebug.results.vendor import PatchedFile, ToolkitProposal
 
 BISECT_SCHEMA = "qdebug.bisect/1"
@@ -155,3 +156,4 @@ class BisectResult(Record):
     patched_file: PatchedFile | None = field(default=None, metadata=OMIT)
     exports: dict[str, str] | None = field(default=None, metadata=OMIT)
     toolkit_proposal: ToolkitProposal | None = field(default=None, metadata=OMIT)
+    spec: RunSpec | None = field(default=None, metadata=OMIT)  # the resolved options of the run

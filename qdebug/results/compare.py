@@ -11,6 +11,7 @@ from typing import Any
 
 from qdebug.results.detection import DetectionResult
 from qdebug.results.record import OMIT, Record, record
+from qdebug.results.runspec import RunSpec
 from qdebug.results.values import SNR_INF, Metrics
 from qdebug.results.vendor import CalibMapping, VendorComparison, VendorTensor
 
@@ -173,6 +174,7 @@ class CompareResult(Record):
     environment: dict[str, Any] = field(default_factory=dict)
     detection: DetectionResult | None = field(default=None, metadata=OMIT)
     vendor: VendorComparison | None = field(default=None, metadata=OMIT)
+    spec: RunSpec | None = field(default=None, metadata=OMIT)  # the resolved options of the run
 
     def row(self, tensor: str) -> TensorRow | None:
         """The row of a tensor, or None."""

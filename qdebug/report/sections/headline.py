@@ -36,6 +36,7 @@ from qdebug.report.context import (
 )
 from qdebug.report.format import f_bound, f_cos, f_metric, f_snr
 from qdebug.report.sections.detection import detection_headline
+from qdebug.results.runspec import RunSpec
 
 LEGEND = Quote(il(b("Metrics"), ": SNR = 10·log10(Σx² / Σ(x − y)²) in dB between the float value x and the "
                        "quantized value y, ", b("higher is better"), " (int8 that uses its range well: 35–45 dB; "
@@ -226,7 +227,10 @@ def _describe_inputs(smp: dict) -> Inline:
 
 
 def next_bisect_command(doc: dict) -> str:
-    """The compare command turned into the bisect command that finds the promotion set."""
+    """The compare command turned into the bisect command that finds the promotion set: from the run's
+    resolved options when the result carries them (only options bisect accepts), else from the saved command."""
+    if isinstance(doc.get("spec"), dict) and doc.get("schema") == "qdebug.compare/1":
+        return RunSpec.from_json(doc["spec"]).command_line("bisect")
     cmd = reproduce(doc)
     try:
         argv = shlex.split(cmd)
