@@ -47,7 +47,7 @@ def why_ops(doc: dict, wanted: bool = True) -> list[tuple[str, str]] | None:
 
     if not wanted or not plots.available():
         return None
-    return cx.why_ops(Ctx(doc=doc), WHY_OPS)
+    return cx.why_ops(Ctx(res=cx.typed_result(doc)), WHY_OPS)
 
 
 def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, explained: Explanation | None = None,
@@ -67,7 +67,7 @@ def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, explained:
     check_output(out_dir, top)
     out = Path(out_dir)
     explained = explained or Explanation()
-    ctx = Ctx(doc=doc, top=top)
+    ctx = Ctx(res=cx.typed_result(doc), top=top)
     images = _plots(ctx, explained)
     images.update(_detection_images(ctx, explained))
     blocks = build_blocks(ctx)
@@ -81,7 +81,7 @@ def write_report(doc_or_path: dict | str | Path, out_dir: str | Path, explained:
     for name, png in images.items():
         paths[name] = _write(out / name, png, keep)
     paths["md"] = _write(out / "report.md", text, keep)
-    title = f"qdebug report: {Path(doc['model'].get('path') or 'model').name}"
+    title = f"qdebug report: {Path(ctx.res.model.path or 'model').name}"
     paths["html"] = _write(out / "report.html", to_html(blocks, images, title), keep)
     return paths
 
@@ -106,26 +106,25 @@ def _plots(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
         ctx.notes.append(il("matplotlib is not installed, so this report has no plots (install the plot "
                             "extra: ", c("pip install 'qdebug[plot]'"), ")."))
         return {}
-    doc, before, after = ctx.doc, ctx.before, ctx.after
+    res, before, after = ctx.res, ctx.cmp, ctx.cmp_after
     images: dict[str, bytes] = {}
-    promote = doc.get("promote_precision", "int16")
-    after_label = f"after promoting {len(doc['result']['set'])} op(s) to {promote}" if after else ""
+    after_label = f"after promoting {len(ctx.bis.result.set)} op(s) to {ctx.bis.promote_precision}" if after else ""
     marks = plots.Marks(after_label=after_label or "after promotion")
     for key, _typ, _why in cx.sensitive_ops(ctx, 5):
         xi = cx.op_index(before, key)
         if xi is not None:
             marks.sensitive.append((key, xi))
     if ctx.kind == "bisect":
-        for key in doc["result"]["set"]:
+        for key in ctx.bis.result.set:
             xi = cx.op_index(before, key)
             if xi is not None:
                 marks.promoted.append((key, xi))
-        cut = doc["first_bad_cut"]
-        if cut["tensor"] and cut["index"] is not None:
-            marks.cut = (cut["tensor"] + (f".{cut['part']}" if cut.get("part") else ""), int(cut["index"]))
-        if cut.get("metric") in ("snr_db", "cosine"):
-            marks.bound = (cut["metric"], float(cut["bound"]))
-    name = Path(doc["model"].get("path") or "model").name
+        cut = ctx.bis.first_bad_cut
+        if cut.tensor and cut.index is not None:
+            marks.cut = (cut.tensor + (f".{cut.part}" if cut.part else ""), int(cut.index))
+        if cut.metric in ("snr_db", "cosine"):
+            marks.bound = (cut.metric, float(cut.bound))
+    name = Path(res.model.path or "model").name
     images["snr.png"] = plots.snr_plot(before, after, marks, f"Error along the graph: {name}")
     ctx.images.append(("snr", "snr.png", "SNR and cosine along the topological order",
                        "Cumulative SNR (line) and isolated SNR (dots) of every quantized tensor in execution "
@@ -134,10 +133,10 @@ def _plots(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
                        + ("; dash-dot red line: the first bad cut" if marks.cut else "") + "."))
     bounds = {}
     if ctx.kind == "bisect":
-        bounds = {cl["ref"]: cl["bound"] for cl in doc["target"]["clauses"] if cl["metric"] == "snr_db"}
+        bounds = {cl.ref: cl.bound for cl in ctx.bis.target.clauses if cl.metric == "snr_db"}
     if ctx.kind == "bisect":
-        res = doc["result"]["before"]
-        failing = {cl["ref"] for cl in doc["target"]["clauses"] if not cx.passes(cl, res.get(cx.clause_key(cl)))}
+        vals = ctx.bis.result.before
+        failing = {cl.ref for cl in ctx.bis.target.clauses if not cl.passes(vals.get(cx.clause_key(cl)))}
     else:
         failing = {ref for ref, _ in cx.default_failures(before)}
     images["parts.png"] = plots.parts_plot(before, after, bounds, after_label or "after promotion", failing)
@@ -186,13 +185,13 @@ def _fit_png(data: bytes, limit: int = PNG_LIMIT) -> bytes:
 
 def _detection_images(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
     """Place the float-vs-quantized (and float-vs-promoted) example pictures; notes for those that are missing."""
-    det = cx.detection_section(ctx.doc)
+    det = cx.detection_section(ctx.res)
     if det is None:
         return {}
-    examples = [ex for ex in det.get("examples") or [] if isinstance(ex, dict)]
+    examples = [ex for ex in det.examples or [] if isinstance(ex, dict)]
     if not examples:
         ctx.det_notes.append("no example pictures: the quantized run lost or added no detection on any image"
-                             if not det.get("worst_images") and "examples" in det
+                             if not det.worst_images
                              else "no example pictures in this result.")
         return {}
     ctx.det_notes.extend(explained.picture_notes)
@@ -201,7 +200,7 @@ def _detection_images(ctx: Ctx, explained: Explanation) -> dict[str, bytes]:
             ctx.det_notes.append("detection pictures not drawn (the report was written without the input images).")
         return {}
     images: dict[str, bytes] = {}
-    per_image = {r.get("image"): r for r in det.get("per_image") or [] if isinstance(r, dict)}
+    per_image = {r.get("image"): r for r in det.per_image or [] if isinstance(r, dict)}
     for pic in explained.pictures:
         if not 1 <= pic.example <= len(examples):
             continue

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from qdebug.results.compare import CompareResult, TensorRow
 from qdebug.results.explain import WhyData
+from qdebug.results.values import Metrics
 
 DPI = 110
 SNR_CAP = 80.0  # SNR above this (incl. the 999 "identical" sentinel) is drawn at the cap
@@ -97,7 +99,7 @@ def _cos_label(d: float, _pos: Any = None) -> str:
 
 
 # ------------------------------------------------------------------ along the graph
-def snr_plot(before: dict, after: dict | None = None, marks: Marks | None = None, title: str = "") -> bytes:
+def snr_plot(before: CompareResult, after: CompareResult | None = None, marks: Marks | None = None, title: str = "") -> bytes:
     """Cumulative/isolated SNR and cosine of every tensor along the topological order."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
@@ -105,38 +107,38 @@ def snr_plot(before: dict, after: dict | None = None, marks: Marks | None = None
     fig, axes = _figure(11.0, 6.6, 2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     ax, axc = axes[0, 0], axes[1, 0]
     rows = _line_rows(before)
-    x = np.array([t["index"] for t in rows], dtype=float)
-    cum = np.array([_snr(t["cumulative"]["snr_db"]) for t in rows])
-    iso_rows = [t for t in rows if t.get("quantized") and (t["isolated"]["snr_db"] or 0) < 999]
+    x = np.array([t.index for t in rows], dtype=float)
+    cum = np.array([_snr(t.cumulative.snr_db) for t in rows])
+    iso_rows = [t for t in rows if t.quantized and (t.isolated.snr_db or 0) < 999]
     ax.plot(x, cum, color=C_BEFORE, lw=1.6, label="cumulative (whole model quantized)")
-    ax.scatter([t["index"] for t in iso_rows], [_snr(t["isolated"]["snr_db"]) for t in iso_rows], s=11,
+    ax.scatter([t.index for t in iso_rows], [_snr(t.isolated.snr_db) for t in iso_rows], s=11,
                color=C_ISO, zorder=3, label="isolated (only this op quantized)")
-    axc.plot(x, [_cos_dist(t["cumulative"]["cosine"]) for t in rows], color=C_BEFORE, lw=1.6, label="cumulative")
-    idx = {t["tensor"]: t["index"] for t in before["tensors"]}
-    parts = [p for p in before.get("parts", []) if p["tensor"] in {o["tensor"] for o in before["outputs"]}]
+    axc.plot(x, [_cos_dist(t.cumulative.cosine) for t in rows], color=C_BEFORE, lw=1.6, label="cumulative")
+    idx = {t.tensor: t.index for t in before.tensors}
+    parts = [p for p in before.parts if p.tensor in {o.tensor for o in before.outputs}]
     if after is not None:
         arows = _line_rows(after)
-        ax.plot([t["index"] for t in arows], [_snr(t["cumulative"]["snr_db"]) for t in arows], color=C_AFTER,
+        ax.plot([t.index for t in arows], [_snr(t.cumulative.snr_db) for t in arows], color=C_AFTER,
                 lw=1.5, ls=(0, (4, 2)), label=f"cumulative, {marks.after_label}")
-        axc.plot([t["index"] for t in arows], [_cos_dist(t["cumulative"]["cosine"]) for t in arows],
+        axc.plot([t.index for t in arows], [_cos_dist(t.cumulative.cosine) for t in arows],
                  color=C_AFTER, lw=1.5, ls=(0, (4, 2)), label=marks.after_label)
     for k, p in enumerate(parts):  # output parts (a crushed score part hides inside a healthy tensor)
-        xi = idx.get(p["tensor"], x.max() if len(x) else 0)
+        xi = idx.get(p.tensor, x.max() if len(x) else 0)
         lab = "output part (before)" if k == 0 else None
-        ax.scatter([xi], [_snr(p["cumulative"]["snr_db"])], marker="v", s=55, color=C_BAD, zorder=4, label=lab)
-        axc.scatter([xi], [_cos_dist(p["cumulative"]["cosine"])], marker="v", s=55, color=C_BAD, zorder=4)
-        ax.annotate(f"{p['tensor']}.{p['part']}", (xi, _snr(p["cumulative"]["snr_db"])), textcoords="offset points",
+        ax.scatter([xi], [_snr(p.cumulative.snr_db)], marker="v", s=55, color=C_BAD, zorder=4, label=lab)
+        axc.scatter([xi], [_cos_dist(p.cumulative.cosine)], marker="v", s=55, color=C_BAD, zorder=4)
+        ax.annotate(f"{p.tensor}.{p.part}", (xi, _snr(p.cumulative.snr_db)), textcoords="offset points",
                     xytext=(-7, 0), ha="right", va="center", fontsize=8, color=C_BAD)
         if after is not None:
-            ap = next((q for q in after.get("parts", []) if q["tensor"] == p["tensor"] and q["part"] == p["part"]),
+            ap = next((q for q in after.parts if q.tensor == p.tensor and q.part == p.part),
                       None)
             if ap is not None:
                 xa = xi + 0.012 * max(float(x.max() - x.min()) if len(x) else 1.0, 1.0)
-                ax.scatter([xa], [_snr(ap["cumulative"]["snr_db"])], marker="^", s=55, color=C_AFTER, zorder=4,
+                ax.scatter([xa], [_snr(ap.cumulative.snr_db)], marker="^", s=55, color=C_AFTER, zorder=4,
                            label="output part (after)" if k == 0 else None)
-                axc.scatter([xa], [_cos_dist(ap["cumulative"]["cosine"])], marker="^", s=55, color=C_AFTER,
+                axc.scatter([xa], [_cos_dist(ap.cumulative.cosine)], marker="^", s=55, color=C_AFTER,
                             zorder=4)
-    finite = [v for v in np.concatenate([cum, [_snr(p["cumulative"]["snr_db"]) for p in parts]]) if v == v]
+    finite = [v for v in np.concatenate([cum, [_snr(p.cumulative.snr_db) for p in parts]]) if v == v]
     lo = min(finite) if finite else 0.0
     ax.set_ylim(min(0.0, lo - 3), SNR_CAP + 6)
     if marks.bound and marks.bound[0] == "snr_db":
@@ -184,29 +186,29 @@ def snr_plot(before: dict, after: dict | None = None, marks: Marks | None = None
     return _png(fig)
 
 
-def _line_rows(compare: dict) -> list[dict]:
+def _line_rows(compare: CompareResult) -> list[TensorRow]:
     """Tensors the NPU stores (quantized op outputs) plus graph outputs: the error trajectory."""
-    outs = {o["tensor"] for o in compare["outputs"]}
-    rows = [t for t in compare["tensors"] if t["index"] >= 0 and (t.get("quantized") or t["tensor"] in outs)]
-    return rows or [t for t in compare["tensors"] if t["index"] >= 0]
+    outs = {o.tensor for o in compare.outputs}
+    rows = [t for t in compare.tensors if t.index >= 0 and (t.quantized or t.tensor in outs)]
+    return rows or [t for t in compare.tensors if t.index >= 0]
 
 
 # --------------------------------------------------------------------- output parts
-def parts_plot(before: dict, after: dict | None = None, bounds: dict[str, float] | None = None,
+def parts_plot(before: CompareResult, after: CompareResult | None = None, bounds: dict[str, float] | None = None,
                after_label: str = "after promotion", failing: set[str] | None = None) -> bytes:
     """Horizontal bars: SNR of each graph output and output part, before (and after) promotion."""
-    rows: list[tuple[str, dict, dict | None]] = []
-    amap = {}
+    rows: list[tuple[str, Metrics, Metrics | None]] = []
+    amap: dict[str, Metrics | None] = {}
     if after is not None:
-        for o in after["outputs"]:
-            amap[o["tensor"]] = o["cumulative"]
-            for p in o["parts"]:
-                amap[f"{p['tensor']}.{p['part']}"] = p["cumulative"]
-    for o in before["outputs"]:
-        rows.append((o["tensor"], o["cumulative"], amap.get(o["tensor"])))
-        for p in o["parts"]:
-            ref = f"{p['tensor']}.{p['part']}"
-            rows.append((ref, p["cumulative"], amap.get(ref)))
+        for o in after.outputs:
+            amap[o.tensor] = o.cumulative
+            for p in o.parts:
+                amap[f"{p.tensor}.{p.part}"] = p.cumulative
+    for o in before.outputs:
+        rows.append((o.tensor, o.cumulative, amap.get(o.tensor)))
+        for p in o.parts:
+            ref = f"{p.tensor}.{p.part}"
+            rows.append((ref, p.cumulative, amap.get(ref)))
     n = max(len(rows), 1)
     fig, axes = _figure(9.0, 1.1 + 0.55 * n * (2 if after is not None else 1))
     ax = axes[0, 0]
@@ -221,12 +223,12 @@ def parts_plot(before: dict, after: dict | None = None, bounds: dict[str, float]
         if a is not None:
             vals.append((a, C_AFTER, after_label, -h / 2))
         for m, color, lab, off in vals:
-            v = _snr(m["snr_db"])
+            v = _snr(m.snr_db)
             v0 = 0.0 if v != v else v
             ax.barh(y + off, v0, height=h, color=color, label=lab if lab not in seen else None)
             seen.add(lab)
-            cos = "-" if m["cosine"] is None else f"{m['cosine']:.5f}"
-            txt = ("n/a" if v != v else ("inf" if (m["snr_db"] or 0) >= 999 else f"{m['snr_db']:.1f} dB"))
+            cos = "-" if m.cosine is None else f"{m.cosine:.5f}"
+            txt = ("n/a" if v != v else ("inf" if (m.snr_db or 0) >= 999 else f"{m.snr_db:.1f} dB"))
             tick = (bounds or {}).get(ref)
             xt = max(v0, tick if tick is not None and abs(tick - v0) < 4 else v0)
             ax.text(xt + 0.8, y + off, f"{txt}  (cos {cos})", va="center", fontsize=8)
@@ -235,7 +237,7 @@ def parts_plot(before: dict, after: dict | None = None, bounds: dict[str, float]
     if bounds:
         ax.plot([], [], color="black", lw=2, label="target (snr_db)")
     ax.set_yticks(ys, [r[0] for r in rows], fontsize=9)
-    top = max([_snr(r[1]["snr_db"]) for r in rows if r[1]["snr_db"] is not None] + [40.0])
+    top = max([_snr(r[1].snr_db) for r in rows if r[1].snr_db is not None] + [40.0])
     ax.set_xlim(0, min(SNR_CAP, top) * 1.35 + 5)
     ax.set_xlabel("cumulative SNR (dB, higher is better)")
     ax.set_title("Graph outputs and output parts", fontsize=11, loc="left")

@@ -24,6 +24,7 @@ from qdebug.report.blocks import (
 )
 from qdebug.report.context import DETECTION_GROUP, Ctx, detection_section
 from qdebug.report.format import f_det, f_pct, map_grade, num
+from qdebug.results.detection import DetectionResult, DetectionRun
 
 DET_CLASSES_INLINE = 5  # per-class tables with more classes are collapsed
 
@@ -38,16 +39,22 @@ def _map_span(v: Any, spec: str = ".3f") -> Span | str:
     return Span(grade, text) if grade else text
 
 
-def _det_runs(det: dict) -> list[tuple[str, dict]]:
+def _promoted(det: DetectionResult) -> DetectionRun | None:
+    return det.promoted if isinstance(det.promoted, DetectionRun) else None
+
+
+def _det_runs(det: DetectionResult) -> list[tuple[str, DetectionRun]]:
     """(label, side) of the quantized and, when present, the promoted run."""
-    runs = [("quantized", det["quantized"])]
-    if isinstance(det.get("promoted"), dict):
-        runs.append(("promoted", det["promoted"]))
+    runs = [("quantized", det.quantized)]
+    p = _promoted(det)
+    if p is not None:
+        runs.append(("promoted", p))
     return runs
 
 
-def _promoted_label(det: dict) -> str:
-    ov = (det.get("promoted") or {}).get("overrides") or {}
+def _promoted_label(det: DetectionResult) -> str:
+    p = _promoted(det)
+    ov = (p.overrides if p else None) or {}
     if not ov:
         return "promoted"
     precs = sorted(set(map(str, ov.values())))
@@ -56,18 +63,18 @@ def _promoted_label(det: dict) -> str:
 
 def detection_headline(ctx: Ctx) -> Inline | None:
     """The headline bullet: mAP50-95 vs float and the share of lost detections (before → after promotion)."""
-    det = detection_section(ctx.doc)
+    det = detection_section(ctx.res)
     if det is None:
         return None
-    q = det["quantized"]
-    p = det.get("promoted") if isinstance(det.get("promoted"), dict) else None
-    qm, qc = q.get("metrics") or {}, q.get("counts") or {}
-    nfloat = (det.get("float") or {}).get("detections")
-    what = il(b("Detections"), f" ({det.get('task', '?')}, {det.get('images', '?')} images, the float model's "
+    q = det.quantized
+    p = _promoted(det)
+    qm, qc = q.metrics or {}, q.counts or {}
+    nfloat = (det.float or {}).get("detections")
+    what = il(b("Detections"), f" ({det.task or '?'}, {det.images} images, the float model's "
               "detections as reference): ")
     floats = f" of {nfloat:,} float detections" if isinstance(nfloat, int) else ""
     if p is not None:
-        pm, pc = p.get("metrics") or {}, p.get("counts") or {}
+        pm, pc = p.metrics or {}, p.counts or {}
         body = il("mAP50-95 vs float ", _map_span(qm.get("map50_95_vs_float"), ".2f"), " → ",
                   _map_span(pm.get("map50_95_vs_float"), ".2f"), " after promotion; ",
                   f"{f_pct(qm.get('lost_frac'))} lost → {f_pct(pm.get('lost_frac'))} lost{floats}, "
@@ -76,7 +83,7 @@ def detection_headline(ctx: Ctx) -> Inline | None:
         body = il("mAP50-95 vs float ", _map_span(qm.get("map50_95_vs_float"), ".2f"),
                   f" (mAP50 {f_det(qm.get('map50_vs_float'), '.2f')}); {f_pct(qm.get('lost_frac'))} lost{floats}, "
                   f"{qc.get('added', '–')} added")
-    lab = det.get("labels")
+    lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
         vals = lab["map50_95"]
         runs = [k for k in ("float", "quantized", "promoted") if k in vals]
@@ -86,37 +93,37 @@ def detection_headline(ctx: Ctx) -> Inline | None:
 
 def detection(ctx: Ctx) -> list[Block]:
     """The "Detection verdict" section: decoder, agreement table, true mAP, per class, warnings, pictures."""
-    det = detection_section(ctx.doc)
+    det = detection_section(ctx.res)
     if det is None:
         return []
-    d = det.get("decoder") or {}
-    th = det.get("thresholds") or {}
+    d = det.decoder or {}
+    th = det.thresholds or {}
 
     def g(v: Any, default: str = "?") -> str:
         x = num(v)
         return default if x is None else f"{x:g}"
 
     outs = d.get("outputs") or []
-    dec = il("Decoder ", c(str(det.get("task") or d.get("name") or "?")), f" ({d.get('layout', '?')} layout",
+    dec = il("Decoder ", c(str(det.task or d.get("name") or "?")), f" ({d.get('layout', '?')} layout",
              f", {d['nc']} classes" if isinstance(d.get("nc"), int) else "",
              il(", outputs ", join([il(c(str(o))) for o in outs[:4]]), f" +{len(outs) - 4} more" if len(outs) > 4
                 else "") if outs else None,
              f"); confidence ≥ {g(th.get('conf'))}, NMS IoU {g(th.get('nms_iou'))}, at most "
-             f"{th.get('max_det', '?')} detections per image; {det.get('images', '?')} images, boxes in "
+             f"{th.get('max_det', '?')} detections per image; {det.images} images, boxes in "
              f"{th.get('coords', 'image pixels')}. The float model's detections are the reference: quantized "
              f"detections match them at IoU ≥ {g(th.get('match_iou'), '0.5')} with the same class, and mAP is the "
              "COCO mAP over IoU 0.50:0.95 with the float detections as ground truth.")
     out: list[Block] = [Heading(2, "Detection verdict"), Para(dec)]
     header = ["run", "dets", "mAP50-95", "mAP50", "recall", "lost", "added", "flips", "mean IoU", "Δscore"]
-    fl = (det.get("float") or {}).get("detections")
+    fl = (det.float or {}).get("detections")
     rows: list[list[Inline]] = [[il("float (reference)"), il(str(fl) if fl is not None else "–"), il("1.000"),
                                  il("1.000"), il("1.000"), il("–"), il("–"), il("–"), il("–"), il("–")]]
     for name, side in _det_runs(det):
-        m, cnt = side.get("metrics") or {}, side.get("counts") or {}
+        m, cnt = side.metrics or {}, side.counts or {}
         lost = cnt.get("lost")
         label = _promoted_label(det) if name == "promoted" else name
         iou, shift = num(cnt.get("mean_iou")), num(cnt.get("mean_score_shift"))
-        rows.append([il(label), il(str(side.get("detections", "–"))), il(_map_span(m.get("map50_95_vs_float"))),
+        rows.append([il(label), il(str(side.detections)), il(_map_span(m.get("map50_95_vs_float"))),
                      il(f_det(m.get("map50_vs_float"))), il(f_det(m.get("recall_vs_float"))),
                      il(f"{lost} ({f_pct(m.get('lost_frac'))})" if lost is not None else "–"),
                      il(str(cnt.get("added", "–"))), il(str(cnt.get("class_flips", "–"))),
@@ -126,7 +133,7 @@ def detection(ctx: Ctx) -> list[Block]:
                        good("≥ 0.9"), " fine, ", bad("< 0.7"), " broken); lost: float detections without a "
                        "match, added: quantized detections without one (IoU ≥ 0.5); flips: lost to a box of another "
                        "class; mean IoU and Δscore (quantized − float confidence) over matched pairs.")))
-    lab = det.get("labels")
+    lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
         runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
         out.append(Para(il(b("True mAP"), f" against {lab.get('format', '?')} labels ", c(str(lab.get("source", "?"))),
@@ -137,7 +144,7 @@ def detection(ctx: Ctx) -> list[Block]:
         out.append(Table(["metric", *[_promoted_label(det) if k == "promoted" else k for k in runs]], lrows,
                          "l" + "r" * len(runs)))
     out += _det_per_class(det)
-    warns = [w for w in det.get("warnings") or [] if isinstance(w, str)]
+    warns = [w for w in det.warnings or [] if isinstance(w, str)]
     if warns:
         out.append(Bullets([il(b("warning: "), w) for w in warns]))
     pics = [(file, alt, cap) for group, file, alt, cap in ctx.images if group == DETECTION_GROUP]
@@ -152,13 +159,13 @@ def detection(ctx: Ctx) -> list[Block]:
     return out
 
 
-def _det_per_class(det: dict) -> list[Block]:
+def _det_per_class(det: DetectionResult) -> list[Block]:
     """Per-class agreement (classes with float support), worst quantized AP50-95 first."""
-    q = [r for r in det["quantized"].get("per_class") or [] if isinstance(r, dict) and r.get("float")]
+    q = [r for r in det.quantized.per_class or [] if isinstance(r, dict) and r.get("float")]
     if len(q) < 2:  # one class: the run table above says it all
         return []
-    prom = {r.get("class"): r for r in (det.get("promoted") or {}).get("per_class") or [] if isinstance(r, dict)} \
-        if isinstance(det.get("promoted"), dict) else None
+    p = _promoted(det)
+    prom = {r.get("class"): r for r in p.per_class or [] if isinstance(r, dict)} if p is not None else None
 
     def worst(r: dict) -> tuple[float, int]:
         ap = num(r.get("ap50_95"))

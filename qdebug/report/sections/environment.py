@@ -15,31 +15,31 @@ def environment(ctx: Ctx) -> list[Block]:
     """Versions of qdebug, its dependencies, the backends and toolkits, and when the result was written."""
     from qdebug import __version__
 
-    doc = ctx.doc
-    env = dict(doc.get("environment") or ctx.before.get("environment") or {})
+    doc = ctx.res
+    env = dict(doc.environment or ctx.cmp.environment or {})
     rows = [[il(k), il(c(str(env[k])))] for k in STANDARD_ENV if k in env]
     for k, v in env.items():
         if k not in STANDARD_ENV:
             rows.append([il(k), il(c(str(v)))])
-    for k, v in doc["quant"].items():  # versions reported by non-simulator backends
+    for k, v in doc.quant.extra.items():  # versions reported by non-simulator backends
         if k not in _QUANT_STD and not isinstance(v, (dict, list)):
             rows.append([il(f"backend {k}"), il(c(str(v)))])
-    vendor = ctx.before.get("vendor") or {}
+    vendor = ctx.cmp.vendor
     if vendor:
-        rows.append([il(f"{vendor.get('backend', 'vendor')} toolkit"), il(c(str(vendor.get("toolkit") or "?")))])
-        if vendor.get("platform"):
-            rows.append([il("vendor platform"), il(c(str(vendor["platform"])))])
-    judge = doc["quant"].get("judge") or {}
+        rows.append([il(f"{vendor.backend} toolkit"), il(c(str(vendor.toolkit or "?")))])
+        if vendor.platform:
+            rows.append([il("vendor platform"), il(c(str(vendor.platform)))])
+    judge = doc.quant.judge or {}
     if judge and judge.get("backend") not in (None, "sim"):
         for k in ("backend", "platform", "quantized_algorithm", "toolkit", "version", "builds"):
             if judge.get(k) is not None:
                 rows.append([il(f"judge {k}"), il(c(str(judge[k])))])
-    pf = doc.get("patched_file")
+    pf = getattr(doc, "patched_file", None)
     if pf:
-        rows.append([il("vendor file format"), il(c(pf["format"]))])
-    rows.append([il("result written"), il(f"{doc.get('created', '?')} by qdebug {doc.get('qdebug_version', '?')}")])
+        rows.append([il("vendor file format"), il(c(pf.format))])
+    rows.append([il("result written"), il(f"{doc.created} by qdebug {doc.qdebug_version}")])
     rows.append([il("report written by"), il(f"qdebug {__version__}")])
-    timing = ctx.before.get("timing") or {}
+    timing = ctx.cmp.timing or {}
     if timing.get("total_s") is not None:
         rows.append([il("compare time"), il(f_secs(timing["total_s"]))])
     return [Heading(2, "Environment"), Table(["component", "version"], rows)]

@@ -16,7 +16,7 @@ def exports(ctx: Ctx) -> list[Block]:
     """The promotion set in each toolchain's syntax, collapsed."""
     if ctx.kind != "bisect":
         return []
-    ex = ctx.doc.get("exports") or {}
+    ex = ctx.bis.exports or {}
     if not ex:
         return []
     out: list[Block] = [Heading(2, "Export lists"),

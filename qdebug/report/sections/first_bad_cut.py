@@ -11,23 +11,23 @@ def first_bad_cut(ctx: Ctx) -> list[Block]:
     """The first tensor whose cumulative error fails the cut threshold, and the probes that found it."""
     if ctx.kind != "bisect":
         return []
-    cut = ctx.doc["first_bad_cut"]
+    cut = ctx.bis.first_bad_cut
     out: list[Block] = [Heading(2, "First bad cut")]
-    thr = f"{cut['metric']} {f_bound(cut_op(ctx.doc), cut['bound'])}"
-    how = ("read from the one-pass comparison" if cut["path"] == "one-pass"
-           else f"binary search over truncated graphs, {cut.get('evaluations', 0)} backend runs")
-    if cut["tensor"]:
-        ref = cut["tensor"] + (f".{cut['part']}" if cut.get("part") else "")
+    thr = f"{cut.metric} {f_bound(cut_op(ctx.bis), cut.bound)}"
+    how = ("read from the one-pass comparison" if cut.path == "one-pass"
+           else f"binary search over truncated graphs, {cut.evaluations} backend runs")
+    if cut.tensor:
+        ref = cut.tensor + (f".{cut.part}" if cut.part else "")
         out.append(Para(il("The first tensor in topological order whose cumulative error fails ", c(thr), " is ",
-                           b(ref), " produced by ", c(cut["node"] or "?"), f" ({cut['op_type']}, #{cut['index']}): "
-                           f"{cut['metric']} = {f_metric(cut['metric'], cut['value'])} ({how}). Everything before "
+                           b(ref), " produced by ", c(cut.node or "?"), f" ({cut.op_type}, #{cut.index}): "
+                           f"{cut.metric} = {f_metric(cut.metric, cut.value)} ({how}). Everything before "
                            "it is within the threshold, so the damage starts here.")))
     else:
         out.append(Para(il("No tensor fails ", c(thr), f" ({how}): the error builds up gradually rather than "
                            "breaking at one op.")))
-    probes = cut.get("probes") or []
+    probes = cut.probes
     if probes:
-        rows = [[il(str(p["index"])), il(c(p["tensor"])), il(f_metric(cut["metric"], p["value"])),
+        rows = [[il(str(p["index"])), il(c(p["tensor"])), il(f_metric(cut.metric, p["value"])),
                  il(p.get("part") or "–"), il(bad("fails") if p["fails"] else good("passes"))] for p in probes]
-        out.append(Table(["cut #", "tensor", cut["metric"], "part", "result"], rows, "rlrll"))
+        out.append(Table(["cut #", "tensor", cut.metric, "part", "result"], rows, "rlrll"))
     return out

@@ -28,14 +28,14 @@ from qdebug.report.context import (
     clause_ref,
     cut_op,
     default_failures,
-    output_refs,
-    passes,
+    output_metrics,
     reproduce,
     sensitive_ops,
     vendor_refs,
 )
 from qdebug.report.format import f_bound, f_cos, f_metric, f_snr
 from qdebug.report.sections.detection import detection_headline
+from qdebug.results.compare import COMPARE_SCHEMA, CompareResult, QuantInfo, SampleInfo
 from qdebug.results.runspec import RunSpec
 
 LEGEND = Quote(il(b("Metrics"), ": SNR = 10·log10(Σx² / Σ(x − y)²) in dB between the float value x and the "
@@ -48,133 +48,135 @@ LEGEND = Quote(il(b("Metrics"), ": SNR = 10·log10(Σx² / Σ(x − y)²) in dB 
 def headline(ctx: Ctx) -> list[Block]:
     """The first screen: title, verdict, the facts of the run, how to reproduce it and apply the fix,
     and the metrics legend."""
-    model = ctx.doc["model"]
-    name = (model.get("path") or "model").replace("\\", "/").rsplit("/", 1)[-1]
+    model = ctx.res.model
+    name = (model.path or "model").replace("\\", "/").rsplit("/", 1)[-1]
     return [Heading(1, f"Quantization report: {name}"), *_summary(ctx), LEGEND]
 
 
 def _summary(ctx: Ctx) -> list[Block]:
     """Verdict paragraph, the bullet list of facts, the reproduce command and how to apply the fix."""
-    doc, cmp = ctx.doc, ctx.before
+    doc, cmp = ctx.res, ctx.cmp
     out: list[Block] = []
-    model = doc["model"]
-    q = doc["quant"]
+    model = doc.model
+    q = doc.quant
     items: list[Inline] = []
     if ctx.kind == "bisect":
-        res = doc["result"]
-        tgt = doc["target"]
-        fails = [cl for cl in tgt["clauses"] if not passes(cl, res["before"].get(clause_key(cl)))]
-        fail_txt = join([il(clause_ref(cl), f" {cl['metric']} {f_metric(cl['metric'], res['before'].get(clause_key(cl)))}"
-                            f" (needs {f_bound(cl['op'], cl['bound'])})") for cl in fails], "; ")
-        if res["met"] and res["set"]:
-            n = len(res["set"])
+        res = ctx.bis.result
+        tgt = ctx.bis.target
+        fails = [cl for cl in tgt.clauses if not cl.passes(res.before.get(clause_key(cl)))]
+        fail_txt = join([il(clause_ref(cl), f" {cl.metric} {f_metric(cl.metric, res.before.get(clause_key(cl)))}"
+                            f" (needs {f_bound(cl.op, cl.bound)})") for cl in fails], "; ")
+        if res.met and res.set:
+            n = len(res.set)
             verdict = il(bad("FAIL"), " as quantized → ", good("PASS"), f" after keeping {n} op{'s' * (n != 1)} at "
-                         f"{doc['promote_precision']}. Failing before: ", fail_txt, ".")
-        elif res["met"]:
+                         f"{ctx.bis.promote_precision}. Failing before: ", fail_txt, ".")
+        elif res.met:
             verdict = il(good("PASS"), ": the target is met with every op at ",
-                         f"{q['scheme']['activation']}; nothing to promote.")
+                         f"{q.scheme.activation}; nothing to promote.")
         else:
-            verdict = il(bad("FAIL"), ": ", res["message"], ". Failing: ", fail_txt, ".")
-        covered = {cl["ref"] for cl in tgt["clauses"]}
+            verdict = il(bad("FAIL"), ": ", res.message, ". Failing: ", fail_txt, ".")
+        covered = {cl.ref for cl in tgt.clauses}
         loose = [(ref, m) for ref, m in default_failures(cmp) if ref not in covered]
         if loose:
             verdict = il(verdict, " Not in the target but below cosine 0.999: ",
-                         join([il(c(ref), f" (SNR {f_snr(m['snr_db'])} dB)") for ref, m in loose]), ".")
+                         join([il(c(ref), f" (SNR {f_snr(m.snr_db)} dB)") for ref, m in loose]), ".")
         out.append(Para(il(b("Verdict: "), verdict)))
     else:
         fails = default_failures(cmp)
         if fails:
-            txt = join([il(c(ref), f" SNR {f_snr(m['snr_db'])} dB, cosine {f_cos(m['cosine'])}") for ref, m in fails],
+            txt = join([il(c(ref), f" SNR {f_snr(m.snr_db)} dB, cosine {f_cos(m.cosine)}") for ref, m in fails],
                        "; ")
             out.append(Para(il(b("Verdict: "), bad("FAIL"), " — ", txt,
                                " (criterion: cosine ≥ 0.999 on every output part, the default target of ",
                                c("qdebug bisect"), ").")))
         else:
-            worst = min(output_refs(cmp), key=lambda r: r[1]["snr_db"] if r[1]["snr_db"] is not None else -1)
+            worst = min(output_metrics(cmp), key=lambda r: r[1].snr_db if r[1].snr_db is not None else -1)
             out.append(Para(il(b("Verdict: "), good("PASS"), " — every output part reaches cosine ≥ 0.999; "
-                               "worst ", c(worst[0]), f" SNR {f_snr(worst[1]['snr_db'])} dB.")))
+                               "worst ", c(worst[0]), f" SNR {f_snr(worst[1].snr_db)} dB.")))
     det_line = detection_headline(ctx)
     if det_line:
         items.append(det_line)
-    sha = (model.get("sha256") or "")[:12]
-    items.append(il(b("Model: "), c(model.get("path") or "?"),
-                    f" — {model.get('nodes', '?')} nodes, opset {model.get('opset', '?')}",
+    sha = (model.sha256 or "")[:12]
+    items.append(il(b("Model: "), c(model.path or "?"),
+                    f" — {_or_q(model.nodes)} nodes, opset {_or_q(model.opset)}",
                     il(", sha256 ", c(sha)) if sha else None))
-    items.append(il(b("Input set: "), _describe_inputs(doc["samples"])))
+    items.append(il(b("Input set: "), _describe_inputs(doc.samples)))
     items.append(il(b("Quantization: "), _describe_quant(q)))
-    judge = q.get("judge") or {}
+    judge = q.judge or {}
     if judge and judge.get("backend") not in (None, "sim"):
         items.append(il(b("Judge: "), f"every candidate set was scored by the {judge['backend']} backend",
                         f" ({judge['platform']})" if judge.get("platform") else "",
                         "; the ranking comes from the built-in simulator"))
-    vendor = cmp.get("vendor") or {}
-    if vendor.get("outputs"):
+    vendor = cmp.vendor
+    if vendor and vendor.outputs:
         vrefs = vendor_refs(vendor)
         worst = min(vrefs, key=lambda r: r[1]["snr_db"] if r[1]["snr_db"] is not None else -1e9)
-        items.append(il(b("Vendor simulator: "), f"{vendor.get('backend', '?')} toolkit "
-                        f"{vendor.get('toolkit') or '?'}: worst ", c(worst[0]),
+        items.append(il(b("Vendor simulator: "), f"{vendor.backend} toolkit "
+                        f"{vendor.toolkit or '?'}: worst ", c(worst[0]),
                         f" SNR {f_snr(worst[1]['snr_db'])} dB, cosine {f_cos(worst[1]['cosine'])} "
                         f"(built-in simulator: {f_snr((worst[2] or {}).get('snr_db'))} dB)"))
-    if q.get("calib"):
-        mapping = cmp["quant"].get("calib_mapping") or {}
+    if q.calib:
+        mapping = cmp.quant.calib_mapping
         extra = ""
         if mapping:
-            extra = (f" — {mapping.get('matched', 0)} records matched, "
-                     f"{len(mapping.get('unmatched_records', []))} unmatched, "
-                     f"{len(mapping.get('nodes_without_record', []))} ops without a record")
-        items.append(il(b("Calibration file: "), c(q["calib"]), extra))
+            extra = (f" — {mapping.matched} records matched, "
+                     f"{len(mapping.unmatched_records)} unmatched, "
+                     f"{len(mapping.nodes_without_record)} ops without a record")
+        items.append(il(b("Calibration file: "), c(q.calib), extra))
     if ctx.kind == "bisect":
-        tgt = doc["target"]
-        items.append(il(b("Target: "), c(tgt["expression"]),
-                        " (assumed default: pass --target to set yours)" if tgt.get("assumed_default") else ""))
+        tgt = ctx.bis.target
+        items.append(il(b("Target: "), c(tgt.expression),
+                        " (assumed default: pass --target to set yours)" if tgt.assumed_default else ""))
     sens = sensitive_ops(ctx, 5)
     if sens:
         items.append(il(b("Sensitive ops: "), join([il(c(k), f" ({t}; {why})") for k, t, why in sens], ", ")))
     if ctx.kind == "bisect":
-        cut = doc["first_bad_cut"]
-        if cut["tensor"]:
-            ref = cut["tensor"] + (f".{cut['part']}" if cut.get("part") else "")
-            items.append(il(b("First bad cut: "), c(ref), " at ", c(cut["node"] or "?"),
-                            f" ({cut['op_type']}, #{cut['index']}): {cut['metric']} "
-                            f"{f_metric(cut['metric'], cut['value'])} fails {f_bound(cut_op(doc), cut['bound'])}"))
+        bis = ctx.bis
+        cut = bis.first_bad_cut
+        if cut.tensor:
+            ref = cut.tensor + (f".{cut.part}" if cut.part else "")
+            items.append(il(b("First bad cut: "), c(ref), " at ", c(cut.node or "?"),
+                            f" ({cut.op_type}, #{cut.index}): {cut.metric} "
+                            f"{f_metric(cut.metric, cut.value)} fails {f_bound(cut_op(bis), cut.bound)}"))
         else:
-            items.append(il(b("First bad cut: "), f"none (every tensor passes {cut['metric']} "
-                            f"{f_bound(cut_op(doc), cut['bound'])})"))
-        res = doc["result"]
-        if res["set"]:
+            items.append(il(b("First bad cut: "), f"none (every tensor passes {cut.metric} "
+                            f"{f_bound(cut_op(bis), cut.bound)})"))
+        res = bis.result
+        if res.set:
             moves = []
-            refs_b, refs_a = dict(output_refs(cmp)), dict(output_refs(ctx.after)) if ctx.after else {}
-            for cl in doc["target"]["clauses"]:
+            refs_b = dict(output_metrics(cmp))
+            refs_a = dict(output_metrics(ctx.cmp_after)) if ctx.cmp_after else {}
+            for cl in bis.target.clauses:
                 k = clause_key(cl)
                 snr = ""
-                if cl["metric"] != "snr_db" and cl["ref"] in refs_b and cl["ref"] in refs_a:
-                    snr = (f" (SNR {f_snr(refs_b[cl['ref']]['snr_db'])} → {f_snr(refs_a[cl['ref']]['snr_db'])} dB)")
-                moves.append(il(clause_ref(cl), f" {cl['metric']} {f_metric(cl['metric'], res['before'].get(k))} → "
-                                f"{f_metric(cl['metric'], res['after'].get(k))}{snr}"))
-            shown = join([il(c(k)) for k in res["set"][:6]])
-            more = f" +{len(res['set']) - 6} more (full list below)" if len(res["set"]) > 6 else ""
+                if cl.metric != "snr_db" and cl.ref in refs_b and cl.ref in refs_a:
+                    snr = (f" (SNR {f_snr(refs_b[cl.ref].snr_db)} → {f_snr(refs_a[cl.ref].snr_db)} dB)")
+                moves.append(il(clause_ref(cl), f" {cl.metric} {f_metric(cl.metric, res.before.get(k))} → "
+                                f"{f_metric(cl.metric, res.after.get(k))}{snr}"))
+            shown = join([il(c(k)) for k in res.set[:6]])
+            more = f" +{len(res.set) - 6} more (full list below)" if len(res.set) > 6 else ""
             items.append(il(b("Recommended promotion: "), shown, more,
-                            f" → {doc['promote_precision']}; ", join(moves, "; ")))
-        elif res["met"]:
+                            f" → {bis.promote_precision}; ", join(moves, "; ")))
+        elif res.met:
             items.append(il(b("Recommended promotion: "), "none needed"))
         else:
             items.append(il(b("Recommended promotion: "), "none found (see the evaluation log)"))
     else:
-        nxt = next_bisect_command(doc)
+        nxt = next_bisect_command(ctx.cmp)
         if default_failures(cmp) and nxt:
             items.append(il(b("Next step: "), c(nxt), " finds the smallest set of ops to keep at int16"))
     out.append(Bullets(items))
     cmd = reproduce(doc)
     if cmd:
-        out.append(Para(il(b("Reproduce"), f" (qdebug {doc.get('qdebug_version', '?')}, run from the folder the "
+        out.append(Para(il(b("Reproduce"), f" (qdebug {doc.qdebug_version}, run from the folder the "
                            "original command ran in; paths are relative to it):")))
         out.append(Code(cmd, "sh"))
-    if ctx.kind == "bisect" and doc["result"]["set"]:
-        ex = doc.get("exports") or {}
-        pf = doc.get("patched_file") or {}
-        line = (pf.get("extra") or {}).get("atc_option") or ex.get("atc")
-        if pf.get("path"):
-            out.append(Para(il(b("Apply the fix: "), "build with the patched calibration file ", c(pf["path"]),
+    if ctx.kind == "bisect" and ctx.bis.result.set:
+        ex = ctx.bis.exports or {}
+        pf = ctx.bis.patched_file
+        line = (pf.extra_options.get("atc_option") if pf else None) or ex.get("atc")
+        if pf and pf.path:
+            out.append(Para(il(b("Apply the fix: "), "build with the patched calibration file ", c(pf.path),
                                " (diff below)", "; ATC option:" if line else ".")))
             if line:
                 out.append(Code(line.strip(), "sh"))
@@ -185,31 +187,36 @@ def _summary(ctx: Ctx) -> list[Block]:
     return out
 
 
-def _describe_quant(q: dict) -> Inline:
+def _or_q(v: Any) -> Any:
+    """A value as the report prints it, "?" when unknown."""
+    return "?" if v is None else v
+
+
+def _describe_quant(q: QuantInfo) -> Inline:
     """The quantization scheme in one line: activations, calibration, weights, profile, overrides."""
-    s = q["scheme"]
-    act = f"{s['activation']} activations ({'symmetric' if s.get('symmetric_activations') else 'asymmetric'}, "
-    cal = s["calibrator"] + (f" {s['percentile']:g} %" if s.get("percentile") else "")
-    weights = (f"int8 weights ({'per-channel' if s.get('per_channel_weights', True) else 'per-tensor'}, "
-               f"{'symmetric' if s.get('symmetric_weights', True) else 'asymmetric'})")
+    s = q.scheme
+    act = f"{s.activation} activations ({'symmetric' if s.symmetric_activations else 'asymmetric'}, "
+    cal = s.calibrator + (f" {s.percentile:g} %" if s.percentile else "")
+    weights = (f"int8 weights ({'per-channel' if s.per_channel_weights else 'per-tensor'}, "
+               f"{'symmetric' if s.symmetric_weights else 'asymmetric'})")
     where = {"input": "each op quantizes its inputs", "output": "int at every op output"}.get(
-        q.get("quantize_at", ""), "")
-    prof = il("simulator profile ", c(q.get("profile") or s.get("profile", "?")),
-              f" ({where}{', fused' if q.get('fuse') else ''})" if where else "")
+        q.quantize_at or "", "")
+    prof = il("simulator profile ", c(q.profile or _or_q(s.profile)),
+              f" ({where}{', fused' if q.fuse else ''})" if where else "")
     parts: list[Any] = [f"{act}{cal} calibration), {weights}; ", prof]
-    if q.get("backend") and q["backend"] != "sim":
-        parts = [il("backend ", c(q["backend"]), "; "), *parts]
-    ov = q.get("overrides") or {}
+    if q.backend and q.backend != "sim":
+        parts = [il("backend ", c(q.backend), "; "), *parts]
+    ov = q.overrides or {}
     if ov:
         shown = join([il(c(f"{k}={v}")) for k, v in list(ov.items())[:5]])
         parts += [f"; overrides ({len(ov)}): ", shown, f" +{len(ov) - 5} more" if len(ov) > 5 else ""]
     return il(*parts)
 
 
-def _describe_inputs(smp: dict) -> Inline:
+def _describe_inputs(smp: SampleInfo) -> Inline:
     """The input set in one line: source, count and preprocessing."""
-    kind = smp.get("kind", "")
-    pre = smp.get("preprocess") or {}
+    kind = smp.kind or ""
+    pre = smp.preprocess or {}
     bits = []
     if pre:
         if pre.get("size"):
@@ -222,15 +229,15 @@ def _describe_inputs(smp: dict) -> Inline:
 
         bits.append(f"mean {nums(pre.get('mean'))}, std {nums(pre.get('std'))}")
     noun = {"images": "images", "npy": ".npy tensors", "npz": ".npz samples"}.get(kind, kind or "samples")
-    desc = f" — {smp['count']} {noun}"
-    return il(c(smp["source"]), desc, f" ({', '.join(x for x in bits if x)})" if bits else "")
+    desc = f" — {smp.count} {noun}"
+    return il(c(smp.source), desc, f" ({', '.join(x for x in bits if x)})" if bits else "")
 
 
-def next_bisect_command(doc: dict) -> str:
+def next_bisect_command(doc: CompareResult) -> str:
     """The compare command turned into the bisect command that finds the promotion set: from the run's
     resolved options when the result carries them (only options bisect accepts), else from the saved command."""
-    if isinstance(doc.get("spec"), dict) and doc.get("schema") == "qdebug.compare/1":
-        return RunSpec.from_json(doc["spec"]).command_line("bisect")
+    if isinstance(doc.spec, RunSpec) and doc.schema == COMPARE_SCHEMA:
+        return doc.spec.command_line("bisect")
     cmd = reproduce(doc)
     try:
         argv = shlex.split(cmd)

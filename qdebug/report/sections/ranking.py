@@ -11,15 +11,15 @@ def ranking(ctx: Ctx) -> list[Block]:
     """The top of the sensitivity ranking the bisect promotes from."""
     if ctx.kind != "bisect":
         return []
-    doc = ctx.doc
-    ranking = doc["ranking"]
+    res = ctx.bis
+    ranking = res.ranking
     if not ranking:
         return []
-    promoted = set(doc["result"]["set"])
+    promoted = set(res.result.set)
     n = min(ctx.top, 10)
     out: list[Block] = [Heading(2, "Sensitive ops"),
                         Para(il("Candidates ranked by sensitivity (hazard bonus + jump + isolated error; "
-                                f"{doc['counts'].get('candidates', len(ranking))} candidates). The search promotes the "
+                                f"{res.counts.candidates} candidates). The search promotes the "
                                 "shortest ranked prefix that meets the target, then prunes it.")),
                         Table(RANKING_HEADER, [ranking_row(r, promoted) for r in ranking[:n]], RANKING_ALIGN)]
     if len(ranking) > n:

@@ -11,16 +11,16 @@ def toolkit_proposal(ctx: Ctx) -> list[Block]:
     """The judge toolkit's own hybrid-quantization proposal, scored on the same target."""
     if ctx.kind != "bisect":
         return []
-    tp = ctx.doc.get("toolkit_proposal")
+    tp = ctx.bis.toolkit_proposal
     if not tp:
         return []
-    judge = (ctx.doc["quant"].get("judge") or {}).get("backend", "vendor")
-    verdict = (good("meets") if tp.get("passed") else bad("misses")) if tp.get("passed") is not None else il("–")
-    vals = "; ".join(f"{k} = {v if v is None else f_g(v, 4)}" for k, v in (tp.get("values") or {}).items())
-    tensors = tp.get("tensors") or []
+    judge = (ctx.bis.quant.judge or {}).get("backend", "vendor")
+    verdict = (good("meets") if tp.passed else bad("misses")) if tp.passed is not None else il("–")
+    vals = "; ".join(f"{k} = {v if v is None else f_g(v, 4)}" for k, v in tp.values.items())
+    tensors = tp.tensors
     out: list[Block] = [Heading(2, "Toolkit proposal"),
-                        Para(il(f"The {judge} toolkit's own hybrid-quantization proposal promotes {tp.get('count', 0)} "
-                                f"tensor(s) (ours: {len(ctx.doc['result']['set'])} op(s)); scored on the same target "
+                        Para(il(f"The {judge} toolkit's own hybrid-quantization proposal promotes {tp.count} "
+                                f"tensor(s) (ours: {len(ctx.bis.result.set)} op(s)); scored on the same target "
                                 "it ", verdict, " it", f" ({vals})." if vals else "."))]
     if tensors:
         out.append(Details(f"The {len(tensors)} tensors the toolkit proposes", [Code("\n".join(tensors))]))

@@ -12,21 +12,21 @@ def vendor_file(ctx: Ctx) -> list[Block]:
     """The patched vendor calibration file: format, paths, changed records, and the diff (long ones collapsed)."""
     if ctx.kind != "bisect":
         return []
-    pf = ctx.doc.get("patched_file")
+    pf = ctx.bis.patched_file
     if not pf:
         return []
     out: list[Block] = [Heading(2, "Patched vendor file")]
-    items = [il(b("Format: "), c(pf["format"])),
-             il(b("Original → patched: "), c(pf.get("source") or "?"), " → ",
-                c(pf["path"]) if pf.get("path") else "not written (pass -o FILE to bisect)"),
-             il(b(f"Changed records ({len(pf['changed'])}): "), join([il(c(x)) for x in pf["changed"][:20]]),
-                f" +{len(pf['changed']) - 20} more" if len(pf["changed"]) > 20 else "")]
-    for k, v in (pf.get("extra") or {}).items():
+    items = [il(b("Format: "), c(pf.format)),
+             il(b("Original → patched: "), c(pf.source or "?"), " → ",
+                c(pf.path) if pf.path else "not written (pass -o FILE to bisect)"),
+             il(b(f"Changed records ({len(pf.changed)}): "), join([il(c(x)) for x in pf.changed[:20]]),
+                f" +{len(pf.changed) - 20} more" if len(pf.changed) > 20 else "")]
+    for k, v in (pf.extra_options or {}).items():
         items.append(il(b(f"{k}: "), c(v)))
-    for n in pf.get("notes") or []:
+    for n in pf.notes or []:
         items.append(il(b("note: "), n))
     out.append(Bullets(items))
-    diff = (pf.get("diff") or "").rstrip("\n")
+    diff = (pf.diff or "").rstrip("\n")
     if diff:
         nlines = diff.count("\n") + 1
         code = Code(diff, "diff")

@@ -9,15 +9,15 @@ from qdebug.report.format import f_cos, f_g, f_snr
 
 def vendor_sim(ctx: Ctx) -> list[Block]:
     """The vendor toolkit's simulator next to qdebug's: per-output metrics, largest gaps, fused-away tensors."""
-    v = ctx.before.get("vendor")
+    v = ctx.cmp.vendor
     if not v:
         return []
-    name = v.get("backend", "vendor")
+    name = v.backend
     out: list[Block] = [Heading(2, "Vendor simulator"),
-                        Para(il(f"The {name} toolkit's own simulator ({v.get('toolkit') or 'version unknown'}, "
-                                f"platform {v.get('platform', '?')}) on {v.get('samples', '?')} sample(s), next to "
-                                f"qdebug's built-in simulator; per-tensor analysis on {v.get('analysis_samples', '?')} "
-                                f"sample(s), {v.get('tensors_matched', 0)} tensors matched."))]
+                        Para(il(f"The {name} toolkit's own simulator ({v.toolkit or 'version unknown'}, "
+                                f"platform {'?' if v.platform is None else v.platform}) on {v.samples} sample(s), next "
+                                f"to qdebug's built-in simulator; per-tensor analysis on {v.analysis_samples} "
+                                f"sample(s), {v.tensors_matched} tensors matched."))]
     rows = []
     for ref, vm, bm in vendor_refs(v):
         bm = bm or {}
@@ -25,13 +25,13 @@ def vendor_sim(ctx: Ctx) -> list[Block]:
                      il(f_snr(bm.get("snr_db"))), il(f_cos(bm.get("cosine")))])
     out.append(Table(["output / part", "vendor SNR", "vendor cosine", "vendor max abs", "built-in SNR",
                       "built-in cosine"], rows, "lrrrrr"))
-    dis = v.get("disagreements") or []
+    dis = v.disagreements
     if dis:
         out.append(Para(il("Largest gaps between the two simulators (cumulative cosine):")))
         out.append(Table(["tensor", "vendor cosine", "built-in cosine", "gap"],
                          [[il(c(d["tensor"])), il(f_cos(d["vendor_cosine"])), il(f_cos(d["builtin_cosine"])),
                            il(f_g(d["gap"]))] for d in dis[:10]], "lrrr"))
-    fused = v.get("fused_away") or []
+    fused = v.fused_away
     if fused:
         out.append(Para(il(f"{len(fused)} ONNX tensor(s) were fused away by the toolkit (no per-tensor result), "
                            "e.g. ", join([il(c(x)) for x in fused[:5]]), ".")))
