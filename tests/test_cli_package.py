@@ -19,6 +19,8 @@ from qdebug.cli import build_parser, main
 from qdebug.cli.options import decide_profile, setup_run
 from qdebug.cli.terminal import elide, render_bisect, render_compare, strip_name
 from qdebug.report.format import f_cos, f_det, f_g, f_jump, f_snr
+from qdebug.results.bisect import BisectResult
+from qdebug.results.compare import CompareResult
 
 MINIMAL_ARGV = {
     "compare": ["compare", "m.onnx", "--data", "d"],
@@ -101,7 +103,8 @@ def results(fx, tmp_path_factory) -> tuple[dict, dict]:
 
 def _render(fn, doc: dict, width: int) -> list[str]:
     con = Console(width=width, record=True, highlight=False, file=io.StringIO())
-    fn(doc, con)
+    rec = CompareResult if fn is render_compare else BisectResult
+    fn(rec.from_json(doc), con)
     return con.export_text().splitlines()
 
 

@@ -16,6 +16,7 @@ from qdebug.errors import QDebugError
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.dataset import load_dataset
 from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.results.detection import DetectionResult
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
 from qdebug.search.driver import run_bisect
@@ -149,6 +150,6 @@ def test_cli_helpers(run):
     with pytest.raises(QDebugError, match="no --labels"):
         check_target_task(ap.parse_args(["--task", "yolov8", "--target", "map50>=0.5"]))
     con = Console(record=True, width=160)
-    render_detection(run.to_json(), con)
+    render_detection(DetectionResult.from_json(run.to_json()), con)
     text = con.export_text()
     assert "Detection verdict" in text and "promoted" in text and "mAP50-95" in text

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
 from qdebug.cli.terminal import err_console, render_bisect, render_detection
 from qdebug.errors import QDebugError
+from qdebug.results.vendor import PatchedFile, ToolkitProposal
+
+if TYPE_CHECKING:
+    from qdebug.results.bisect import BisectResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +57,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
+    from qdebug.results.detection import DetectionResult
     from qdebug.results.runspec import RunSpec
     from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
 
@@ -67,28 +73,29 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda s: err_console.print(f"[dim]· {s}[/]"))
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     try:
-        doc = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
-                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator).to_json()
+        res = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
+                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator)
         if decoder is not None and evaluator is not None:
-            nodes = doc["result"]["set"]
+            nodes = res.result.set
             promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
-            doc["detection"] = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
-                                             labels=evaluator.labels).to_json()
+            det = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
+                                labels=evaluator.labels)
+            res.detection = DetectionResult.from_json(det.to_json())
         if judge is not None and getattr(judge, "name", "") == "rknn":
-            _rknn_outputs(args, graph, ds, cfg, judge, doc, prec, log)
+            _rknn_outputs(args, graph, ds, cfg, judge, res, prec, log)
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
-    doc["command"] = args.command_line
-    doc["spec"] = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile,
-                                       target=target).to_json()
+    res.command = args.command_line
+    res.spec = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile, target=target)
     if (args.calib or args.format) and args.backend != "rknn":
-        _vendor_outputs(args, graph, doc, prec)
-    _exports(graph, doc, prec)
+        _vendor_outputs(args, graph, res, prec)
+    _exports(graph, res, prec)
     if not args.quiet:
-        render_bisect(doc, console)
-        if "detection" in doc:
-            render_detection(doc["detection"], console)
+        render_bisect(res, console)
+        if res.detection is not None:
+            render_detection(res.detection, console)
+    doc = res.to_json()  # the JSON file and the report read the documented schema
     if args.json:
         atomic_write(args.json, json.dumps(doc, indent=1, allow_nan=False) + "\n", protect=(args.model,))
         console.print(f"wrote {args.json}")
@@ -99,10 +106,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         check_output(args.report)
         paths = write_report(doc, args.report, explain(doc, why_ops(doc)))
         console.print(f"wrote {paths['md']} and {paths['html']}")
-    return 0 if doc["result"]["met"] else 1
+    return 0 if res.result.met else 1
 
 
-def _rknn_outputs(args, graph, ds, cfg, rk, doc: dict, prec, log) -> None:
+def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log) -> None:
     """Patched .quantization.cfg from the toolkit's own step-1 file, and the toolkit's proposal beside ours."""
     import shutil
 
@@ -112,18 +119,18 @@ def _rknn_outputs(args, graph, ds, cfg, rk, doc: dict, prec, log) -> None:
     from qdebug.search.target import parse_target
 
     outs = [o.name for o in graph.outputs]
-    nodes = doc["result"]["set"]
-    doc["patched_file"] = None
+    nodes = res.result.set
+    res.patched_file = None
     if nodes:
         base, patched = rk.patched_cfg(graph, cfg.with_overrides({k: prec for k in nodes}), outs)
         original = rk.hybrid_cfg(graph, outs)["cfg"]
         text = open(patched).read()
         if args.output:
             atomic_write(args.output, text)
-        doc["patched_file"] = {"path": args.output, "source": original, "format": "rknn",
-                               "changed": sorted(RknnQuantCfg.parse(text, patched).custom),
-                               "notes": ["verified by hybrid_quantization_step2 + simulator (the final evaluation)"],
-                               "extra": {}, "diff": _diff(open(original).read(), text)}
+        res.patched_file = PatchedFile(
+            path=args.output, source=original, format="rknn", changed=sorted(RknnQuantCfg.parse(text, patched).custom),
+            notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)"],
+            extra_options={}, diff=_diff(open(original).read(), text))
         if args.keep_work:
             shutil.copy(patched, rk.workdir / "final.quantization.cfg")
     if args.rknn_proposal:
@@ -131,30 +138,30 @@ def _rknn_outputs(args, graph, ds, cfg, rk, doc: dict, prec, log) -> None:
             log("rknn-toolkit2 proposal (hybrid_quantization_step1 proposal=True)")
         step = rk.hybrid_cfg(graph, outs, proposal=True)
         prop = RknnQuantCfg.parse(open(step["cfg"]).read(), step["cfg"])
-        parts = {t: [p["part"] for p in o["parts"]] for o in doc["compare_before"]["outputs"] for t in [o["tensor"]]}
-        target = parse_target(doc["target"]["expression"], graph, parts)
+        target = parse_target(res.target.expression, graph, res.compare_before.output_parts())
         ev = TensorTargetEvaluator(graph, list(ds), rk, target)
         prec_map = prop.custom_precisions(graph)
         score = ev.evaluate(cfg.with_overrides(prec_map)) if prec_map else None
-        doc["toolkit_proposal"] = {"tensors": sorted(prop.custom), "count": len(prop.custom),
-                                   "values": score.values if score else {}, "passed": score.passed if score else None}
+        res.toolkit_proposal = ToolkitProposal(tensors=sorted(prop.custom), count=len(prop.custom),
+                                               values=score.values if score else {},
+                                               passed=score.passed if score else None)
 
 
-def _exports(graph, doc: dict, prec) -> None:
+def _exports(graph, res: BisectResult, prec) -> None:
     try:
         from qdebug.formats.exports import export_all
     except ImportError:  # pragma: no cover
         return
-    nodes = doc["result"]["set"]
-    doc["exports"] = export_all(graph, nodes, prec) if nodes else {}
+    nodes = res.result.set
+    res.exports = export_all(graph, nodes, prec) if nodes else {}
 
 
-def _vendor_outputs(args, graph, doc: dict, prec) -> None:
+def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
     from qdebug.fileio import atomic_write
     from qdebug.formats.base import FORMATS, load_vendor_file
 
-    nodes = doc["result"]["set"]
-    doc["patched_file"] = None
+    nodes = res.result.set
+    res.patched_file = None
     if not nodes or not args.output:
         return
     if args.calib:
@@ -167,10 +174,10 @@ def _vendor_outputs(args, graph, doc: dict, prec) -> None:
                               fix=f"use one of {', '.join(sorted(FORMATS))}")
         raise QDebugError(f"--format {args.format} needs the vendor's file to patch", where="--format",
                           fix=f"pass --calib {args.format}:FILE")
-    res = vf.promote(nodes, prec, graph=graph)
-    atomic_write(args.output, res.text, protect=(vf.path or "",))
-    doc["patched_file"] = {"path": args.output, "source": vf.path, "format": vf.format, "changed": res.changed,
-                           "notes": res.notes, "extra": res.extra, "diff": _diff(vf.text, res.text)}
+    pr = vf.promote(nodes, prec, graph=graph)
+    atomic_write(args.output, pr.text, protect=(vf.path or "",))
+    res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=pr.changed,
+                                   notes=pr.notes, extra_options=pr.extra, diff=_diff(vf.text, pr.text))
 
 
 def _diff(a: str, b: str) -> str:

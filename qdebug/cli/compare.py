@@ -31,6 +31,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from qdebug.fileio import atomic_write
     from qdebug.results.detection import DetectionResult
     from qdebug.results.runspec import RunSpec
+    from qdebug.results.vendor import CalibMapping
     from qdebug.tasks.evaluator import DetectionCollector, run_detection
 
     console = Console(highlight=False)
@@ -62,17 +63,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             res.vendor = rknn_compare(graph, ds, cfg, vendor, res, calib, args.rknn_analysis_samples)
         finally:
             vendor.close()
-    data = res.to_json()
     if st.mapping is not None:
-        data["quant"]["calib_mapping"] = st.mapping.to_json()
+        res.quant.calib_mapping = CalibMapping.from_json(st.mapping.to_json())
     if not args.quiet:
-        render_compare(data, console, top=args.top, show_all=args.all)
-        if "vendor" in data:
-            render_vendor(data["vendor"], console)
-        if "detection" in data:
-            render_detection(data["detection"], console)
+        render_compare(res, console, top=args.top, show_all=args.all)
+        if res.vendor is not None:
+            render_vendor(res.vendor, console)
+        if res.detection is not None:
+            render_detection(res.detection, console)
     if args.json:
-        atomic_write(args.json, json.dumps(data, indent=1, allow_nan=False) + "\n",
+        atomic_write(args.json, json.dumps(res.to_json(), indent=1, allow_nan=False) + "\n",
                      protect=(args.model, args.data))
         console.print(f"wrote {args.json}")
     return 0
