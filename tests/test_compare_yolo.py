@@ -16,7 +16,7 @@ from qdebug.inputs.dataset import load_dataset
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.sim import SimBackend
 
-SCHEMA = Path(__file__).parent.parent / "qdebug" / "report" / "schemas" / "compare-1.json"
+SCHEMA = Path(__file__).parent.parent / "qdebug" / "results" / "schemas" / "compare-1.json"
 TAIL = {"/model.22/Mul_2", "/model.22/Concat_5", "/model.22/Concat_4", "/model.22/Sigmoid"}
 
 

@@ -19,7 +19,7 @@ from qdebug.compare.explain import explain
 from qdebug.errors import QDebugError
 from qdebug.report import plots
 from qdebug.report.build import why_ops, write_report
-from qdebug.report.schema import load_result, validate_result
+from qdebug.results.schema import load_result, validate_result
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 TOP = 15
@@ -319,7 +319,7 @@ import io, sys
 import numpy as np
 from PIL import Image
 from qdebug.report.build import write_report
-from qdebug.report.schema import load_result
+from qdebug.results.schema import load_result
 from qdebug.results.explain import ExamplePicture, Explanation, WhyData
 x = np.linspace(-3, 3, 500)
 w = WhyData(op="/fake/Conv", op_type="Conv", reason="test", point_tensor="t", point_desc="the op output", bits=8,

@@ -28,7 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from qdebug.compare.explain import explain
     from qdebug.report.build import check_output, why_ops, write_report
-    from qdebug.report.schema import load_result
+    from qdebug.results.schema import load_result
 
     doc = load_result(args.result)
     check_output(args.output, args.top)

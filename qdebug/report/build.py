@@ -19,9 +19,9 @@ from qdebug.report.blocks import Para, b, c, il
 from qdebug.report.context import Ctx
 from qdebug.report.html import to_html
 from qdebug.report.markdown import size_note, to_markdown
-from qdebug.report.schema import load_result, validate_result
 from qdebug.report.sections import build_blocks
 from qdebug.results.explain import Explanation
+from qdebug.results.schema import load_result, validate_result
 
 WHY_OPS = 3  # ops explained by a why-plot
 PNG_LIMIT = 200_000  # bytes per picture; larger detection pictures are reduced to a palette, then downscaled

@@ -26,7 +26,7 @@ _RERUN = "re-run the command with --json using this qdebug version ({v}), then `
 @functools.cache
 def schema_for(version: str) -> dict:
     """The JSON Schema (a dict) of a known document version."""
-    text = resources.files("qdebug.report").joinpath("schemas", SCHEMAS[version]).read_text(encoding="utf-8")
+    text = resources.files("qdebug.results").joinpath("schemas", SCHEMAS[version]).read_text(encoding="utf-8")
     return json.loads(text)
 
 
