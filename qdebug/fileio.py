@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -13,9 +14,37 @@ def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Pa
     """Write `data` to `path` atomically; refuse if `path` is one of the protected input files."""
     p = Path(path)
     for q in protect:
-        if q and Path(q).exists() and p.exists() and os.path.samefile(p, q):
-            raise QDebugError("refusing to overwrite an input file", file=str(p),
-                              fix="give a different output path with -o")
+        if not q or not Path(q).exists():
+            continue
+        if (p.exists() and os.path.samefile(p, q)) or (Path(q).is_dir() and _inside(p, Path(q))):
+            raise QDebugError("refusing to overwrite an input file of this run", file=str(p),
+                              fix="give an output path outside the model, data and vendor files")
+    try:
+        return _write(p, data)
+    except OSError as exc:
+        raise QDebugError(f"cannot write the output ({_why(exc)})", file=str(p), fix=_FIXES.get(
+            exc.errno, "choose another output path")) from None
+
+
+_FIXES = {errno.ENOSPC: "free disk space or write elsewhere", errno.EROFS: "write to a writable folder",
+          errno.EACCES: "write to a folder you may write to", errno.EPERM: "write to a folder you may write to",
+          errno.ENAMETOOLONG: "use a shorter file name", errno.ENOTDIR: "a part of the path is a file: fix the path",
+          errno.EISDIR: "give a file name, not a folder"}
+
+
+def _why(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else exc.__class__.__name__
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    try:
+        p.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _write(p: Path, data: str | bytes) -> Path:
     mode = "wb" if isinstance(data, bytes) else "w"
     if p.exists() and not p.is_file():  # /dev/null, /dev/stdout, a FIFO: write through, never replace
         if p.is_dir():
@@ -28,9 +57,14 @@ def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Pa
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points to it
+        if p.exists():  # a replaced file keeps its mode (a private 0600 output stays private)
+            os.chmod(tmp, p.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; new outputs get the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:
