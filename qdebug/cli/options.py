@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from qdebug.cli.terminal import err_console
 from qdebug.errors import QDebugError
+from qdebug.results.vendor import CalibMapping
 from qdebug.tasks import DECODERS, LABEL_METRICS, get_decoder, task_metrics_in
 
 if TYPE_CHECKING:
@@ -241,20 +242,9 @@ def build_config(q: QuantOptions, graph: ModelGraph, backend: str = "sim") -> Qu
         return QuantSetup(cfg, None, profile)
     vcfg, report = vf.to_config(graph, cfg)
     vcfg.overrides.update(overrides)
-    for note in _mapping_notes(report):
+    for note in CalibMapping.from_json(report.to_json()).notes_for_user():
         err_console.print(f"[yellow]calib:[/] {escape(note)}")
     return QuantSetup(vcfg, report, profile)
-
-
-def _mapping_notes(report: MappingReport) -> list[str]:
-    notes = list(report.notes)
-    if report.unmatched_records:
-        notes.append(f"{len(report.unmatched_records)} record(s) match no ONNX node (fused/inserted by the "
-                     f"vendor compiler), e.g. {', '.join(report.unmatched_records[:3])}")
-    if report.nodes_without_record:
-        notes.append(f"{len(report.nodes_without_record)} quantized op(s) have no record and were calibrated "
-                     f"by qdebug, e.g. {', '.join(report.nodes_without_record[:3])}")
-    return notes
 
 
 # --------------------------------------------------------------------- backend

@@ -176,10 +176,6 @@ class CompareResult(Record):
     vendor: VendorComparison | None = field(default=None, metadata=OMIT)
     spec: RunSpec | None = field(default=None, metadata=OMIT)  # the resolved options of the run
 
-    def row(self, tensor: str) -> TensorRow | None:
-        """The row of a tensor, or None."""
-        return self.by_tensor().get(tensor)
-
     def by_tensor(self) -> dict[str, TensorRow]:
         """Tensor name -> row."""
         return {t.tensor: t for t in self.tensors}
@@ -193,13 +189,6 @@ class CompareResult(Record):
     def output_parts(self) -> dict[str, list[str]]:
         """Graph output -> names of its Concat parts (what target expressions may address)."""
         return {o.tensor: [p.part for p in o.parts] for o in self.outputs}
-
-    def worst_snr(self, row: TensorRow) -> float:
-        """The lowest cumulative SNR of a tensor and its parts (-1 when undefined)."""
-        vals = [row.cumulative.snr_db] + [p.cumulative.snr_db for p in self.parts
-                                          if p.tensor == row.tensor and p.cumulative is not None]
-        vals = [v for v in vals if v is not None]
-        return min(vals) if vals else -1.0
 
 
 __all__ = ["COMPARE_SCHEMA", "SNR_INF", "CompareResult", "GroupInfo", "HazardRow", "IOInfo", "Metrics", "ModelInfo",

@@ -17,11 +17,6 @@ R = TypeVar("R", bound="Record")
 OMIT = {"omit_none": True}  # field metadata: leave the key out of the JSON when the value is None
 
 
-def key(name: str, omit_none: bool = False) -> dict:
-    """Field metadata naming the JSON key when it is not a Python identifier (e.g. "class")."""
-    return {"key": name, "omit_none": omit_none}
-
-
 class Record:
     """Base of the typed results: JSON in and out by field type (records, lists, dicts, optionals)."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from qdebug import __version__
 from qdebug.compare.stage import environment, now_utc, run_compare
 from qdebug.graph.model import ModelGraph
-from qdebug.graph.parts import concat_parts
+from qdebug.graph.parts import concat_parts, part_names
 from qdebug.inputs.dataset import Dataset
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.results.bisect import BISECT_SCHEMA, BisectResult, Counts, SearchOutcome, TargetInfo
@@ -49,7 +49,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     samples = list(dataset)
-    parts = {t: [s.name for s in ss] for t, ss in concat_parts(graph, [o.name for o in graph.outputs]).items()}
+    parts = part_names(concat_parts(graph, [o.name for o in graph.outputs]))
     target = parse_target(target_expr, graph, parts, evaluator.task_metrics if evaluator is not None else None)
     if cut_threshold:
         from dataclasses import replace

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdebug.graph.model import ModelGraph
-from qdebug.graph.parts import PartSpec, concat_parts
+from qdebug.graph.parts import PartSpec, concat_parts, part_names
 from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
@@ -88,4 +88,4 @@ class TensorTargetEvaluator(Evaluator):
         return self.score(values)
 
     def part_names(self) -> dict[str, list[str]]:
-        return {t: [s.name for s in ss] for t, ss in self.parts.items()}
+        return part_names(self.parts)
