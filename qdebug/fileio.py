@@ -44,6 +44,33 @@ def _inside(p: Path, folder: Path) -> bool:
     return True
 
 
+def _sweep(p: Path) -> None:
+    """Remove temp files of earlier writes of `p` whose process is gone (a SIGKILL cannot clean up after itself)."""
+    head = f".{p.name}."
+    try:
+        entries = [e for e in os.scandir(p.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for e in entries:
+        pid = e.name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(e.path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _write(p: Path, data: str | bytes) -> Path:
     mode = "wb" if isinstance(data, bytes) else "w"
     if p.exists() and not p.is_file():  # /dev/null, /dev/stdout, a FIFO: write through, never replace
@@ -53,7 +80,8 @@ def _write(p: Path, data: str | bytes) -> Path:
             f.write(data)
         return p
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    _sweep(p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=str(p.parent))
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
             f.write(data)

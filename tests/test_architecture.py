@@ -152,3 +152,31 @@ def test_the_cycle_finder_finds_a_cycle():
     """The checker itself must be able to fail."""
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def markup_fstrings(text: str) -> list[int]:
+    """Lines where an f-string goes straight into rich markup (print, Table title) instead of through `mk`."""
+    bad = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        args = list(node.args) if name == "print" else [k.value for k in node.keywords if k.arg == "title"] \
+            if name == "Table" else []
+        for a in args:
+            parts = [a] + ([a.left, a.right] if isinstance(a, ast.BinOp) else [])
+            if any(isinstance(p, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in p.values)
+                   for p in parts):
+                bad.append(node.lineno)
+    return bad
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_cli_prints_user_text_through_the_escaping_point(path: Path) -> None:
+    assert markup_fstrings(path.read_text()) == [], f"{path.name}: use terminal.mk(template, *values)"
+
+
+def test_the_markup_check_sees_an_fstring_print() -> None:
+    assert markup_fstrings('console.print(f"wrote {name}")\nconsole.print("x" + f"{y}")\nTable(title=f"{t}")') == \
+        [1, 2, 3]
+    assert markup_fstrings('console.print(mk("wrote {}", name))\nconsole.print("plain")') == []

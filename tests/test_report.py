@@ -293,7 +293,7 @@ def test_report_never_overwrites_its_input(runs: dict[str, Path], tmp_path: Path
     assert code == 2 and "refusing to overwrite an input file" in err
     assert src.read_bytes() == before
     code, err = _cli(capsys, "report", str(runs["compare_json"]), "-o", str(runs["compare_json"]))
-    assert code == 2 and "must be a folder" in err
+    assert code == 2 and "refusing to overwrite an input of this run" in err
 
 
 def test_report_degrades_to_tables_without_matplotlib(runs: dict[str, Path], tmp_path: Path,

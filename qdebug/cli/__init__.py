@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 
-from rich.markup import escape
-
 from qdebug import __version__
 from qdebug.cli import bisect, compare, doctor, promote, report
-from qdebug.cli.terminal import err_console
+from qdebug.cli.guard import check_outputs, run_inputs
+from qdebug.cli.terminal import STDERR, STDOUT, err_console, mk
 from qdebug.errors import QDebugError
 
 # Each module's register(sub) adds its subparser and sets `func`; this order is the order in --help.
@@ -34,10 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     args.command_line = "qdebug " + " ".join(shlex.quote(a) for a in argv)
+    STDOUT.failed = STDERR.failed = None
     try:
-        return int(args.func(args) or 0)
+        args.run_inputs = run_inputs(args)
+        check_outputs(args, args.run_inputs)
+        code = int(args.func(args) or 0)
+        fail = STDOUT.failed
+        if fail is not None and fail.errno != errno.EPIPE:  # a closed pipe (`| head`) is the reader's choice
+            err_console.print(mk("qdebug: warning: standard output could not be written ({}); the output files "
+                                 "were written", fail.strerror or fail), soft_wrap=True)
+        return code
     except QDebugError as exc:
-        err_console.print(f"[bold red]qdebug: error:[/] {escape(exc.one_line())}", soft_wrap=True)
+        err_console.print(mk("[bold red]qdebug: error:[/] {}", exc.one_line()), soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("qdebug: interrupted")

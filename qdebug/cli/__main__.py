@@ -1,7 +1,5 @@
 """`python -m qdebug.cli`: the `qdebug` console script."""
 
-import sys
+from qdebug.entry import run
 
-from qdebug.cli import main
-
-sys.exit(main())
+run()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
+from qdebug.cli.guard import write_json
 from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
-from qdebug.cli.terminal import err_console, render_bisect, render_detection
+from qdebug.cli.terminal import err_console, mk, out_console, render_bisect, render_detection
 from qdebug.errors import QDebugError
 from qdebug.results.vendor import PatchedFile, ToolkitProposal
 
@@ -45,15 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """Run `qdebug bisect`: rank the ops, search the smallest promotion set, write the vendor file and exports."""
-    from qdebug.fileio import atomic_write
     from qdebug.quant.scheme import Precision
     from qdebug.search.driver import run_bisect
+    from qdebug.search.target import parse_cut, precheck_target
 
-    console = Console(highlight=False)
+    console = out_console()
     try:
         prec = Precision.parse(args.promote_dtype)
     except ValueError as exc:
-        raise QDebugError(str(exc), where="--promote-dtype") from None
+        raise QDebugError(str(exc), where="--promote-dtype", fix="use int16, fp16 or fp32") from None
+    if prec is Precision.INT8:
+        raise QDebugError("--promote-dtype int8 promotes nothing (int8 is the default precision)",
+                          where="--promote-dtype", fix="use int16, fp16 or fp32")
+    precheck_target(args.target)
+    if args.cut_threshold:
+        parse_cut(args.cut_threshold)
     if args.output and not (args.calib or args.format or args.backend == "rknn"):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
@@ -70,7 +74,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         from qdebug.tasks import DEFAULT_TASK_TARGET
 
         target = DEFAULT_TASK_TARGET
-    log = None if args.quiet else (lambda s: err_console.print(f"[dim]· {s}[/]"))
+    log = None if args.quiet else (lambda s: err_console.print(mk("[dim]· {}[/]", s)))
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     try:
         res = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
@@ -97,15 +101,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             render_detection(res.detection, console)
     doc = res.to_json()  # the JSON file and the report read the documented schema
     if args.json:
-        atomic_write(args.json, json.dumps(doc, indent=1, allow_nan=False) + "\n", protect=(args.model,))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, doc, args.run_inputs)
+        console.print(mk("wrote {}", args.json))
     if args.report:
         from qdebug.compare.explain import explain
         from qdebug.report.build import check_output, why_ops, write_report
 
         check_output(args.report)
         paths = write_report(doc, args.report, explain(doc, why_ops(doc)))
-        console.print(f"wrote {paths['md']} and {paths['html']}")
+        console.print(mk("wrote {} and {}", paths["md"], paths["html"]))
     return 0 if res.result.met else 1
 
 
@@ -126,7 +130,7 @@ def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log) -> Non
         original = rk.hybrid_cfg(graph, outs)["cfg"]
         text = open(patched).read()
         if args.output:
-            atomic_write(args.output, text)
+            atomic_write(args.output, text, protect=args.run_inputs)
         res.patched_file = PatchedFile(
             path=args.output, source=original, format="rknn", changed=sorted(RknnQuantCfg.parse(text, patched).custom),
             notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)"],
@@ -175,7 +179,7 @@ def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
         raise QDebugError(f"--format {args.format} needs the vendor's file to patch", where="--format",
                           fix=f"pass --calib {args.format}:FILE")
     pr = vf.promote(nodes, prec, graph=graph)
-    atomic_write(args.output, pr.text, protect=(vf.path or "",))
+    atomic_write(args.output, pr.text, protect=(*args.run_inputs, vf.path or ""))
     res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=pr.changed,
                                    notes=pr.notes, extra_options=pr.extra, diff=_diff(vf.text, pr.text))
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rich.console import Console
-
+from qdebug.cli.guard import write_json
 from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, setup_run
-from qdebug.cli.terminal import err_console, progress_factory, render_compare, render_detection, render_vendor
+from qdebug.cli.terminal import (
+    err_console,
+    mk,
+    out_console,
+    progress_factory,
+    render_compare,
+    render_detection,
+    render_vendor,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run `qdebug compare`: the built-in simulator's per-tensor compare, the vendor's beside it, the task verdict."""
     from qdebug.compare.stage import run_compare
-    from qdebug.fileio import atomic_write
     from qdebug.results.detection import DetectionResult
     from qdebug.results.runspec import RunSpec
     from qdebug.results.vendor import CalibMapping
     from qdebug.tasks.evaluator import DetectionCollector, run_detection
 
-    console = Console(highlight=False)
+    console = out_console()
     st = setup_run(args)
     graph, ds, calib, cfg = st.graph, st.dataset, st.calib, st.config
     backend, decoder, vendor = st.backend, st.decoder, st.vendor
@@ -52,13 +57,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
         res.detection = DetectionResult.from_json(det.to_json())
         for png in det.draw(args.draw) if args.draw else []:
-            console.print(f"wrote {png}")
+            console.print(mk("wrote {}", png))
     if vendor is not None:
         from qdebug.compare.vendor import rknn_compare
 
         if not args.quiet:
-            err_console.print(f"[dim]· running {args.backend} simulator on {len(ds)} samples and its per-tensor "
-                              f"analysis on {args.rknn_analysis_samples}[/]")
+            err_console.print(mk("[dim]· running {} simulator on {} samples and its per-tensor analysis on {}[/]",
+                                 args.backend, len(ds), args.rknn_analysis_samples))
         try:
             res.vendor = rknn_compare(graph, ds, cfg, vendor, res, calib, args.rknn_analysis_samples)
         finally:
@@ -72,7 +77,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if res.detection is not None:
             render_detection(res.detection, console)
     if args.json:
-        atomic_write(args.json, json.dumps(res.to_json(), indent=1, allow_nan=False) + "\n",
-                     protect=(args.model, args.data))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, res.to_json(), args.run_inputs)
+        console.print(mk("wrote {}", args.json))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import shutil
 import subprocess
 
-from rich.console import Console
+from qdebug.cli.terminal import mk, out_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,27 +41,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from qdebug.compare.stage import environment
     from qdebug.runners.rockchip import DEFAULT_ENV, find_rknn_python, setup_rknn_env
 
-    console = Console(highlight=False)
+    console = out_console()
     if args.setup_rknn:
-        py = setup_rknn_env(args.setup_rknn, log=lambda s: console.print(f"[dim]· {s}[/]"))
-        console.print(f"rknn-toolkit2 environment ready: {py}\nuse it with --rknn-python {py} "
-                      f"or export QDEBUG_RKNN_PYTHON={py}")
+        py = setup_rknn_env(args.setup_rknn, log=lambda s: console.print(mk("[dim]· {}[/]", s)))
+        console.print(mk("rknn-toolkit2 environment ready: {}\nuse it with --rknn-python {} or export "
+                         "QDEBUG_RKNN_PYTHON={}", py, py, py))
     env = environment()
     for k, v in env.items():
-        console.print(f"{k:12s} {v}")
+        console.print(mk("{} {}", f"{k:12s}", v))
     versions = _optional_versions()
     for mod, what in (("matplotlib", "plots in reports (extra: plot)"), ("pycocotools", "true mAP (extra: coco)")):
         v = versions[mod]
-        console.print(f"{mod:12s} {v or '[yellow]missing[/]'}  ({what})")
+        console.print(mk("{} ", f"{mod:12s}") + (mk("{}", v) if v else "[yellow]missing[/]") + mk("  ({})", what))
     chrome = shutil.which("chromium")
-    console.print(f"{'chromium':12s} {chrome or 'missing'}  (optional: report rendering test)")
+    console.print(mk("{} {}  (optional: report rendering test)", f"{'chromium':12s}", chrome or "missing"))
     py = find_rknn_python(args.rknn_python)
     if py is None:
-        console.print(f"{'rknn':12s} [yellow]not found[/] (run `qdebug doctor --setup-rknn {DEFAULT_ENV}` or set "
-                      "QDEBUG_RKNN_PYTHON)")
+        console.print(mk("{} [yellow]not found[/] (run `qdebug doctor --setup-rknn {}` or set QDEBUG_RKNN_PYTHON)",
+                         f"{'rknn':12s}", DEFAULT_ENV))
         return 0
     r = subprocess.run([py, "-c", "from importlib.metadata import version; print(version('rknn-toolkit2'))"],
                        capture_output=True, text=True)
     ok = r.returncode == 0
-    console.print(f"{'rknn':12s} {py}: rknn-toolkit2 {r.stdout.strip() if ok else '[red]broken[/]'}")
+    console.print(mk("{} {}: rknn-toolkit2 ", f"{'rknn':12s}", py) + (mk("{}", r.stdout.strip()) if ok
+                                                                     else "[red]broken[/]"))
     return 0 if ok else 1

@@ -13,9 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.markup import escape
-
-from qdebug.cli.terminal import err_console
+from qdebug.cli.terminal import err_console, mk
 from qdebug.errors import QDebugError
 from qdebug.results.vendor import CalibMapping
 from qdebug.tasks import DECODERS, LABEL_METRICS, get_decoder, task_metrics_in
@@ -184,6 +182,19 @@ def decide_profile(profile: str, backend: str, vendor_file: VendorFile | None = 
     return "generic"
 
 
+def _why(exc: BaseException) -> str:
+    """A short reason for a file that does not load (no multi-line decoder messages)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 at byte {exc.start}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"bad JSON at line {exc.lineno} col {exc.colno}: {exc.msg}"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(exc, OSError):
+        return exc.strerror or exc.__class__.__name__
+    return exc.__class__.__name__
+
+
 def _overrides(q: QuantOptions, graph: ModelGraph) -> dict[str, Any]:
     """--overrides file and --override NODE=PREC, validated against the graph (node name -> Precision)."""
     from qdebug.quant.scheme import Precision
@@ -192,14 +203,14 @@ def _overrides(q: QuantOptions, graph: ModelGraph) -> dict[str, Any]:
     items: list[tuple[str, str, str]] = []
     if q.overrides:
         try:
-            data = json.loads(Path(q.overrides).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise QDebugError(f"cannot read overrides ({exc.__class__.__name__})", file=q.overrides,
-                              fix='write a JSON object {"node": "int16"}') from None
+            data = json.loads(Path(q.overrides).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+            raise QDebugError(f"cannot read overrides ({_why(exc)})", file=q.overrides,
+                              fix='write a UTF-8 JSON object {"node": "int16"}') from None
         if not isinstance(data, dict):
             raise QDebugError("overrides must be a JSON object", file=q.overrides,
                               fix='write {"node": "int16"}')
-        items += [(k, str(v), q.overrides) for k, v in data.items()]
+        items += [(k, v if isinstance(v, str) else repr(v), q.overrides) for k, v in data.items()]
     for ov in q.override:
         node, sep, prec = ov.rpartition("=")
         if not sep or not node:
@@ -212,7 +223,7 @@ def _overrides(q: QuantOptions, graph: ModelGraph) -> dict[str, Any]:
         try:
             overrides[node] = Precision.parse(prec)
         except ValueError as exc:
-            raise QDebugError(str(exc), where=where) from None
+            raise QDebugError(f"{exc} for node '{node}'", where=where, fix="use int8, int16, fp16 or fp32") from None
     return overrides
 
 
@@ -243,7 +254,7 @@ def build_config(q: QuantOptions, graph: ModelGraph, backend: str = "sim") -> Qu
     vcfg, report = vf.to_config(graph, cfg)
     vcfg.overrides.update(overrides)
     for note in CalibMapping.from_json(report.to_json()).notes_for_user():
-        err_console.print(f"[yellow]calib:[/] {escape(note)}")
+        err_console.print(mk("[yellow]calib:[/] {}", note))
     return QuantSetup(vcfg, report, profile)
 
 

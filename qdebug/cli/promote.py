@@ -10,10 +10,10 @@ import argparse
 import difflib
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qdebug.cli.terminal import mk, out_console
 from qdebug.errors import QDebugError
 
 
@@ -52,11 +52,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from qdebug.formats.exports import export_all
     from qdebug.quant.scheme import Precision
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = out_console(soft_wrap=True)
     try:
         dtype = Precision.parse(args.dtype)
     except ValueError as exc:
         raise QDebugError(str(exc), where="--dtype", fix="use int16 or fp16") from None
+    if dtype is Precision.INT8:
+        raise QDebugError("--dtype int8 promotes nothing (int8 is the default precision)", where="--dtype",
+                          fix="use int16 or fp16")
     layers = _layers(args.layers)
     _, in_path = split_spec(args.calib)
     out = Path(args.output)
@@ -79,10 +82,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
         names = [e.strip() for e in args.export.split(",") if e.strip()]
         exports = export_all(graph, layers, dtype, None if names == ["all"] else names)
     res = vf.promote(layers, dtype, graph=graph, donor=donor)
-    atomic_write(out, res.text, protect=tuple(p for p in (in_path, donor_path, args.model) if p))
+    atomic_write(out, res.text, protect=(*args.run_inputs, *(p for p in (in_path, donor_path, args.model) if p)))
     if args.quiet:
         return 0
-    t = Table(title=f"promote: {vf.format} file {escape(in_path)}", show_lines=False)
+    t = Table(title=mk("promote: {} file {}", vf.format, in_path), show_lines=False)
     t.add_column("changed record / key")
     t.add_column("to")
     for name in res.changed:
@@ -91,20 +94,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
         t.add_row("(nothing: already at that precision)", "")
     console.print(t)
     for note in res.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(mk("[yellow]note:[/] {}", note))
     for key, val in res.extra.items():
-        console.print(f"[cyan]{escape(key)}:[/] {escape(val)}")
+        console.print(mk("[cyan]{}:[/] {}", key, val))
     if exports:
         for name, text in exports.items():
-            console.print(f"[bold]{escape(name)}[/]")
-            console.print(escape(text.rstrip("\n")), markup=True)
+            console.print(mk("[bold]{}[/]", name))
+            console.print(mk("{}", text.rstrip("\n")))
     if args.diff:
         diff = difflib.unified_diff(vf.text.splitlines(keepends=True), res.text.splitlines(keepends=True),
                                     fromfile=in_path, tofile=str(out), n=2)
         for line in diff:
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else \
                 "cyan" if line.startswith("@@") else None
-            text = escape(line.rstrip("\n"))
-            console.print(f"[{style}]{text}[/]" if style else text)
-    console.print(f"wrote {escape(str(out))}")
+            console.print(mk("[" + style + "]{}[/]" if style else "{}", line.rstrip("\n")))
+    console.print(mk("wrote {}", out))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
+from qdebug.cli.terminal import mk, out_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +34,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_output(args.output, args.top)
     explained = explain(doc, why_ops(doc, wanted=not args.no_why), model=args.model, data=args.data,
                         base_dir=Path(args.result).parent)
-    paths = write_report(doc, args.output, explained, top=args.top, protect=(args.result, args.model, args.data))
+    paths = write_report(doc, args.output, explained, top=args.top, protect=args.run_inputs)
     pngs = [k for k in paths if k.endswith(".png")]
-    Console(highlight=False).print(f"wrote {paths['md']} and {paths['html']}"
+    out_console().print(mk("wrote {} and {}", paths["md"], paths["html"])
                                    + (f" ({len(pngs)} plot{'s' * (len(pngs) != 1)})" if pngs else ""))
     return 0

@@ -6,6 +6,7 @@ layout and shorten op/tensor names, keeping the distinguishing tail (see `fit_na
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,59 @@ if TYPE_CHECKING:
     from qdebug.results.detection import DetectionResult
     from qdebug.results.vendor import VendorComparison
 
-err_console = Console(stderr=True, highlight=False)
+
+
+class SafeStream:
+    """sys.stdout/sys.stderr (looked up on each write) that goes quiet once writing fails.
+
+    `qdebug ... | head` closes the pipe early and stdout may sit on a full device: the run still writes the
+    files it was asked for; `failed` keeps the first error for one line at the end (EPIPE stays silent).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failed: OSError | None = None
+
+    @property
+    def stream(self):  # noqa: ANN201 - a text stream
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self.stream.write(text)
+            except OSError as exc:
+                self.failed = exc
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self.failed = exc
+
+    def __getattr__(self, key: str):  # noqa: ANN204 - isatty, encoding, fileno of the real stream
+        return getattr(self.stream, key)
+
+
+STDOUT = SafeStream("stdout")
+STDERR = SafeStream("stderr")
+err_console = Console(file=STDERR, highlight=False)
+
+
+def out_console(**options: object) -> Console:
+    """The console for a command's standard output (a closed pipe or a full device never stops the run)."""
+    return Console(file=STDOUT, highlight=False, **options)  # type: ignore[arg-type]
+
+
+def mk(template: str, *values: object) -> str:
+    """The one escaping point of the CLI: `template` is qdebug's own rich markup, every value is shown literally.
+
+    Names of files, nodes, tensors and layers come from the user; printed as markup, `[/]` would crash and
+    `[v2]` would vanish. Every print of user text goes through here (tests/test_architecture.py checks).
+    """
+    return template.format(*(escape(str(v)) for v in values))
 
 NAME_PREFIXES = ("/model.", "/")  # exporter prefixes dropped from names on a narrow console (first match)
 NAME_SUFFIX = "_output_0"  # the exporter's tensor suffix: what is left is the producing node's name
@@ -177,11 +230,10 @@ def _worst_snr(t: TensorRow, res: CompareResult) -> float:
 def render_compare(res: CompareResult, console: Console, top: int = 15, show_all: bool = False) -> None:
     """Print the worst-N table, hazards and per-output summary of a compare result."""
     q = res.quant
-    console.print(f"[bold]qdebug compare[/] {res.model.path}  ·  {res.samples.count} samples  ·  "
-                  f"profile [cyan]{q.profile}[/] {q.scheme.activation} "
-                  f"calibrator {q.scheme.calibrator}"
-                  + (f"  ·  calib {q.calib}" if q.calib else "")
-                  + (f"  ·  overrides {len(q.overrides)}" if q.overrides else ""))
+    console.print(mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  profile [cyan]{}[/] {} calibrator {}",
+                     res.model.path, res.samples.count, q.profile, q.scheme.activation, q.scheme.calibrator)
+                  + (mk("  ·  calib {}", q.calib) if q.calib else "")
+                  + (mk("  ·  overrides {}", len(q.overrides)) if q.overrides else ""))
     console.print("[dim]SNR = 10·log10(Σx²/Σ(x−y)²), higher is better; jump = SNR lost at this op "
                   "(min input SNR − output SNR)[/]")
     tensors = res.tensors
@@ -205,7 +257,7 @@ def render_compare(res: CompareResult, console: Console, top: int = 15, show_all
                 tbl.add_column(col, justify=just, no_wrap=(col != "tensor"), overflow="fold")
         for k, t in enumerate(rows):
             c, i = _shown(t.cumulative), _shown(t.isolated)
-            tbl.add_row(str(t.index), *([] if names is None else [names[k]]), t.op_type,
+            tbl.add_row(str(t.index), *([] if names is None else [names[k]]), escape(t.op_type),
                         f_cos(c.cosine, ascii=True), f"[{snr_style(c.snr_db)}]{f_snr(c.snr_db, ascii=True)}[/]",
                         f"[{snr_style(i.snr_db)}]{f_snr(i.snr_db, ascii=True)}[/]",
                         f_jump(t.jump_db, ascii=True), f_g(c.max_abs, ascii=True))
@@ -217,65 +269,63 @@ def render_compare(res: CompareResult, console: Console, top: int = 15, show_all
     if shortened:
         console.print(SHORT_NOTE)
     if res.hazards:
-        console.print(f"[bold yellow]Hazards ({len(res.hazards)})[/]")
+        console.print(mk("[bold yellow]Hazards ({})[/]", len(res.hazards)))
         for h in res.hazards:
-            console.print(f"  [yellow]⚠ {h.kind}[/] [bold]{h.node}[/]: {escape(h.message)}")
-            console.print(f"    [dim]fix:[/] {escape(h.fix)}")
+            console.print(mk("  [yellow]⚠ {}[/] [bold]{}[/]: {}", h.kind, h.node, h.message))
+            console.print(mk("    [dim]fix:[/] {}", h.fix))
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}")
+        console.print(mk("[yellow]warning:[/] {}", w))
     console.print("[bold]Outputs[/]")
     for o in res.outputs:
         c = _shown(o.cumulative)
-        line = (f"  {o.tensor}: cosine {f_cos(c.cosine, ascii=True)}  SNR "
-                f"[{snr_style(c.snr_db)}]{f_snr(c.snr_db, ascii=True)} dB[/]  "
-                f"max_abs {f_g(c.max_abs, ascii=True)}")
+        line = mk("  {}: cosine {}  SNR [" + snr_style(c.snr_db) + "]{} dB[/]  max_abs {}", o.tensor,
+                  f_cos(c.cosine, ascii=True), f_snr(c.snr_db, ascii=True), f_g(c.max_abs, ascii=True))
         for p in o.parts:
             pc = _shown(p.cumulative)
-            line += (f"\n    .{p.part} [{p.start}:{p.stop}] ({p.source_op}): cosine "
-                     f"{f_cos(pc.cosine, ascii=True)}  SNR [{snr_style(pc.snr_db)}]"
-                     f"{f_snr(pc.snr_db, ascii=True)} dB[/]  max_abs {f_g(pc.max_abs, ascii=True)}")
+            line += mk("\n    .{} [{}:{}] ({}): cosine {}  SNR [" + snr_style(pc.snr_db) + "]{} dB[/]  max_abs {}",
+                       p.part, p.start, p.stop, p.source_op, f_cos(pc.cosine, ascii=True),
+                       f_snr(pc.snr_db, ascii=True), f_g(pc.max_abs, ascii=True))
         console.print(line)
 
 
 def render_vendor(v: VendorComparison, console: Console) -> None:
     """The vendor simulator's verdict next to the built-in simulator's (outputs, parts, disagreements)."""
-    console.print(f"[bold]{v.backend} simulator[/] ({v.platform}, rknn-toolkit2 {v.toolkit}): "
-                  f"{v.samples} samples, per-tensor analysis on {v.analysis_samples}, {v.builds} build(s)")
+    console.print(mk("[bold]{} simulator[/] ({}, rknn-toolkit2 {}): {} samples, per-tensor analysis on {}, "
+                     "{} build(s)", v.backend, v.platform, v.toolkit, v.samples, v.analysis_samples, v.builds))
     for o in v.outputs:
         c, b = o["cumulative"], o.get("builtin") or {}
-        console.print(f"  {o['tensor']}: vendor cosine {f_cos(c['cosine'], ascii=True)} SNR "
-                      f"{f_snr(c['snr_db'], ascii=True)} dB  |  built-in cosine {f_cos(b.get('cosine'), ascii=True)}"
-                      f" SNR {f_snr(b.get('snr_db'), ascii=True)} dB")
+        console.print(mk("  {}: vendor cosine {} SNR {} dB  |  built-in cosine {} SNR {} dB", o["tensor"],
+                         f_cos(c["cosine"], ascii=True), f_snr(c["snr_db"], ascii=True),
+                         f_cos(b.get("cosine"), ascii=True), f_snr(b.get("snr_db"), ascii=True)))
         for p in o["parts"]:
             pc, pb = p["cumulative"], p.get("builtin") or {}
-            console.print(f"    .{p['part']}: vendor SNR [{snr_style(pc['snr_db'])}]"
-                          f"{f_snr(pc['snr_db'], ascii=True)} dB[/]  |  built-in SNR "
-                          f"{f_snr(pb.get('snr_db'), ascii=True)} dB")
+            console.print(mk("    .{}: vendor SNR [" + snr_style(pc["snr_db"]) + "]{} dB[/]  |  built-in SNR {} dB",
+                             p["part"], f_snr(pc["snr_db"], ascii=True), f_snr(pb.get("snr_db"), ascii=True)))
     if v.disagreements:
         d = v.disagreements[0]
-        console.print(f"  largest vendor/built-in gap: {d['tensor']} (cosine {d['vendor_cosine']:.5f} vs "
-                      f"{d['builtin_cosine']:.5f})")
+        console.print(mk("  largest vendor/built-in gap: {} (cosine {} vs {})", d["tensor"],
+                         f"{d['vendor_cosine']:.5f}", f"{d['builtin_cosine']:.5f}"))
     if v.fused_away:
-        console.print(f"  [dim]{len(v.fused_away)} ONNX tensor(s) fused away by the toolkit (no per-tensor "
-                      f"result), e.g. {', '.join(v.fused_away[:3])}[/]")
+        console.print(mk("  [dim]{} ONNX tensor(s) fused away by the toolkit (no per-tensor result), e.g. {}[/]",
+                         len(v.fused_away), ", ".join(v.fused_away[:3])))
 
 
 # ------------------------------------------------------------------ bisect
 def render_bisect(doc: BisectResult, console: Console) -> None:
     """Terminal summary of a bisect result."""
     t = doc.target
-    console.print(f"[bold]qdebug bisect[/] {doc.model.path}  ·  {doc.samples.count} samples  ·  "
-                  f"profile [cyan]{doc.quant.profile}[/]")
-    console.print(f"target: [bold]{t.expression}[/]" + ("  [yellow](assumed default)[/]" if t.assumed_default
-                                                         else ""))
+    console.print(mk("[bold]qdebug bisect[/] {}  ·  {} samples  ·  profile [cyan]{}[/]", doc.model.path,
+                     doc.samples.count, doc.quant.profile))
+    console.print(mk("target: [bold]{}[/]", t.expression) + ("  [yellow](assumed default)[/]" if t.assumed_default
+                                                               else ""))
     cut = doc.first_bad_cut
     if cut.tensor:
         part = f".{cut.part}" if cut.part else ""
-        console.print(f"first bad cut ({cut.path}, {cut.evaluations} evaluations): [bold red]{cut.tensor}"
-                      f"{part}[/] at {cut.node} ({cut.op_type}, #{cut.index}): {cut.metric} "
-                      f"{cut.value} fails {cut.metric}>={cut.bound:g}")
+        console.print(mk("first bad cut ({}, {} evaluations): [bold red]{}{}[/] at {} ({}, #{}): {} {} fails {}>={}",
+                         cut.path, cut.evaluations, cut.tensor, part, cut.node, cut.op_type, cut.index, cut.metric,
+                         cut.value, cut.metric, f"{cut.bound:g}"))
     else:
-        console.print(f"first bad cut: none (every tensor passes {cut.metric}>={cut.bound:g})")
+        console.print(mk("first bad cut: none (every tensor passes {}>={})", cut.metric, f"{cut.bound:g}"))
     ranking = doc.ranking[:8]
 
     def build(names: list[str] | None, compact: bool) -> Table:
@@ -291,9 +341,9 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
                 tbl.add_column(c, overflow="fold")
         for k, r in enumerate(ranking):
             e = r.evidence
-            tbl.add_row(str(r.rank), *([] if names is None else [names[k]]), r.op_type, f"{r.score:.1f}",
+            tbl.add_row(str(r.rank), *([] if names is None else [names[k]]), escape(r.op_type), f"{r.score:.1f}",
                         f_jump(e.jump_db, ascii=True), f_snr(e.isolated_snr_db, ascii=True),
-                        ", ".join(e.hazards))
+                        escape(", ".join(e.hazards)))
         return tbl
 
     tbl, shortened = fit_names(console, [r.op for r in ranking], build)
@@ -302,30 +352,31 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
         console.print(SHORT_NOTE)
     res = doc.result
     color = "green" if res.met else "red"
-    console.print(f"[bold {color}]{escape(res.message)}[/]")
+    console.print(mk("[bold " + color + "]{}[/]", res.message))
     if res.set:
-        console.print("promote: " + ", ".join(f"[bold]{k}[/]" for k in res.set))
+        console.print("promote: " + ", ".join(mk("[bold]{}[/]", k) for k in res.set))
     for k, v in res.before.items():
-        console.print(f"  {k}: {v} → {res.after.get(k)}")
+        console.print(mk("  {}: {} → {}", k, v, res.after.get(k)))
     c = doc.counts
-    console.print(f"{c.evaluations} quantized evaluations (bound {c.bound}; naive one-per-op: "
-                  f"{c.naive_evaluations}), {c.total_seconds:.1f} s")
+    console.print(mk("{} quantized evaluations (bound {}; naive one-per-op: {}), {} s", c.evaluations, c.bound,
+                     c.naive_evaluations, f"{c.total_seconds:.1f}"))
     for name, text in (doc.exports or {}).items():
-        console.print(f"[dim]{name}:[/] {escape(text.strip().splitlines()[0]) if text.strip() else ''}"
-                      + (" ..." if len(text.strip().splitlines()) > 1 else ""))
+        lines = text.strip().splitlines()
+        console.print(mk("[dim]{}:[/] {}", name, lines[0] if lines else "") + (" ..." if len(lines) > 1 else ""))
     tp = doc.toolkit_proposal
     if tp:
         vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in tp.values.items())
-        console.print(f"rknn-toolkit2's own proposal: {tp.count} tensor(s) -> {vals} "
-                      f"({'meets' if tp.passed else 'misses'} the target)")
+        console.print(mk("rknn-toolkit2's own proposal: {} tensor(s) -> {} ({} the target)", tp.count, vals,
+                         "meets" if tp.passed else "misses"))
     unp = (doc.quant.judge or {}).get("unpromotable")
     if unp:
-        console.print("[yellow]the toolkit cannot promote:[/] " + "; ".join(f"{k} ({v})" for k, v in unp.items()))
+        console.print("[yellow]the toolkit cannot promote:[/] " + "; ".join(mk("{} ({})", k, v)
+                                                                           for k, v in unp.items()))
     pf = doc.patched_file
     if pf:
-        console.print(f"patched {pf.format} file: [bold]{pf.path}[/] (changed: {', '.join(pf.changed)})")
+        console.print(mk("patched {} file: [bold]{}[/] (changed: {})", pf.format, pf.path, ", ".join(pf.changed)))
         for n in pf.notes:
-            console.print(f"  [yellow]note:[/] {escape(n)}")
+            console.print(mk("  [yellow]note:[/] {}", n))
 
 
 # ------------------------------------------------------------------ detection task
@@ -337,9 +388,9 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     """Print the detection-agreement section of a compare/bisect result."""
     d = det.decoder
     th = det.thresholds
-    console.print(f"[bold]Detection verdict[/] ({det.task}, {d.get('layout')} layout, conf {th['conf']:g}, "
-                  f"NMS IoU {th['nms_iou']:g}; float detections are the reference, matched at IoU "
-                  f"≥ {th['match_iou']:g})")
+    console.print(mk("[bold]Detection verdict[/] ({}, {} layout, conf {}, NMS IoU {}; float detections are the "
+                     "reference, matched at IoU ≥ {})", det.task, d.get("layout"), f"{th['conf']:g}",
+                     f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
     sides = [("quantized", det.quantized)] + ([("promoted", det.promoted)] if det.promoted else [])
     tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "dets", "mAP50-95", "mAP50", "AR", "lost", "added", "flips", "IoU", "Δscore"):
@@ -359,18 +410,19 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     rows = [r for r in det.quantized.per_class if r["float"]]
     if len(rows) > 1:
         rows.sort(key=lambda r: (r["ap50_95"] if r["ap50_95"] is not None else 1.0, -r["float"]))
-        console.print(f"Per class (quantized; worst {min(classes, len(rows))} of {len(rows)} classes by AP50-95)")
+        console.print(mk("Per class (quantized; worst {} of {} classes by AP50-95)", min(classes, len(rows)),
+                         len(rows)))
         ct = Table(header_style="bold", box=box.SIMPLE_HEAD)
         for col in ("class", "float", "quantized", "AP50-95", "AP50", "lost", "added"):
             ct.add_column(col, justify="left" if col == "class" else "right")
         for r in rows[:classes]:
-            ct.add_row(str(r["name"]), str(r["float"]), str(r["quantized"]), _f(r["ap50_95"]), _f(r["ap50"]),
+            ct.add_row(escape(str(r["name"])), str(r["float"]), str(r["quantized"]), _f(r["ap50_95"]), _f(r["ap50"]),
                        str(r["lost"]), str(r["added"]))
         console.print(ct)
     lab = det.labels
     if lab:
-        console.print(f"[bold]True mAP[/] against {lab['format']} labels ({lab['images']} images, "
-                      f"{lab['objects']} objects; COCO protocol, pycocotools)")
+        console.print(mk("[bold]True mAP[/] against {} labels ({} images, {} objects; COCO protocol, pycocotools)",
+                         lab["format"], lab["images"], lab["objects"]))
         lt = Table(header_style="bold", box=box.SIMPLE_HEAD)
         runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
         lt.add_column("metric")
@@ -380,4 +432,4 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
             lt.add_row(title, *(_f(lab[m][k]) for k in runs))
         console.print(lt)
     for w in det.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(mk("[yellow]warning:[/] {}", w))

@@ -49,6 +49,9 @@ def load_result(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise QDebugError(f"not valid JSON: {exc.msg}", file=str(p), where=f"line {exc.lineno} col {exc.colno}",
                           fix="pass the JSON file qdebug wrote (was it truncated or edited?)") from None
+    except RecursionError:
+        raise QDebugError("JSON nested too deeply to be a qdebug result", file=str(p),
+                          fix="pass the JSON file qdebug wrote") from None
     validate_result(doc, str(p))
     return doc
 

@@ -44,3 +44,21 @@ def _r(v: float | None, nd: int, g: bool = False) -> float | None:
     if v is None or not math.isfinite(v):
         return None
     return float(f"{v:.{nd}g}") if g else round(float(v), nd)
+
+
+def finite_json(doc: object) -> tuple[object, int]:
+    """`doc` with every NaN/Inf float replaced by None (JSON has no such numbers), and how many were replaced."""
+    count = 0
+
+    def walk(v: object) -> object:
+        nonlocal count
+        if isinstance(v, float) and not math.isfinite(v):
+            count += 1
+            return None
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(doc), count

@@ -119,7 +119,7 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
         if not m:
             raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
                               fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
-        ref, metric, op, num = m.group("ref"), m.group("metric"), m.group("op"), float(m.group("num"))
+        ref, metric, op, num = m.group("ref"), m.group("metric"), m.group("op"), _bound(m.group("num"), raw)
         metric = metric.removeprefix("cumulative.")
         if ref is None:
             if metric not in task_metrics:
@@ -144,6 +144,18 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
     return Target(tuple(clauses))
 
 
+def precheck_target(expr: str | None) -> None:
+    """Syntax and bounds of a target before any model is loaded (metric and tensor names are checked later)."""
+    for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", (expr or "").strip()):
+        if not raw:
+            continue
+        m = _CLAUSE.match(raw)
+        if not m:
+            raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
+                              fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
+        _bound(m.group("num"), raw)
+
+
 def _split_ref(ref: str, known: set[str], parts: dict[str, list[str]]) -> tuple[str | None, str | None]:
     if ref in known:
         return ref, None
@@ -165,4 +177,13 @@ def parse_cut(expr: str) -> tuple[str, str, float]:
     if not m or m.group("ref") or m.group("metric") not in ("snr_db", "cosine", "rel_l2"):
         raise QDebugError(f"cannot parse cut threshold '{expr}'", where="--cut-threshold",
                           fix="write snr_db>=20 or cosine>=0.99")
-    return m.group("metric"), m.group("op"), float(m.group("num"))
+    return m.group("metric"), m.group("op"), _bound(m.group("num"), expr, "--cut-threshold")
+
+
+def _bound(text: str, clause: str, where: str = "--target") -> float:
+    """The clause's number; 1e999 or nan would only fail after the whole search, so refuse it here."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise QDebugError(f"the bound in '{clause}' is not a finite number", where=where,
+                          fix="write a finite bound, e.g. snr_db>=30")
+    return v
