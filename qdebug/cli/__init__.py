@@ -6,6 +6,7 @@ import argparse
 import errno
 import shlex
 import sys
+import warnings
 
 from qdebug import __version__
 from qdebug.cli import bisect, compare, doctor, promote, report
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    err_console.print(mk("[yellow]warning:[/] {}", " ".join(str(message).split())), soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `qdebug` console script; user errors become one line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -38,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run_inputs = run_inputs(args)
         check_outputs(args, args.run_inputs)
-        code = int(args.func(args) or 0)
+        with warnings.catch_warnings():  # library warnings (data notes, onnx) as one line each, not two
+            warnings.showwarning = _one_line_warning
+            code = int(args.func(args) or 0)
         fail = STDOUT.failed
         if fail is not None and fail.errno != errno.EPIPE:  # a closed pipe (`| head`) is the reader's choice
             err_console.print(mk("qdebug: warning: standard output could not be written ({}); the output files "

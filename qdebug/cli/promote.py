@@ -45,6 +45,42 @@ def _layers(values: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def line_diff(a: list[str], b: list[str], src: str, dst: str, n: int = 2) -> list[str]:
+    """Unified diff of two texts; when promotion kept the line count (edits in place) it is computed in one pass.
+
+    difflib's matcher is quadratic-ish on a 50 MB calibration file; an in-place edit only needs the lines
+    that differ, with `n` lines of context, in the same unified format.
+    """
+    if len(a) != len(b):
+        return list(difflib.unified_diff(a, b, fromfile=src, tofile=dst, n=n))
+    changed = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if not changed:
+        return []
+    out = [f"--- {src}\n", f"+++ {dst}\n"]
+    groups: list[list[int]] = [[changed[0]]]
+    for i in changed[1:]:
+        if i - groups[-1][-1] - 1 <= 2 * n:  # difflib joins hunks whose context would touch
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for g in groups:
+        lo, hi = max(g[0] - n, 0), min(g[-1] + n + 1, len(a))
+        span = f"{lo + 1}" if hi - lo == 1 else f"{lo + 1},{hi - lo}"  # difflib's range format
+        out.append(f"@@ -{span} +{span} @@\n")
+        i = lo
+        while i < hi:
+            if a[i] == b[i]:
+                out.append(f" {a[i]}")
+                i += 1
+                continue
+            j = i
+            while j < hi and a[j] != b[j]:
+                j += 1
+            out += [f"-{x}" for x in a[i:j]] + [f"+{x}" for x in b[i:j]]  # a changed run: removals, then additions
+            i = j
+    return out
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """Run `qdebug promote`."""
     from qdebug.fileio import atomic_write
@@ -102,8 +138,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             console.print(mk("[bold]{}[/]", name))
             console.print(mk("{}", text.rstrip("\n")))
     if args.diff:
-        diff = difflib.unified_diff(vf.text.splitlines(keepends=True), res.text.splitlines(keepends=True),
-                                    fromfile=in_path, tofile=str(out), n=2)
+        diff = line_diff(vf.text.splitlines(keepends=True), res.text.splitlines(keepends=True), in_path, str(out))
         for line in diff:
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else \
                 "cyan" if line.startswith("@@") else None
