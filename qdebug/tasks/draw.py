@@ -6,11 +6,13 @@ partner carry an "added" tag, so lost and shifted boxes are visible at a glance.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qdebug.fileio import atomic_write
 from qdebug.tasks.agreement import agreement
 from qdebug.tasks.base import Detections
 
@@ -84,10 +86,9 @@ def draw_detections(image_path: str | Path | np.ndarray | Image.Image, float_det
     *_, right, bottom = draw.textbbox((4, 4), legend, font=font)
     draw.rectangle((2, 2, right + 4, bottom + 4), fill=(0, 0, 0))
     draw.text((4, 4), legend, fill=(255, 255, 255), font=font)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    im.save(out, format="PNG")
-    return out
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return atomic_write(out_png, buf.getvalue())  # a killed run never leaves half a picture
 
 
 def _dets(rows: list[dict]) -> Detections:
