@@ -102,9 +102,13 @@ def test_promote_translates_node_names_with_graph() -> None:
     _check_promoted(old, res.text, "/model.22/Mul_2_output_0")
     diff = [ln for ln in res.text.splitlines() if ln not in old.splitlines()]
     assert diff == ["custom_quantize_layers:", "    /model.22/Mul_2_output_0: int16"]
-    # a Conv fused with its SiLU: the key is the fused op's output tensor (what the toolkit quantizes)
+    # a Conv fused with its SiLU: the toolkit keeps two quantization points (the conv output and the
+    # activation output, both listed by step 1); promoting only the second leaves the conv output int8
     res2 = vf.promote(["/model.1/conv/Conv"], Precision.FP16, graph=g)
-    _check_promoted(old, res2.text, "/model.1/act/Mul_output_0", "float16")
+    assert res2.changed == ["/model.1/conv/Conv_output_0", "/model.1/act/Mul_output_0"]
+    diff2 = [ln for ln in res2.text.splitlines() if ln not in old.splitlines()]
+    assert diff2 == ["custom_quantize_layers:", "    /model.1/conv/Conv_output_0: float16",
+                     "    /model.1/act/Mul_output_0: float16"]
     # without the graph the exporter's `<node>_output_0` convention still works
     res3 = vf.promote(["/model.22/Mul_2"], Precision.INT16)
     assert res3.text == res.text
@@ -172,9 +176,11 @@ def test_custom_precisions_by_producing_node() -> None:
     # a record of the file that names no tensor of this model (the fixture's Mul_999_out)
     text = text.replace("custom_quantize_layers:\n", "custom_quantize_layers:\n    Mul_999_out: int16\n", 1)
     vf = RknnQuantCfg.parse(text)
-    assert set(vf.custom) == {"/model.22/Mul_2_output_0", "/model.1/act/Mul_output_0", "Mul_999_out"}
-    # the fused Conv+SiLU is keyed by its output tensor, produced by the SiLU's Mul node
-    assert vf.custom_precisions(g) == {"/model.22/Mul_2": Precision.INT16, "/model.1/act/Mul": Precision.INT16}
+    assert set(vf.custom) == {"/model.22/Mul_2_output_0", "/model.1/conv/Conv_output_0", "/model.1/act/Mul_output_0",
+                              "Mul_999_out"}
+    # the fused Conv+SiLU's two tensors map back to their producing nodes, the Conv and the SiLU's Mul
+    assert vf.custom_precisions(g) == {"/model.22/Mul_2": Precision.INT16, "/model.1/conv/Conv": Precision.INT16,
+                                       "/model.1/act/Mul": Precision.INT16}
 
 
 def test_to_config_dtype_entries_and_per_channel() -> None:

@@ -182,6 +182,24 @@ class RknnQuantCfg(VendorFile):
                           fix="give an ONNX node name (with --model) or a tensor key of "
                           f"{PARAMS_KEY}{suggest(name, self.params)}")
 
+    def tensor_keys(self, name: str, graph: ModelGraph | None) -> list[tuple[str, str | None]]:
+        """Every tensor key of the file a user's node promotes: each quantization point the toolkit keeps
+        inside the node's fused op (a Conv+SiLU owns its conv output and its activation output), else the
+        single key `tensor_key` finds. Promoting only the activation output leaves the conv output int8."""
+        node = graph.node_by_name.get(name) if graph is not None else None
+        op = group_of(build_quant_ops(graph, fuse=get_profile(self.profile).fuse)).get(name) \
+            if graph is not None and node is not None else None
+        if op is None:
+            return [self.tensor_key(name, graph)]
+        keys: list[tuple[str, str | None]] = []
+        for member in op.nodes:
+            for t in graph.node_by_name[member].output:  # type: ignore[union-attr]
+                key = next((c for c in (*(t + s for s in TOOLKIT_SUFFIXES), t, *(t + s for s in TWIN_SUFFIXES))
+                            if t and c in self.params), None)
+                if key is not None and key not in dict(keys):
+                    keys.append((key, f"node '{name}' -> tensor '{key}'"))
+        return keys or [self.tensor_key(name, graph)]
+
     def promote(self, layers: list[str], dtype: Precision, graph: ModelGraph | None = None,
                 donor: VendorFile | None = None) -> PromotionResult:
         if donor is not None:
@@ -193,8 +211,7 @@ class RknnQuantCfg(VendorFile):
         value = CUSTOM_VALUES[dtype]
         entries: list[tuple[str, str]] = []
         notes: list[str] = []
-        for name in layers:
-            key, how = self.tensor_key(name, graph)
+        for key, how in (kh for n in layers for kh in self.tensor_keys(n, graph)):
             if how:
                 notes.append(how)
             if key not in dict(entries):
