@@ -13,13 +13,15 @@ from qdebug.errors import QDebugError
 def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Path, ...] = ()) -> Path:
     """Write `data` to `path` atomically; refuse if `path` is one of the protected input files."""
     p = Path(path)
-    for q in protect:
-        if not q or not Path(q).exists():
-            continue
-        if (p.exists() and os.path.samefile(p, q)) or (Path(q).is_dir() and _inside(p, Path(q))):
-            raise QDebugError("refusing to overwrite an input file of this run", file=str(p),
-                              fix="give an output path outside the model, data and vendor files")
+    if not str(path):
+        raise QDebugError("empty output path", fix="give a file name")
     try:
+        for q in protect:
+            if not q or not Path(q).exists():
+                continue
+            if (p.exists() and os.path.samefile(p, q)) or (Path(q).is_dir() and _inside(p, Path(q))):
+                raise QDebugError("refusing to overwrite an input file of this run", file=str(p),
+                                  fix="give an output path outside the model, data and vendor files")
         return _write(p, data)
     except OSError as exc:
         raise QDebugError(f"cannot write the output ({_why(exc)})", file=str(p), fix=_FIXES.get(

@@ -18,9 +18,20 @@ from qdebug.errors import QDebugError
 COMMANDS = {"compare": compare, "promote": promote, "bisect": bisect, "report": report, "doctor": doctor}
 
 
+class UsageError(QDebugError):
+    """A command line argparse refuses (unknown option, bad value, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `qdebug: error:` line like every other error (subparsers inherit it)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, where=self.prog, fix=f"see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `qdebug` argument parser with every subcommand registered."""
-    ap = argparse.ArgumentParser(prog="qdebug", description="Layer-level quantization debugger for ONNX models "
+    ap = _Parser(prog="qdebug", description="Layer-level quantization debugger for ONNX models "
                                  "deployed to edge NPUs.")
     ap.add_argument("--version", action="version", version=f"qdebug {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -38,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `qdebug` console script; user errors become one line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except UsageError as exc:
+        err_console.print(mk("[bold red]qdebug: error:[/] {}", exc.one_line()), soft_wrap=True)
+        return exc.exit_code
     args.command_line = "qdebug " + " ".join(shlex.quote(a) for a in argv)
     STDOUT.failed = STDERR.failed = None
     try:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from qdebug.cli.guard import write_json
 from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
-from qdebug.cli.terminal import err_console, mk, out_console, render_bisect, render_detection
+from qdebug.cli.terminal import err_console, mk, out_console, render_bisect, render_detection, render_task
 from qdebug.errors import QDebugError
-from qdebug.results.vendor import PatchedFile, ToolkitProposal
+from qdebug.results.vendor import PatchedFile
 
 if TYPE_CHECKING:
     from qdebug.results.bisect import BisectResult
@@ -55,15 +55,28 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if prec is Precision.INT8:
         raise QDebugError("--promote-dtype int8 promotes nothing (int8 is the default precision)",
                           where="--promote-dtype", fix="use int16, fp16 or fp32")
+    if getattr(args, "quantized", None):
+        prec = Precision.FP32  # a QDQ model's op is promoted by removing its Q/DQ pairs: it runs in float
     precheck_target(args.target)
     if args.cut_threshold:
         parse_cut(args.cut_threshold)
-    if args.output and not (args.calib or args.format or args.backend == "rknn"):
+    if args.format and not args.calib:
+        import qdebug.formats  # noqa: F401  (registers the formats)
+        from qdebug.formats.base import FORMATS
+
+        if args.format not in FORMATS:
+            raise QDebugError(f"unknown format '{args.format}'", where="--format",
+                              fix=f"use one of {', '.join(sorted(FORMATS))}")
+    if getattr(args, "quantized_dumps", None):
+        raise QDebugError("recorded dumps cannot be re-run with promoted ops", where="--quantized-dumps",
+                          fix="pass --quantized Q.ONNX (the QDQ model) to bisect")
+    if args.output and not (args.calib or args.format or args.backend == "rknn" or args.quantized):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
     from qdebug.results.detection import DetectionResult
     from qdebug.results.runspec import RunSpec
     from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
+    from qdebug.tasks.task_evaluator import TaskEvaluator, run_task
 
     check_target_task(args)  # a task metric in --target needs --task
     st = setup_run(args)
@@ -74,19 +87,31 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         from qdebug.tasks import DEFAULT_TASK_TARGET
 
         target = DEFAULT_TASK_TARGET
+    scorer = st.scorer  # --task classify|embedding|ctc
+    if scorer is not None and not target:
+        target = scorer.default_target
     log = None if args.quiet else (lambda s: err_console.print(mk("[dim]· {}[/]", s)))
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
+    tev = TaskEvaluator(graph, ds, judge or backend, scorer) if scorer is not None else None
     try:
         res = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
-                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator)
+                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator or tev)
         if decoder is not None and evaluator is not None:
             nodes = res.result.set
             promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
             det = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
                                 labels=evaluator.labels)
             res.detection = DetectionResult.from_json(det.to_json())
+            res.detection.extra = {**getattr(res.detection, "extra", {}),  # the verdict names its simulator
+                                   "judge": "rknn-toolkit2 simulator" if judge is not None
+                                   else f"built-in simulator ({st.profile})"}
+        if scorer is not None and tev is not None:
+            nodes = res.result.set
+            promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
+            res.task = run_task(graph, ds, judge or backend, cfg, scorer, promoted=promoted, evaluator=tev)
         if judge is not None and getattr(judge, "name", "") == "rknn":
-            _rknn_outputs(args, graph, ds, cfg, judge, res, prec, log)
+            _rknn_outputs(args, graph, ds, cfg, judge, res, prec, log, evaluator=evaluator or tev)
+            res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
@@ -94,11 +119,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     res.spec = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile, target=target)
     if (args.calib or args.format) and args.backend != "rknn":
         _vendor_outputs(args, graph, res, prec)
+    if args.quantized and args.output:
+        _qdq_output(args, backend, graph, cfg, res, prec)
     _exports(graph, res, prec)
     if not args.quiet:
         render_bisect(res, console)
         if res.detection is not None:
             render_detection(res.detection, console)
+        if res.task is not None:
+            render_task(res.task, console)
     doc = res.to_json()  # the JSON file and the report read the documented schema
     if args.json:
         write_json(args.json, doc, args.run_inputs)
@@ -113,14 +142,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     return 0 if res.result.met else 1
 
 
-def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log) -> None:
+def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log, evaluator=None) -> None:
     """Patched .quantization.cfg from the toolkit's own step-1 file, and the toolkit's proposal beside ours."""
     import shutil
 
     from qdebug.fileio import atomic_write
     from qdebug.formats.rknn2 import RknnQuantCfg
-    from qdebug.search.evaluate import TensorTargetEvaluator
-    from qdebug.search.target import parse_target
 
     outs = [o.name for o in graph.outputs]
     nodes = res.result.set
@@ -131,24 +158,18 @@ def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log) -> Non
         text = open(patched).read()
         if args.output:
             atomic_write(args.output, text, protect=args.run_inputs)
+        custom = RknnQuantCfg.parse(text, patched).custom
+        missed = [f"not applied by the toolkit: {k} ({v})" for k, v in rk.not_applied.items() if k in custom]
         res.patched_file = PatchedFile(
-            path=args.output, source=original, format="rknn", changed=sorted(RknnQuantCfg.parse(text, patched).custom),
-            notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)"],
+            path=args.output, source=original, format="rknn", changed=sorted(custom),
+            notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)", *missed],
             extra_options={}, diff=_diff(open(original).read(), text))
         if args.keep_work:
             shutil.copy(patched, rk.workdir / "final.quantization.cfg")
     if args.rknn_proposal:
-        if log:
-            log("rknn-toolkit2 proposal (hybrid_quantization_step1 proposal=True)")
-        step = rk.hybrid_cfg(graph, outs, proposal=True)
-        prop = RknnQuantCfg.parse(open(step["cfg"]).read(), step["cfg"])
-        target = parse_target(res.target.expression, graph, res.compare_before.output_parts())
-        ev = TensorTargetEvaluator(graph, list(ds), rk, target)
-        prec_map = prop.custom_precisions(graph)
-        score = ev.evaluate(cfg.with_overrides(prec_map)) if prec_map else None
-        res.toolkit_proposal = ToolkitProposal(tensors=sorted(prop.custom), count=len(prop.custom),
-                                               values=score.values if score else {},
-                                               passed=score.passed if score else None)
+        from qdebug.cli.rknn_proposal import score_proposal
+
+        res.toolkit_proposal = score_proposal(graph, ds, cfg, rk, res, prec, evaluator, log)
 
 
 def _exports(graph, res: BisectResult, prec) -> None:
@@ -166,6 +187,9 @@ def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
 
     nodes = res.result.set
     res.patched_file = None
+    if args.output and not nodes:
+        err_console.print(mk("qdebug: note: nothing to promote, so {} (-o) was not written", args.output),
+                          soft_wrap=True)
     if not nodes or not args.output:
         return
     if args.calib:
@@ -182,6 +206,17 @@ def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
     atomic_write(args.output, pr.text, protect=(*args.run_inputs, vf.path or ""))
     res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=pr.changed,
                                    notes=pr.notes, extra_options=pr.extra, diff=_diff(vf.text, pr.text))
+
+
+def _qdq_output(args, backend, graph, cfg, res: BisectResult, prec) -> None:
+    """The --quantized QDQ model with the promotion set's Q/DQ pairs removed (runners.qdq.promote)."""
+    from qdebug.fileio import atomic_write
+
+    nodes = res.result.set
+    model = backend.patched_model(graph, cfg.with_overrides({k: prec for k in nodes}))
+    atomic_write(args.output, model.SerializeToString(), protect=(*args.run_inputs, args.quantized))
+    res.patched_file = PatchedFile(path=args.output, source=args.quantized, format="onnx-qdq", changed=list(nodes),
+                                   notes=["promoted ops run in float: their Q/DQ pairs removed, float weights back"])
 
 
 def _diff(a: str, b: str) -> str:

@@ -13,6 +13,7 @@ from qdebug.cli.terminal import (
     progress_factory,
     render_compare,
     render_detection,
+    render_task,
     render_vendor,
 )
 
@@ -38,13 +39,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from qdebug.results.runspec import RunSpec
     from qdebug.results.vendor import CalibMapping
     from qdebug.tasks.evaluator import DetectionCollector, run_detection
+    from qdebug.tasks.task_evaluator import TaskCollector, run_task
 
     console = out_console()
     st = setup_run(args)
     graph, ds, calib, cfg = st.graph, st.dataset, st.calib, st.config
     backend, decoder, vendor = st.backend, st.decoder, st.vendor
     collector = DetectionCollector(graph, ds, decoder) if decoder is not None else None
-    hook = collector.add if collector is not None else None
+    tasks = TaskCollector(graph, ds, st.scorer) if st.scorer is not None else None  # classify/embedding/ctc
+    hook = collector.add if collector is not None else tasks.add if tasks is not None else None
     prog, cb = progress_factory(err_console, args.quiet)
     if prog:
         with prog:
@@ -56,8 +59,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if decoder is not None:
         det = run_detection(graph, ds, backend, cfg, decoder, labels=args.labels, collector=collector)
         res.detection = DetectionResult.from_json(det.to_json())
+        # the verdict's source: compare decodes the built-in simulator's outputs, also under --backend rknn
+        res.detection.extra = {**getattr(res.detection, "extra", {}), "judge": f"built-in simulator ({st.profile})"}
         for png in det.draw(args.draw) if args.draw else []:
             console.print(mk("wrote {}", png))
+    if tasks is not None and st.scorer is not None:
+        res.task = run_task(graph, ds, backend, cfg, st.scorer, collector=tasks)
     if vendor is not None:
         from qdebug.compare.vendor import rknn_compare
 
@@ -73,9 +80,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not args.quiet:
         render_compare(res, console, top=args.top, show_all=args.all)
         if res.vendor is not None:
-            render_vendor(res.vendor, console)
+            render_vendor(res.vendor, console, top=None if args.all else 5)
         if res.detection is not None:
             render_detection(res.detection, console)
+        if res.task is not None:
+            render_task(res.task, console)
     if args.json:
         write_json(args.json, res.to_json(), args.run_inputs)
         console.print(mk("wrote {}", args.json))

@@ -58,8 +58,16 @@ def _inside(p: Path, folder: Path) -> bool:
 
 def check_outputs(args: argparse.Namespace, inputs: tuple[str, ...]) -> None:
     """Refuse, before any work, an output that is an input, lies inside an input folder, or repeats another output."""
-    outs = [(f"--{k.replace('_', '-')}" if k != "output" else "-o", Path(v)) for k in OUTPUT_DESTS
-            if k != "setup_rknn" and isinstance(v := getattr(args, k, None), str) and v]
+    given = [(f"--{k.replace('_', '-')}" if k != "output" else "-o", v) for k in OUTPUT_DESTS
+             if k != "setup_rknn" and isinstance(v := getattr(args, k, None), str)]
+    for opt, v in given:
+        if not v.strip():
+            raise QDebugError("empty output path", where=opt, fix=f"give {opt} a file or folder name")
+        name = Path(v).name
+        if len(os.fsencode(name)) > 255:
+            raise QDebugError(f"output file name is {len(os.fsencode(name))} bytes long (the limit is 255)",
+                              file=v, where=opt, fix="use a shorter file name")
+    outs = [(opt, Path(v)) for opt, v in given]
     for opt, p in outs:
         for src in inputs:
             q = Path(src)

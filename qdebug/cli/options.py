@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qdebug.cli.terminal import err_console, mk
 from qdebug.errors import QDebugError
 from qdebug.results.vendor import CalibMapping
-from qdebug.tasks import DECODERS, LABEL_METRICS, get_decoder, task_metrics_in
+from qdebug.tasks import DECODERS, LABEL_METRICS, SCORERS, get_decoder, metric_task, task_metrics_in
 
 if TYPE_CHECKING:
     from qdebug.formats.base import MappingReport, VendorFile
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from qdebug.runners.base import Backend
     from qdebug.runners.sim import SimBackend
     from qdebug.tasks.base import Decoder
+    from qdebug.tasks.scoring import TaskScorer
 
 G = TypeVar("G")
 
@@ -123,6 +124,13 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rknn-analysis-samples", type=int, default=1,
                    help="samples for the toolkit's per-tensor accuracy_analysis (slow: ~1 min each at 640)")
     g.add_argument("--keep-work", action="store_true", help="keep the vendor backend's run folder")
+    g.add_argument("--quantized", default=None, metavar="Q.ONNX",
+                   help="your own QDQ model of the float model (any quantizer) instead of the simulator")
+    g.add_argument("--quantized-dumps", default=None, metavar="DIR",
+                   help="per-tensor .npy dumps of the quantized run (DIR/0000/<tensor>.npy; docs/quantized.md)")
+    g.add_argument("--dump-map", default=None, metavar="FILE", help="JSON {tensor: file} or CSV tensor,file")
+    g.add_argument("--dump-layout", choices=["nchw", "nhwc"], default=None,
+                   help="layout of dumps whose shape differs from the float tensor's (same element count)")
     g.add_argument("--profile", default="generic", help="generic | rknn | hisi | ort (where the NPU quantizes)")
     g.add_argument("--dtype", default="int8", help="default activation precision: int8 | int16")
     g.add_argument("--calibrator", default="minmax", help="minmax | percentile | mse")
@@ -234,7 +242,7 @@ def build_config(q: QuantOptions, graph: ModelGraph, backend: str = "sim") -> Qu
     try:
         act = Precision.parse(q.dtype)
     except ValueError as exc:
-        raise QDebugError(str(exc), where="--dtype") from None
+        raise QDebugError(str(exc), where="--dtype", fix="use int8 or int16") from None
     if not act.is_int:
         raise QDebugError(f"--dtype {q.dtype} is not an integer precision", where="--dtype",
                           fix="use int8 or int16; use --override for fp16 ops")
@@ -268,16 +276,44 @@ class BackendOptions:
     rknn_python: str | None = None
     rknn_analysis_samples: int = 1
     keep_work: bool = False
+    quantized: str | None = None
+    quantized_dumps: str | None = None
+    dump_map: str | None = None
+    dump_layout: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BackendOptions:
         """The group's values from parsed args."""
         return _pick(cls, args)
 
-    def builtin(self, profile: str) -> SimBackend:
-        """The built-in simulator for the decided profile (always built: it runs the per-tensor compare)."""
+    def check(self, calib: str | None) -> None:
+        """Refuse option mixes, before any I/O: an imported quantized run replaces --calib and --backend rknn."""
+        given = "--quantized" if self.quantized else "--quantized-dumps" if self.quantized_dumps else None
+        if self.quantized and self.quantized_dumps:
+            raise QDebugError("--quantized and --quantized-dumps exclude each other", where="--quantized",
+                              fix="pass one quantized run")
+        if given and (calib or self.backend != "sim"):
+            other = "--calib" if calib else f"--backend {self.backend}"
+            raise QDebugError(f"{given} replaces the simulator, so {other} cannot be used with it", where=given,
+                              fix=f"drop {other}, or drop {given}")
+        for opt in ("dump_map", "dump_layout"):
+            if getattr(self, opt) and not self.quantized_dumps:
+                raise QDebugError(f"--{opt.replace('_', '-')} needs --quantized-dumps", where=f"--{opt.replace('_', '-')}",
+                                  fix="add --quantized-dumps DIR")
+
+    def builtin(self, profile: str, graph: ModelGraph | None = None, dataset: Dataset | None = None) -> SimBackend:
+        """The built-in simulator for the decided profile (always built: it runs the per-tensor compare), or
+        the imported quantized run (--quantized QDQ model, --quantized-dumps) in its place."""
         from qdebug.runners.sim import SimBackend
 
+        if self.quantized and graph is not None:
+            from qdebug.runners.qdq import QdqBackend
+
+            return QdqBackend(self.quantized, graph)
+        if self.quantized_dumps and graph is not None and dataset is not None:
+            from qdebug.runners.dumps import DumpsBackend
+
+            return DumpsBackend(self.quantized_dumps, graph, len(dataset), self.dump_map, self.dump_layout)
         return SimBackend(profile)
 
     def vendor(self, dataset: Dataset | None = None) -> Backend | None:
@@ -286,6 +322,9 @@ class BackendOptions:
 
         if self.backend == "sim":
             return None
+        if self.backend in ("qdq", "dumps"):
+            raise QDebugError(f"--backend {self.backend} is chosen by its own option", where="--backend",
+                              fix="pass --quantized Q.ONNX or --quantized-dumps DIR instead")
         if self.backend == "rknn":
             from qdebug.runners.rockchip import RknnBackend
 
@@ -302,7 +341,8 @@ def add_task_args(p: argparse.ArgumentParser, draw: bool = True) -> None:
     g = p.add_argument_group("task (detection verdict)")
     g.add_argument("--task", default=None, metavar="NAME",
                    help=f"decode detector outputs and score detections: {', '.join(sorted(DECODERS))} "
-                        "(yolo11 = yolov8, yolov7 = yolov5)")
+                        f"(yolo11 = yolov8, yolov7 = yolov5); other tasks: {', '.join(sorted(SCORERS))} "
+                        "(docs/tasks.md)")
     g.add_argument("--anchors", default=None, metavar="SPEC|FILE",
                    help='YOLOv5 raw heads: anchors in pixels per level, "10,13,16,30,33,23;30,61,...;..." or a '
                         "file with one level per line (default: the YOLOv5 COCO anchors, with a warning)")
@@ -313,6 +353,14 @@ def add_task_args(p: argparse.ArgumentParser, draw: bool = True) -> None:
     g.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: yolov8 0.7, yolov5 0.45)")
     g.add_argument("--max-det", type=int, default=300, help="detections kept per image after NMS (default 300)")
     g.add_argument("--nc", type=int, default=None, help="number of classes when the output carries extra channels")
+    g.add_argument("--kpt-shape", default=None, metavar="K,D",
+                   help="pose heads: keypoints per instance and values per keypoint, e.g. 17,3 (default: the model "
+                        "metadata, else from --nc)")
+    g.add_argument("--task-output", default=None, metavar="NAME",
+                   help="classify/embedding/ctc: the graph output to score (default: the only output)")
+    g.add_argument("--blank", type=int, default=None, metavar="N", help="ctc: index of the blank class (default 0)")
+    g.add_argument("--ctc-layout", choices=["ntc", "tnc"], default=None,
+                   help="ctc: output layout [N,T,C] or [T,N,C] (default: detected from a batch axis of 1)")
     if draw:
         g.add_argument("--draw", default=None, metavar="DIR",
                        help="write pictures of the 3 images with the most lost/added detections into DIR")
@@ -329,7 +377,11 @@ class TaskOptions:
     iou: float | None = None
     max_det: int = 300
     nc: int | None = None
+    kpt_shape: str | None = None
     draw: str | None = None
+    task_output: str | None = None
+    blank: int | None = None
+    ctc_layout: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TaskOptions:
@@ -338,18 +390,52 @@ class TaskOptions:
 
     def decoder(self) -> Decoder | None:
         """The decoder selected by --task (None without --task); rejects task-only options without it."""
+        if self.task and self.task.lower() in SCORERS:
+            return None  # classify / embedding / ctc: see scorer()
         if not self.task:
-            for opt in ("anchors", "labels"):
+            for opt in ("anchors", "labels", "kpt_shape"):
                 if getattr(self, opt):
-                    raise QDebugError(f"--{opt} needs --task", where=f"--{opt}",
+                    raise QDebugError(f"--{opt.replace('_', '-')} needs --task", where=f"--{opt.replace('_', '-')}",
                                       fix="add --task yolov8 or --task yolov5")
             return None
+        if self.max_det < 1:
+            raise QDebugError("--max-det must be at least 1", where="--max-det", fix="pass --max-det 300")
+        if not 0.0 <= self.conf <= 1.0:
+            raise QDebugError(f"--conf {self.conf:g} is not a score in [0, 1]", where="--conf", fix="pass --conf 0.25")
         if self.labels:
             from qdebug.tasks.labels import require_pycocotools
 
             require_pycocotools()  # fail before the long runs when the extra is missing
         return get_decoder(self.task, conf=self.conf, iou=self.iou, max_det=self.max_det, nc=self.nc,
-                           **({"anchors": self.anchors} if self.anchors is not None else {}))
+                           **({"anchors": self.anchors} if self.anchors is not None else {}),
+                           **({"kpt_shape": self.kpt_shape} if self.kpt_shape is not None else {}))
+
+
+    def scorer(self) -> TaskScorer | None:
+        """The task scorer selected by --task classify|embedding|ctc (None otherwise); refuses options of the
+        other kind of task."""
+        name = (self.task or "").lower()
+        mine = {"task_output": self.task_output, "blank": self.blank, "ctc_layout": self.ctc_layout}
+        if name not in SCORERS:
+            for opt, v in mine.items():
+                if v is not None:
+                    flag = f"--{opt.replace('_', '-')}"
+                    raise QDebugError(f"{flag} applies to --task {', '.join(sorted(SCORERS))}", where=flag,
+                                      fix=f"drop {flag}, or pass --task classify, embedding or ctc")
+            return None
+        for opt in ("anchors", "labels", "kpt_shape", "draw"):
+            if getattr(self, opt):
+                flag = f"--{opt.replace('_', '-')}"
+                raise QDebugError(f"{flag} applies to detection tasks, not --task {name}", where=flag,
+                                  fix=f"drop {flag}")
+        if name != "ctc" and (self.blank is not None or self.ctc_layout is not None):
+            flag = "--blank" if self.blank is not None else "--ctc-layout"
+            raise QDebugError(f"{flag} applies to --task ctc, not --task {name}", where=flag, fix=f"drop {flag}")
+        if name == "ctc":
+            from qdebug.tasks.ctc import CtcScorer
+
+            return CtcScorer(self.task_output, blank=self.blank or 0, layout=self.ctc_layout)
+        return SCORERS[name](self.task_output)
 
 
 def decoder_from_args(args: argparse.Namespace) -> Decoder | None:
@@ -360,9 +446,15 @@ def decoder_from_args(args: argparse.Namespace) -> Decoder | None:
 def check_target_task(args: argparse.Namespace) -> None:
     """Refuse a target with task metrics without --task (or true-mAP metrics without --labels), before any run."""
     used = task_metrics_in(getattr(args, "target", None))
-    if used and not getattr(args, "task", None):
-        raise QDebugError(f"target uses task metric(s) {', '.join(used)} but no --task was given", where="--target",
-                          fix="add --task yolov8 (or yolov5) so qdebug can decode the detections")
+    task = (getattr(args, "task", None) or "").lower()
+    kind = task if task in SCORERS else "detection" if task else ""
+    for m in used:  # a metric of another task: name the --task that provides it
+        owner = metric_task(m)
+        if owner != kind:
+            want = "yolov8 (or yolov5)" if owner == "detection" else owner
+            given = f"--task {task} does not provide it" if task else "no --task was given"
+            raise QDebugError(f"target metric {m} belongs to the {owner} task but {given}", where="--target",
+                              fix=f"pass --task {want}, or use a {kind or 'tensor'} metric in --target")
     need = [m for m in used if m in LABEL_METRICS]
     if need and not getattr(args, "labels", None):
         raise QDebugError(f"target uses {', '.join(need)} (true mAP against labels) but no --labels were given",
@@ -383,6 +475,7 @@ class Setup:
     decoder: Decoder | None
     backend: SimBackend
     vendor: Backend | None
+    scorer: TaskScorer | None = None  # --task classify|embedding|ctc
 
 
 def setup_run(args: argparse.Namespace) -> Setup:
@@ -394,10 +487,12 @@ def setup_run(args: argparse.Namespace) -> Setup:
     from qdebug.graph.model import ModelGraph
 
     decoder = TaskOptions.from_args(args).decoder()  # checks --anchors/--labels/pycocotools up front
+    scorer = TaskOptions.from_args(args).scorer()  # --task classify|embedding|ctc and its options
+    be = BackendOptions.from_args(args)
+    be.check(getattr(args, "calib", None))
     graph = ModelGraph.load(args.model)
     ds, calib = DataOptions.from_args(args).load(graph)
-    be = BackendOptions.from_args(args)
     quant = build_config(QuantOptions.from_args(args), graph, be.backend)
-    backend = be.builtin(quant.profile)  # before the vendor backend, which makes a work folder
+    backend = be.builtin(quant.profile, graph, ds)  # before the vendor backend, which makes a work folder
     return Setup(graph=graph, dataset=ds, calib=calib, config=quant.config, mapping=quant.mapping,
-                 profile=quant.profile, decoder=decoder, backend=backend, vendor=be.vendor(ds))
+                 profile=quant.profile, decoder=decoder, backend=backend, vendor=be.vendor(ds), scorer=scorer)

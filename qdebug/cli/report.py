@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qdebug.cli.terminal import mk, out_console
+from qdebug.errors import QDebugError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     doc = load_result(args.result)
     check_output(args.output, args.top)
+    for opt, path in (("--model", args.model), ("--data", args.data)):
+        if path and not Path(path).exists():  # asked for the why-plots' re-run: a typo must not pass silently
+            raise QDebugError("not found", file=path, where=opt, fix=f"check the path, or drop {opt}")
     explained = explain(doc, why_ops(doc, wanted=not args.no_why), model=args.model, data=args.data,
                         base_dir=Path(args.result).parent)
     paths = write_report(doc, args.output, explained, top=args.top, protect=args.run_inputs)

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qdebug.report.format import f_cos, f_det, f_g, f_jump, f_snr
+from qdebug.results.task import METRIC_LABELS, TaskResult, describe_row, format_metric
 from qdebug.results.values import Metrics
 
 if TYPE_CHECKING:
@@ -67,12 +68,12 @@ class SafeStream:
 
 STDOUT = SafeStream("stdout")
 STDERR = SafeStream("stderr")
-err_console = Console(file=STDERR, highlight=False)
+err_console = Console(file=STDERR, highlight=False, emoji=False)
 
 
 def out_console(**options: object) -> Console:
     """The console for a command's standard output (a closed pipe or a full device never stops the run)."""
-    return Console(file=STDOUT, highlight=False, **options)  # type: ignore[arg-type]
+    return Console(file=STDOUT, highlight=False, emoji=False, **options)  # type: ignore[arg-type]
 
 
 def mk(template: str, *values: object) -> str:
@@ -288,27 +289,41 @@ def render_compare(res: CompareResult, console: Console, top: int = 15, show_all
         console.print(line)
 
 
-def render_vendor(v: VendorComparison, console: Console) -> None:
-    """The vendor simulator's verdict next to the built-in simulator's (outputs, parts, disagreements)."""
-    console.print(mk("[bold]{} simulator[/] ({}, rknn-toolkit2 {}): {} samples, per-tensor analysis on {}, "
+def render_vendor(v: VendorComparison, console: Console, top: int | None = 5) -> None:
+    """The toolkit's simulator beside the built-in one: outputs and parts, then the tensors where they disagree
+    most, ranked by SNR difference (`top` rows; None = every tensor the toolkit reported)."""
+    def gap(a: float | None, b: float | None) -> str:
+        return f"{a - b:+.1f} dB" if a is not None and b is not None else "-"
+
+    console.print(mk("[bold]{} toolkit simulator[/] ({}, rknn-toolkit2 {}): {} samples, per-tensor analysis on {}, "
                      "{} build(s)", v.backend, v.platform, v.toolkit, v.samples, v.analysis_samples, v.builds))
     for o in v.outputs:
         c, b = o["cumulative"], o.get("builtin") or {}
-        console.print(mk("  {}: vendor cosine {} SNR {} dB  |  built-in cosine {} SNR {} dB", o["tensor"],
+        console.print(mk("  {}: toolkit cosine {} SNR {} dB  |  built-in cosine {} SNR {} dB  |  gap {}", o["tensor"],
                          f_cos(c["cosine"], ascii=True), f_snr(c["snr_db"], ascii=True),
-                         f_cos(b.get("cosine"), ascii=True), f_snr(b.get("snr_db"), ascii=True)))
+                         f_cos(b.get("cosine"), ascii=True), f_snr(b.get("snr_db"), ascii=True),
+                         gap(c["snr_db"], b.get("snr_db"))))
         for p in o["parts"]:
             pc, pb = p["cumulative"], p.get("builtin") or {}
-            console.print(mk("    .{}: vendor SNR [" + snr_style(pc["snr_db"]) + "]{} dB[/]  |  built-in SNR {} dB",
-                             p["part"], f_snr(pc["snr_db"], ascii=True), f_snr(pb.get("snr_db"), ascii=True)))
-    if v.disagreements:
-        d = v.disagreements[0]
-        console.print(mk("  largest vendor/built-in gap: {} (cosine {} vs {})", d["tensor"],
-                         f"{d['vendor_cosine']:.5f}", f"{d['builtin_cosine']:.5f}"))
+            console.print(mk("    .{}: toolkit SNR [" + snr_style(pc["snr_db"]) + "]{} dB[/]  |  built-in SNR {} dB"
+                             "  |  gap {}", p["part"], f_snr(pc["snr_db"], ascii=True),
+                             f_snr(pb.get("snr_db"), ascii=True), gap(pc["snr_db"], pb.get("snr_db"))))
+    rows = v.disagreements if top is None else v.disagreements[:top]
+    if rows:
+        med = getattr(v, "median_snr_gap_db", None)
+        console.print(mk("  largest toolkit/built-in disagreements (SNR, toolkit - built-in){}:",
+                         f"; median |gap| {med:.2f} dB" if med is not None else ""))
+        for d in rows:
+            if d.get("snr_gap_db") is not None:
+                console.print(mk("    {}: toolkit {} dB  |  built-in {} dB  |  gap {}", d["tensor"],
+                                 f_snr(d["vendor_snr_db"], ascii=True), f_snr(d["builtin_snr_db"], ascii=True),
+                                 f"{d['snr_gap_db']:+.1f} dB"))
+            else:  # older files: cosine only
+                console.print(mk("    {}: cosine {} vs {}", d["tensor"], f_cos(d.get("vendor_cosine"), ascii=True),
+                                 f_cos(d.get("builtin_cosine"), ascii=True)))
     if v.fused_away:
         console.print(mk("  [dim]{} ONNX tensor(s) fused away by the toolkit (no per-tensor result), e.g. {}[/]",
                          len(v.fused_away), ", ".join(v.fused_away[:3])))
-
 
 # ------------------------------------------------------------------ bisect
 def render_bisect(doc: BisectResult, console: Console) -> None:
@@ -365,9 +380,18 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
         console.print(mk("[dim]{}:[/] {}", name, lines[0] if lines else "") + (" ..." if len(lines) > 1 else ""))
     tp = doc.toolkit_proposal
     if tp:
-        vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in tp.values.items())
-        console.print(mk("rknn-toolkit2's own proposal: {} tensor(s) -> {} ({} the target)", tp.count, vals,
-                         "meets" if tp.passed else "misses"))
+        for plan in tp.plans or []:  # each plan judged on the same target by the named simulator
+            vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in plan.values.items())
+            console.print(mk("{} ({} entr(ies), judged by {}): {} ({} the target)", plan.name, plan.entries,
+                             plan.judge, vals or "no values", "meets" if plan.passed else "misses"))
+        if not tp.plans:  # files written before plans were recorded
+            vals = ", ".join(f"{k}: {v if v is None else round(v, 4)}" for k, v in tp.values.items())
+            console.print(mk("rknn-toolkit2's own proposal: {} tensor(s) -> {} ({} the target)", tp.count, vals,
+                             "meets" if tp.passed else "misses"))
+    nap = (doc.quant.judge or {}).get("not_applied")
+    if nap:
+        console.print("[yellow]requested but not built at that precision by the toolkit:[/] "
+                      + "; ".join(mk("{} ({})", k, v) for k, v in nap.items()))
     unp = (doc.quant.judge or {}).get("unpromotable")
     if unp:
         console.print("[yellow]the toolkit cannot promote:[/] " + "; ".join(mk("{} ({})", k, v)
@@ -388,9 +412,10 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     """Print the detection-agreement section of a compare/bisect result."""
     d = det.decoder
     th = det.thresholds
-    console.print(mk("[bold]Detection verdict[/] ({}, {} layout, conf {}, NMS IoU {}; float detections are the "
-                     "reference, matched at IoU ≥ {})", det.task, d.get("layout"), f"{th['conf']:g}",
-                     f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
+    judge = (getattr(det, "extra", None) or {}).get("judge")  # which simulator's outputs were decoded
+    console.print(mk("[bold]Detection verdict[/]{} ({}, {} layout, conf {}, NMS IoU {}; float detections are the "
+                     "reference, matched at IoU ≥ {})", f" of the {judge}" if judge else "", det.task, d.get("layout"),
+                     f"{th['conf']:g}", f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
     sides = [("quantized", det.quantized)] + ([("promoted", det.promoted)] if det.promoted else [])
     tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "dets", "mAP50-95", "mAP50", "AR", "lost", "added", "flips", "IoU", "Δscore"):
@@ -407,6 +432,14 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     console.print(tbl)
     console.print("[dim]mAP and AR (COCO recall) against the float detections; lost/added at IoU ≥ 0.5; flips: "
                   "lost to another class; IoU, Δscore: mean over matched pairs[/]")
+    for name, s in sides:  # segment/pose heads: masks and keypoints against the float ones, one line per run
+        im = s.instance_metrics()
+        if "mask_map50_95_vs_float" in im or "mask_iou_mean" in im:
+            console.print(mk("{} masks: mask mAP50-95 vs float {}, mean mask IoU {} (matched pairs)", name,
+                             _f(im.get("mask_map50_95_vs_float")), _f(im.get("mask_iou_mean"))))
+        if "oks_map_vs_float" in im or "kpt_err_px" in im:
+            console.print(mk("{} keypoints: OKS mAP50-95 vs float {}, mean error {} px (visible, matched pairs)", name,
+                             _f(im.get("oks_map_vs_float")), _f(im.get("kpt_err_px"), ".2f")))
     rows = [r for r in det.quantized.per_class if r["float"]]
     if len(rows) > 1:
         rows.sort(key=lambda r: (r["ap50_95"] if r["ap50_95"] is not None else 1.0, -r["float"]))
@@ -432,4 +465,26 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
             lt.add_row(title, *(_f(lab[m][k]) for k in runs))
         console.print(lt)
     for w in det.warnings:
+        console.print(mk("[yellow]warning:[/] {}", w))
+
+
+def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
+    """Print the classify/embedding/ctc verdict: one row per run, then the samples that moved most."""
+    how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (task.settings or {}).items()
+                    if v is not None and k != "layout_given")
+    console.print(mk("[bold]Task verdict[/] ({}, output {}; {} samples vs float)", task.task, task.output,
+                     task.quantized.samples))
+    names = list(task.higher_is_better) or list(task.quantized.metrics)
+    tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    tbl.add_column("run", no_wrap=True)
+    for m in names:
+        tbl.add_column(METRIC_LABELS.get(m, m), justify="right", no_wrap=True)
+    runs = [("quantized", task.quantized)] + ([("promoted", task.promoted)] if task.promoted else [])
+    for label, run in runs:
+        tbl.add_row(label, *(format_metric(m, run.metrics.get(m), "-") for m in names))
+    console.print(tbl)
+    console.print(mk("[dim]{}targets: {}[/]", f"{how}; " if how else "", ", ".join(names)))
+    for row in task.quantized.worst(worst):
+        console.print(mk("  {}: {}", row.get("sample", "?"), describe_row(task.task, row)))
+    for w in task.warnings:
         console.print(mk("[yellow]warning:[/] {}", w))

@@ -35,7 +35,7 @@ from qdebug.results.compare import (
     SampleInfo,
     TensorRow,
 )
-from qdebug.results.values import SNR_INF, json_float
+from qdebug.results.values import SNR_INF, Metrics, json_float
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
 from qdebug.workers import ANALYSIS_THREADS, ordered_map, pool
@@ -83,7 +83,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     ops: list[QuantOp] = backend.quant_ops(graph)
     sp: SimPlan = backend.plan(graph, config)
     inputs = [i.name for i in graph.inputs]
-    tensors = inputs + graph.activation_tensors()
+    # compared: float inputs and activations (token ids and masks are fed as given, never quantized)
+    tensors = [i for i in inputs if graph.is_float(i)] + graph.activation_tensors()
     t1 = time.perf_counter()
     # every activation, plus graph outputs that are not compared (e.g. integer indices) for the sample hook
     exposed = graph.activation_tensors()
@@ -104,7 +105,11 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     names = dataset.names()
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    shapes = static_shapes(graph, tensors) if engine != "arrays" else None
+    replay = getattr(backend, "replay", None)  # recorded quantized values (runners.dumps): no model to run
+    # the in-graph sums count a tensor without a quantized value as exact: recorded or imported quantized runs
+    # that lack some tensors (runners.dumps, runners.qdq) take the sums on arrays, where it stays "not available"
+    partial = replay is not None or bool(getattr(backend, "unmatched", None))
+    shapes = static_shapes(graph, tensors) if engine != "arrays" and not partial else None
     lay = build_fused(graph, amodel, qmodel, tensors, iso_map, qnames, parts, shapes) if shapes else None
     engine, fallback = "arrays", ""
     if lay is not None:
@@ -126,7 +131,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     if engine == "arrays":
         # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
         fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
-        qsess = OrtSession(qmodel, threads=backend.threads, source=graph.path)
+        qsess = replay() if replay is not None else OrtSession(qmodel, threads=backend.threads, source=graph.path)
         asess = fut_a.result()
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -196,6 +201,8 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     from qdebug.graph.fusion import group_of
 
     groups = group_of(ops)
+    # tensors whose isolated error an imported quantized run cannot give (runners.qdq, runners.dumps)
+    no_iso = set(getattr(backend, "isolated_unavailable", ()))
     results: list[TensorRow] = []
     by_tensor: dict[str, TensorRow] = {}
     for t in acc.tensors:
@@ -223,7 +230,8 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
             t, node.name if node is not None else t, node.op_type if node is not None else "Input",
             graph.index_of[node.name] if node is not None else -1, op.key if op else None,
             bool(quantized), list(shape) if shape else None,
-            [json_float(fr[0]), json_float(fr[1])] if fr else None, cum, acc.isolated(t), json_float(jump))
+            [json_float(fr[0]), json_float(fr[1])] if fr else None, cum,
+            acc.isolated(t) if t not in no_iso else Metrics(None, None, None, None), json_float(jump))
         results.append(r)
         by_tensor[t] = r
     part_rows = [PartRow(**s.to_json(), cumulative=acc.part_cum[(t, s.name)].result(),
@@ -233,7 +241,7 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
                          [p for p in part_rows if p.tensor == o.name])
                for o in graph.outputs if o.name in by_tensor]
     hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8)
-    warnings = []
+    warnings = list(getattr(backend, "warnings", []))  # e.g. float tensors a --quantized model does not hold
     if sp.unsupported:
         warnings.append(f"{len(sp.unsupported)} op(s) not supported by the simulator were run in float: "
                         + ", ".join(sp.unsupported[:10]))
@@ -241,6 +249,9 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
         warnings.append(f"quantized run produced NaN/Inf in '{t}' (metrics for it are null)")
     for t in acc.zero_size[:5]:
         warnings.append(f"tensor '{t}' is zero-size and was skipped")
+    if acc.nonfinite_float:  # e.g. -Inf attention masks, which never reach an output
+        warnings.append(f"{len(acc.nonfinite_float)} float tensor(s) hold Inf/NaN on some samples (e.g. an attention "
+                        "mask); those samples are left out of their metrics: " + ", ".join(acc.nonfinite_float[:5]))
     g = graph
     model = ModelInfo(g.path, g.sha256(), len(g.nodes),
                       next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), None),

@@ -110,7 +110,15 @@ def decode_text(data: bytes, path: str | None = None) -> str:
 def load_vendor_file(spec: str) -> VendorFile:
     """Open `FORMAT:PATH` (or a bare path, auto-detected) as a VendorFile."""
     fmt, path = split_spec(spec)
+    known = ", ".join(f + ":" for f in sorted(FORMATS))
+    head, sep, _ = spec.partition(":")
+    if fmt is None and sep and len(head) > 1 and head.isalnum() and not Path(spec).exists():
+        raise FormatError(f"unknown format '{head}:'", file=spec, fix=f"prefix the path with one of {known}")
+    if not path:
+        raise FormatError("no file after the format prefix", file=spec, fix=f"write FORMAT:PATH with one of {known}")
     p = Path(path)
+    if p.is_dir():
+        raise FormatError("is a folder, not a calibration/config file", file=path, fix="give the file inside it")
     if not p.is_file():
         raise FormatError("calibration/config file not found", file=path, fix="check the path")
     text = decode_text(p.read_bytes(), path)

@@ -31,7 +31,10 @@ def resolve_nodes(graph: ModelGraph | None, names: list[str]) -> list[str]:
     if graph is None:
         return list(dict.fromkeys(names))
     out: list[str] = []
+    inputs = {i.name for i in graph.inputs}
     for name in names:
+        if name in inputs and name not in graph.producer:  # a promoted graph input has no layer to list
+            continue
         node = graph.resolve_node(name, error=QDebugError)
         if node not in out:
             out.append(node)

@@ -44,6 +44,7 @@ _TOKEN = re.compile(r"""
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
 """, re.VERBOSE)
 _SKIP = re.compile(r"(?:[ \t\r\n\f\v]+|#[^\n]*)+")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # tab, newlines, \v, \f are whitespace
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 Tok = tuple[str, int, int, int]  # (kind, start, end, line): kind is punct | string | number | ident
@@ -506,6 +507,10 @@ def read_layers(text: str, path: str | None, exact: bool = False) -> list[Layer]
 def iter_layers(text: str, path: str | None, exact: bool = False) -> Iterator[Layer]:
     """Top-level fields one at a time: ATC-layout records by `fast_layer` (unless `exact`), the rest by the
     exact parser."""
+    bad = _CONTROL.search(text)
+    if bad is not None:  # the tokenizer lets them through inside quoted names; ATC never writes them
+        raise FormatError(f"control character {bad.group()!r}", file=path,
+                          where=f"line {1 + text.count(chr(10), 0, bad.start())}", fix="remove the control character")
     p = Parser(text, path)
     while True:
         t = p.peek()

@@ -224,6 +224,15 @@ class RknnQuantCfg(VendorFile):
                 entries.append((base, value))
                 notes.append(f"'{base}' is a graph output: promoted its output conversion too")
         changed = [k for k, v in entries if self.custom.get(k) != v]
+        text = self.with_custom(entries, notes)
+        notes.append(f"pass the patched file to hybrid_quantization_step2(model_quantization_cfg=...); keys are "
+                     f"tensor names, values {value}")
+        return PromotionResult(text=text, changed=changed, notes=notes,
+                               extra={"rknn_custom": "\n".join(render_entry(k, v) for k, v in entries)})
+
+    def with_custom(self, entries: list[tuple[str, str]], notes: list[str] | None = None) -> str:
+        """The file's text with these `custom_quantize_layers` entries set verbatim (keys are tensor names of
+        the file, e.g. a toolkit proposal replayed as written); `quantize_parameters` stays byte-identical."""
         sections = self.data.sections
         if CUSTOM_KEY in sections:
             sec = sections[CUSTOM_KEY]
@@ -235,14 +244,12 @@ class RknnQuantCfg(VendorFile):
                                                     for k, v in entries)
             at = 1 if self.text.startswith("\ufeff") else 0
             text = self.text[:at] + block + self.text[at:]
-            notes.append(f"added the missing `{CUSTOM_KEY}` section at the top")
+            if notes is not None:
+                notes.append(f"added the missing `{CUSTOM_KEY}` section at the top")
         new = read_cfg(text, self.path, reuse=self.data, reuse_text=self.text)
         if not _same_params_text(text, new, self.text, self.data):
             raise AssertionError("internal error: quantize_parameters changed")  # pragma: no cover
-        notes.append(f"pass the patched file to hybrid_quantization_step2(model_quantization_cfg=...); keys are "
-                     f"tensor names, values {value}")
-        return PromotionResult(text=text, changed=changed, notes=notes,
-                               extra={"rknn_custom": "\n".join(render_entry(k, v) for k, v in entries)})
+        return text
 
 
 @register_format

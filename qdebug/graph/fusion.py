@@ -1,16 +1,19 @@
 """Group ONNX nodes into the ops an NPU actually quantizes (fuse first, then quantize).
 
-A QuantOp is one quantized unit: a Conv with its BatchNorm, constant Mul/Div and activation (SiLU as
-Sigmoid+Mul included), or a single op. Range-preserving ops (Reshape, Split, MaxPool...) are
-"passthrough": they carry their input's quantization and add none of their own.
+A QuantOp is one quantized unit: a Conv/MatMul with its bias Add, BatchNorm, constant Mul/Div and
+activation (SiLU as Sigmoid+Mul included), a decomposed LayerNorm/RMSNorm/GELU (graph/families.py), or a
+single op. Range-preserving ops (Reshape, Split, MaxPool...) are "passthrough": they carry their input's
+quantization and add none of their own. Attention-mask branches stay in float. See docs/simulator.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
+from qdebug.graph.families import find_families, mask_tensors
 from qdebug.graph.model import ModelGraph
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -24,6 +27,7 @@ COMPUTE = WEIGHTED | FUSABLE_ACT | {
     "BatchNormalization", "InstanceNormalization", "LayerNormalization", "Erf", "Gelu", "Resize", "Neg",
     "Abs", "Min", "Max", "Where", "Sum", "Mean", "Reciprocal", "Softplus", "Mish", "Selu", "Einsum",
     "Upsample", "Celu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "CumSum", "Mod",
+    "ReduceL2", "ReduceL1", "ReduceSumSquare", "LpNormalization", "RMSNormalization",
 }
 
 
@@ -39,6 +43,12 @@ class QuantOp:
     inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (member node, input idx, tensor)
     weighted: list[str] = field(default_factory=list)  # member nodes with a constant weight input
     index: int = 0  # topological position of the anchor
+    family: str = ""  # the op type a profile sees when not the anchor's: "LayerNormalization", "mask"...
+
+    @property
+    def base_type(self) -> str:
+        """The op type profiles and rules look up: the family of a fused unit, else the anchor op type."""
+        return self.family or self.op_type.split("+")[0]
 
     @property
     def quantizable(self) -> bool:
@@ -69,12 +79,43 @@ def _is_const_scale(g: ModelGraph, node: onnx.NodeProto, data: str) -> bool:
     return v is not None and v.size <= 4096
 
 
+def _is_bias_add(g: ModelGraph, node: onnx.NodeProto, data: str) -> bool:
+    """Add of a constant with at most one non-1 dim, the last: a MatMul's bias (not a [S, S] causal mask)."""
+    if node.op_type != "Add" or len(node.input) != 2 or data not in node.input:
+        return False
+    v = g.const_value(node.input[1] if node.input[0] == data else node.input[0])
+    return v is not None and all(d == 1 for d in v.shape[:-1])
+
+
+def weight_input(g: ModelGraph, node: onnx.NodeProto) -> int | None:
+    """Index of the input quantized as a weight: a Conv/Gemm/MatMul constant B, an embedding table
+    (Gather on constant float data), a BatchNormalization's scale; None when the op has no weight."""
+    if node.op_type in WEIGHTED and len(node.input) > 1 and g.const_value(node.input[1]) is not None:
+        return 1
+    if node.op_type == "Gather" and _is_embedding(g, node):
+        return 0
+    if node.op_type == "BatchNormalization" and all(g.const_value(i) is not None for i in node.input[1:5]):
+        return 1
+    return None
+
+
+def _is_embedding(g: ModelGraph, node: onnx.NodeProto) -> bool:
+    v = g.const_value(node.input[0])
+    return (v is not None and np.issubdtype(v.dtype, np.floating) and len(node.input) > 1
+            and not g.is_constant(node.input[1]) and not g.is_float(node.input[1]))
+
+
 def _fuse_chain(g: ModelGraph, anchor: onnx.NodeProto, taken: set[str]) -> tuple[list[str], str]:
     """Nodes absorbed after a weighted anchor and the fused pattern label."""
     members = [anchor.name]
     label = anchor.op_type
     cur = anchor.output[0]
     nxt = _single_consumer(g, cur)
+    if nxt is not None and nxt.name not in taken and _is_bias_add(g, nxt, cur):
+        members.append(nxt.name)
+        label += "+Add(bias)"
+        cur = nxt.output[0]
+        nxt = _single_consumer(g, cur)
     if nxt is not None and nxt.op_type == "BatchNormalization" and nxt.name not in taken:
         members.append(nxt.name)
         label += "+BN"
@@ -115,19 +156,28 @@ def _swish_after(g: ModelGraph, x: str, taken: set[str]) -> tuple[list[str], str
 def build_quant_ops(g: ModelGraph, fuse: bool = True) -> list[QuantOp]:
     """Partition the graph into QuantOps in topological order (graph inputs first)."""
     ops: list[QuantOp] = []
+    masks = mask_tensors(g)
     for inp in g.inputs:
-        if inp.elem_type in (1, 10, 11, 16):
+        if inp.elem_type in (1, 10, 11, 16) and inp.name not in masks:
             ops.append(QuantOp(inp.name, [], "Input", "input", [inp.name], index=-1))
-    taken: set[str] = set()
+    families = {f.members[0]: f for f in find_families(g)} if fuse else {}
+    taken: set[str] = {m for f in families.values() for m in f.members}  # no chain may absorb a member
     for idx, node in enumerate(g.nodes):
-        if node.name in taken:
+        fam = families.get(node.name)
+        if fam is None and node.name in taken:
             continue
         float_outs = [o for o in node.output if o and not g.is_constant(o) and g.is_float(o)]
         if not float_outs:
             taken.add(node.name)
             continue
-        members, label = [node.name], node.op_type
-        if fuse and node.op_type in WEIGHTED:
+        members, label, family = [node.name], node.op_type, ""
+        if fam is not None:
+            members, label, family = fam.members, fam.label, fam.family
+        elif all(o in masks for o in float_outs):  # attention-mask arithmetic: float by rule
+            family = "mask"
+        elif node.op_type in ("LayerNormalization", "Gelu", "RMSNormalization"):
+            family = node.op_type  # the fused op and its decomposed form are the same unit
+        elif fuse and node.op_type in WEIGHTED:
             members, label = _fuse_chain(g, node, taken)
         elif fuse and node.op_type in ("Sigmoid", "HardSigmoid"):
             x = node.input[0]
@@ -135,13 +185,17 @@ def build_quant_ops(g: ModelGraph, fuse: bool = True) -> list[QuantOp]:
             if sw and sw[0][0] == node.name:
                 members, label = sw[0], sw[1].lstrip("+")
         taken.update(members)
-        if node.op_type in PASSTHROUGH:
+        if family == "mask":
+            kind = "float"
+        elif fam is not None:
+            kind = "compute"
+        elif node.op_type == "Gather" and _is_embedding(g, node):
+            kind, label = "compute", "Gather(embedding)"  # the table is a weight; the output is quantized
+        elif node.op_type in PASSTHROUGH:
             kind = "passthrough"
-            if node.op_type == "Resize":
-                kind = "compute"
         elif node.op_type in COMPUTE:
             kind = "compute"
-            if node.op_type == "Resize" and _resize_nearest(node):
+            if node.op_type in ("Resize", "Upsample") and _resize_nearest(node):
                 kind = "passthrough"
         else:
             kind = "float"
@@ -153,11 +207,14 @@ def build_quant_ops(g: ModelGraph, fuse: bool = True) -> list[QuantOp]:
         for m in members:
             mn = g.node_by_name[m]
             for k, t in g.non_const_inputs(mn):
-                if t not in member_outs and g.is_float(t):
+                # a mask is never quantized; a fused unit reading x twice (LayerNorm) has ONE input x
+                if t not in member_outs and g.is_float(t) and t not in masks and \
+                        not (fam is not None and any(t == u for _, _, u in inputs)):
                     inputs.append((m, k, t))
-            if mn.op_type in WEIGHTED and len(mn.input) > 1 and g.const_value(mn.input[1]) is not None:
+            standalone_bn = mn.op_type == "BatchNormalization" and m == members[0]
+            if weight_input(g, mn) is not None and (mn.op_type != "BatchNormalization" or standalone_bn):
                 weighted.append(m)
-        ops.append(QuantOp(node.name, members, label, kind, outputs, inputs, weighted, idx))
+        ops.append(QuantOp(members[0], members, label, kind, outputs, inputs, weighted, idx, family))
     return ops
 
 

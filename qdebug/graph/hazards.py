@@ -5,19 +5,24 @@ Each hazard names the node, the numbers, and what to do about it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from qdebug.graph.families import MASK_MAGNITUDE, find_families, mask_tensors
 from qdebug.graph.fusion import PASSTHROUGH
 from qdebug.graph.model import ModelGraph
 
 SCORE_OPS = {"Sigmoid", "Softmax", "LogSoftmax"}
+MIN_LEVELS = 16  # fewer int levels than this across the values that matter = a hazard (docs/simulator.md)
 
 
 @dataclass
 class Hazard:
     """One finding: a kind, where, the numbers behind it, and the fix."""
 
-    kind: str  # concat_range_mix | score_concat | scale_amplify
+    kind: str  # concat_range_mix | score_concat | scale_amplify | softmax_range | norm_outlier | mask_add
     node: str
     tensor: str
     message: str
@@ -52,9 +57,17 @@ def _width(r: tuple[float, float]) -> float:
 
 
 def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: float = 16.0,
-                 bits: int = 8) -> list[Hazard]:
-    """Concat inputs of very different ranges, score tensors merged with coordinates, big constant scales."""
+                 bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None) -> list[Hazard]:
+    """Concat inputs of very different ranges, score tensors merged with coordinates, big constant scales,
+    Softmax inputs too wide for int, attention masks added into int tensors, and (given per-channel max |x|
+    of normalization inputs, see norm_inputs) LayerNorm inputs with an outlier channel."""
     out: list[Hazard] = []
+    masked = mask_add(g, ranges, bits)
+    out += softmax_range(g, ranges, bits, skip={h.tensor for h in masked})  # a masked Softmax: reported once
+    out += masked
+    if channel_absmax:
+        out += norm_outliers(g, channel_absmax, bits)
+    masks = mask_tensors(g)
     levels = 2 ** bits - 1
     for node in g.nodes:
         if node.op_type == "Concat":
@@ -90,7 +103,7 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
                         f"the concat output [{total[0]:.4g}, {total[1]:.4g}]; it keeps only "
                         f"{w / max(step, 1e-30):.1f} of {levels} int{bits} levels",
                         f"keep {node.name} at int16/fp16 or split the output", nums))
-        elif node.op_type in ("Mul", "Div") and len(node.input) == 2:
+        elif node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.output[0] not in masks:
             consts = [(k, g.const_value(i)) for k, i in enumerate(node.input)]
             const = [(k, v) for k, v in consts if v is not None]
             data = [i for i in node.input if i in ranges]
@@ -118,4 +131,141 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
                 f"promote {node.name} (and the op feeding it) to int16/fp16, or move the scale to the CPU",
                 {"factor": factor, "input_range": list(ranges[x]), "input_step": step_in,
                  "output_error_bound": err_out}))
+    return out
+
+
+def _range_of(g: ModelGraph, ranges: dict[str, tuple[float, float]], t: str) -> tuple[float, float] | None:
+    """A tensor's calibrated range, or its computing source's through passthrough ops."""
+    if t in ranges:
+        return ranges[t]
+    src, _ = trace_source(g, t)
+    return ranges.get(src)
+
+
+def softmax_range(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 8,
+                  skip: set[str] | frozenset[str] = frozenset()) -> list[Hazard]:
+    """Softmax inputs whose int step is too coarse where it matters: only the top ln(256) = 5.55 of the
+    scores (after max-subtraction) give probabilities an 8-bit output can hold, and that window must keep
+    MIN_LEVELS input levels. Threshold: input width > (2^bits - 1) * ln(256) / 16 (88.4 at int8)."""
+    out = []
+    window = math.log(256.0)
+    levels = 2 ** bits - 1
+    for node in g.nodes:
+        if node.op_type != "Softmax" or not node.input or trace_source(g, node.input[0])[0] in skip:
+            continue
+        r = _range_of(g, ranges, node.input[0])
+        if r is None or not all(math.isfinite(v) for v in r):
+            continue
+        w = _width(r)
+        step = w / levels
+        if step <= 0 or window / step >= MIN_LEVELS:
+            continue
+        err = math.exp(step / 2) - 1
+        out.append(Hazard(
+            "softmax_range", node.name, node.input[0],
+            f"{node.name} input spans [{r[0]:.4g}, {r[1]:.4g}] (width {w:.4g}): one int{bits} step is {step:.3g}, "
+            f"so the top {window:.2f} of the scores (the probabilities >= 1/256) keep only {window / step:.1f} "
+            f"levels and a probability can be off by {100 * err:.0f}%" if err < 1 else
+            "levels: the probabilities are noise",
+            f"quantize the Softmax input at int16 (promote {node.name} and its producer), or clamp the scores",
+            {"input_range": list(r), "width": w, "int_step": step, "levels_in_window": round(window / step, 2),
+             "threshold_width": levels * window / MIN_LEVELS, "max_rel_error": err}))
+    return out
+
+
+def _mask_magnitude(g: ModelGraph, t: str, ranges: dict[str, tuple[float, float]]) -> float:
+    """Largest |value| a mask tensor puts into scores: its calibrated range, else its branch's constants."""
+    if t in ranges:
+        return max(abs(ranges[t][0]), abs(ranges[t][1]))
+    v = g.const_value(t)
+    if v is not None:
+        return float(np.max(np.abs(v))) if v.size else 0.0
+    _, nodes = g.ancestors([t])
+    mags = [0.0]
+    for name in nodes:
+        for i in g.node_by_name[name].input:
+            c = g.const_value(i) if i else None
+            if c is not None and c.size and np.issubdtype(c.dtype, np.floating):
+                mags.append(float(np.max(np.abs(c))))
+    return max(mags)
+
+
+def mask_add(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 8) -> list[Hazard]:
+    """An attention mask (-1e4 or -inf) added/selected into scores whose sum is quantized: the range is
+    the mask's, so the scores keep (2^bits - 1) * S / (S + M) levels (S score width, M mask magnitude).
+    Fires under MIN_LEVELS levels, i.e. M > S * ((2^bits - 1) / 16 - 1); always for -inf."""
+    masks = mask_tensors(g)
+    out = []
+    levels = 2 ** bits - 1
+    for node in g.nodes:
+        if node.op_type not in ("Add", "Where") or not node.output or node.output[0] in masks:
+            continue
+        data = [i for i in node.input[(1 if node.op_type == "Where" else 0):] if i]
+        mask = [i for i in data if i in masks or _is_big_const(g, i)]
+        scores = [i for i in data if i not in mask and not g.is_constant(i)]
+        if len(mask) != 1 or len(scores) != 1:
+            continue
+        m = _mask_magnitude(g, mask[0], ranges)
+        if m < MASK_MAGNITUDE:
+            continue
+        r = _range_of(g, ranges, scores[0])
+        s = _width(r) if r is not None and all(math.isfinite(v) for v in r) else None
+        kept = 0.0 if not math.isfinite(m) else (levels * s / (s + m) if s else None)
+        if kept is not None and kept >= MIN_LEVELS:
+            continue
+        shown = "-inf" if not math.isfinite(m) else f"{m:.3g}"
+        out.append(Hazard(
+            "mask_add", node.name, node.output[0],
+            f"{node.name} puts an attention mask of magnitude {shown} into scores"
+            + (f" of width {s:.3g}" if s else "") + f": an int{bits} output range set by the mask leaves the "
+            f"scores {kept if kept is not None else 0:.2f} of {levels} levels",
+            f"keep {node.name} (and the Softmax after it) at int16/fp16, or apply the mask after the Softmax "
+            "input is quantized (masked_fill on the NPU's Softmax, or a smaller mask constant such as -100)",
+            {"mask_magnitude": m if math.isfinite(m) else None, "score_width": s,
+             "levels_left": kept, "min_levels": MIN_LEVELS}))
+    return out
+
+
+def _is_big_const(g: ModelGraph, t: str) -> bool:
+    v = g.const_value(t)
+    return v is not None and v.size > 0 and np.issubdtype(v.dtype, np.floating) and \
+        float(np.max(np.abs(v))) >= MASK_MAGNITUDE
+
+
+def norm_inputs(g: ModelGraph) -> dict[str, str]:
+    """Input tensor -> node of every LayerNorm/RMSNorm (fused op or decomposed form): the tensors whose
+    per-channel max |x| (last axis) norm_outliers needs."""
+    out = {n.input[0]: n.name for n in g.nodes
+           if n.op_type in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")}
+    for f in find_families(g):
+        if f.family in ("LayerNormalization", "RMSNormalization"):
+            out[f.x] = f.members[0]
+    return out
+
+
+def norm_outliers(g: ModelGraph, channel_absmax: dict[str, np.ndarray], bits: int = 8) -> list[Hazard]:
+    """A LayerNorm input where one channel's max |x| dwarfs the others: the per-tensor step is set by the
+    outlier, so the median channel spans (2^bits - 1) * median / max levels. Fires under MIN_LEVELS, i.e.
+    max / median > (2^bits - 1) / 16 (15.9 at int8)."""
+    out = []
+    levels = 2 ** bits - 1
+    for t, node in norm_inputs(g).items():
+        a = channel_absmax.get(t)
+        if a is None or np.size(a) < 2:
+            continue
+        a = np.abs(np.asarray(a, dtype=np.float64)).ravel()
+        top, med = float(a.max()), float(np.median(a))
+        if top <= 0:
+            continue
+        kept = levels * med / top
+        if kept >= MIN_LEVELS:
+            continue
+        ch = int(a.argmax())
+        out.append(Hazard(
+            "norm_outlier", node, t,
+            f"{node} input channel {ch} reaches |x| = {top:.4g}, {top / max(med, 1e-30):.1f}x the median "
+            f"channel ({med:.3g}): with one int{bits} scale the typical channel keeps {kept:.1f} of {levels} levels",
+            f"quantize the input of {node} at int16 (promote its producer), or per channel if the NPU allows",
+            {"outlier_channel": ch, "max_abs": top, "median_abs": med, "ratio": top / max(med, 1e-30),
+             "levels_left": kept, "threshold_ratio": levels / MIN_LEVELS}))
     return out

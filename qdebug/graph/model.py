@@ -16,6 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from qdebug.errors import ModelError, QDebugError
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+SHAPE_OPS = ("Shape", "Size")  # outputs depend on the input's shape only, never on its values
+PROTO_LIMIT = 2**31 - 2**20  # protobuf cannot serialize a message of 2 GB or more (margin for the header)
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,119 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
 
 
+def subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope tensors read inside a node's subgraphs (If branches, Loop/Scan bodies): ONNX does not
+    list them as the node's inputs, but the node needs them computed first."""
+    out: list[str] = []
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sg in graphs:
+            local = {i.name for i in sg.input} | {t.name for t in sg.initializer}
+            local |= {t.values.name for t in sg.sparse_initializer}
+            local |= {o for n in sg.node for o in n.output if o}
+            for n in sg.node:
+                out.extend(i for i in node_reads(n) if i not in local)
+            out.extend(o.name for o in sg.output if o.name not in local)
+    return list(dict.fromkeys(out))
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its non-empty inputs, then the outer-scope tensors its subgraphs read."""
+    reads = [i for i in node.input if i]
+    return reads + [t for t in subgraph_reads(node) if t not in reads] if node.attribute else reads
+
+
+def toposort(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Kahn's algorithm taking the lowest original index first: the given order wherever it is valid (what
+    networkx's lexicographical_topological_sort gives, without its import). Subgraph reads count as edges,
+    so rewritten graphs whose nodes were emitted out of order (a fused group placed at its first member,
+    before a Constant its last member reads) come out runnable."""
+    import heapq
+
+    produced = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    succ: list[set[int]] = [set() for _ in nodes]
+    indeg = [0] * len(nodes)
+    for k, n in enumerate(nodes):
+        for i in node_reads(n):
+            src = produced.get(i)
+            if src is not None and src != k and k not in succ[src]:
+                succ[src].add(k)
+                indeg[k] += 1
+    ready = [k for k, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for j in succ[k]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ModelError("graph has a cycle", fix="re-export the model")
+    return [nodes[k] for k in order]
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterable[TensorProto]:
+    """Every TensorProto of a graph: initializers, Constant values, subgraphs' tensors."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield from (sp.values, sp.indices)
+    for n in graph.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                yield from (a.sparse_tensor.values, a.sparse_tensor.indices)
+            for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_tensors(sg)
+
+
+def _load_external(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights an external-data model keeps in side files (never writing them), after checking
+    each side file is there, inside the model's folder and long enough: else one ModelError naming it."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    folder = path.resolve().parent
+    for t in _all_tensors(model.graph):
+        if not uses_external_data(t):
+            continue
+        info = ExternalDataInfo(t)
+        side = (folder / info.location).resolve()
+        where = f"tensor {t.name}"
+        if not info.location or Path(info.location).is_absolute() or not side.is_relative_to(folder):
+            raise ModelError(f"external data location '{info.location}' is outside the model's folder",
+                             file=str(path), where=where, fix="re-save the model with side files beside it")
+        if not side.is_file():
+            raise ModelError(f"external data file '{info.location}' not found in {folder}", file=str(path),
+                             where=where, fix=f"copy '{info.location}' next to the model, or re-save the model "
+                                              "with its weights inside (onnx.save_model(..., save_as_external_data=False))")
+        need = (info.offset or 0) + (info.length or 0)
+        if side.stat().st_size < need:
+            raise ModelError(f"external data file '{info.location}' is truncated ({side.stat().st_size} bytes, "
+                             f"needs {need})", file=str(path), where=where,
+                             fix="copy the side file again or re-export the model")
+    try:
+        load_external_data_for_model(model, str(folder))
+    except Exception as exc:  # unreadable side file (permissions, I/O)
+        raise ModelError(f"cannot read the external data ({type(exc).__name__}: {str(exc)[:160]})",
+                         file=str(path), fix="check the side files next to the model are readable") from None
+
+
+def sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
+    """Dense numpy value of a sparse tensor (a Constant's sparse_value or a sparse initializer)."""
+    values = numpy_helper.to_array(sp.values).reshape(-1)
+    dims = tuple(int(d) for d in sp.dims)
+    dense = np.zeros(dims, dtype=values.dtype)
+    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    if idx.ndim == 2:  # [NNZ, rank] coordinates
+        dense[tuple(idx.T)] = values
+    else:  # [NNZ] linear indices
+        dense.reshape(-1)[idx] = values
+    return dense
+
+
 class ModelGraph:
     """An ONNX model plus producer/consumer maps and a topological node order (node names made unique)."""
 
@@ -50,6 +166,7 @@ class ModelGraph:
         g = model.graph
         self._name_nodes()
         self.initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
+        self._sparse = {t.values.name: t for t in g.sparse_initializer}
         self.inputs: list[IOInfo] = [
             IOInfo(vi.name, vi.type.tensor_type.elem_type, _shape_of(vi))
             for vi in g.input if vi.name not in self.initializers
@@ -66,9 +183,8 @@ class ModelGraph:
             for o in n.output:
                 if o:
                     self.producer[o] = n
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
+            for i in node_reads(n):  # a subgraph's outer-scope reads count as consumers too
+                self.consumers.setdefault(i, []).append(n)
         self._const_cache: dict[str, np.ndarray | None] = {}
         self.constant_tensors = self._find_constants()
         self.elem_types, self.shapes = self._infer_types()
@@ -83,15 +199,27 @@ class ModelGraph:
         if p.is_dir():
             raise ModelError("expected an .onnx file, got a folder", file=str(p))
         try:
-            model = onnx.load(str(p))
+            model = onnx.load(str(p), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, ValueError... on corrupt files
             raise ModelError(f"not a readable ONNX model ({type(exc).__name__})", file=str(p),
                              fix="re-export the model; the file is corrupt or not ONNX") from None
         if not model.graph.node:
             raise ModelError("model graph has no nodes", file=str(p),
                              fix="re-export the model; the file is not an ONNX model or is empty")
+        _load_external(model, p)
         try:
-            onnx.checker.check_model(model)
+            listed = list(model.graph.node)
+            ordered = toposort(listed)
+        except ModelError as exc:
+            raise ModelError(exc.problem, file=str(p), fix=exc.fix) from None
+        if any(a is not b for a, b in zip(ordered, listed, strict=True)):
+            # nodes out of order (a Constant after its consumer): onnxruntime sorts them, so do we (in memory)
+            sorted_nodes = [copy.deepcopy(n) for n in ordered]
+            del model.graph.node[:]
+            model.graph.node.extend(sorted_nodes)
+        try:
+            # the checker refuses in-memory models over protobuf's 2 GB; from the path it reads side files
+            onnx.checker.check_model(model if model.ByteSize() < PROTO_LIMIT else str(p))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"ONNX checker rejects the model: {first}", file=str(p),
@@ -114,46 +242,23 @@ class ModelGraph:
 
     @staticmethod
     def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-        """Kahn's algorithm taking the lowest original index first: the file's order wherever it is valid
-        (what networkx's lexicographical_topological_sort gives, without its 0.2 s import)."""
-        import heapq
-
-        produced = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-        succ: list[set[int]] = [set() for _ in nodes]
-        indeg = [0] * len(nodes)
-        for k, n in enumerate(nodes):
-            for i in n.input:
-                src = produced.get(i)
-                if src is not None and src != k and k not in succ[src]:
-                    succ[src].add(k)
-                    indeg[k] += 1
-        ready = [k for k, d in enumerate(indeg) if d == 0]
-        heapq.heapify(ready)
-        order: list[int] = []
-        while ready:
-            k = heapq.heappop(ready)
-            order.append(k)
-            for j in succ[k]:
-                indeg[j] -= 1
-                if indeg[j] == 0:
-                    heapq.heappush(ready, j)
-        if len(order) != len(nodes):
-            raise ModelError("graph has a cycle", fix="re-export the model")
-        return [nodes[k] for k in order]
+        """The nodes in topological order, the file's order wherever it is valid (see `toposort`)."""
+        return toposort(nodes)
 
     def _find_constants(self) -> set[str]:
+        """Initializers, Constant outputs and everything computed only from them or from tensor shapes
+        (Shape/Size outputs): shape math that an NPU folds and qdebug never quantizes nor compares."""
         const: set[str] = set(self.initializers)
+        const.update(t.values.name for t in self.model.graph.sparse_initializer)
         for n in self.nodes:
-            if n.op_type in ("Constant", "ConstantOfShape") and all((not i) or i in const for i in n.input):
-                const.update(o for o in n.output if o)
-            elif n.input and all((not i) or i in const for i in n.input) and n.op_type not in (
-                    "RandomNormal", "RandomUniform"):
+            reads = node_reads(n)
+            if n.op_type in SHAPE_OPS or (n.op_type not in RANDOM_OPS and all(i in const for i in reads)):
                 const.update(o for o in n.output if o)
         return const
 
     def _infer_types(self) -> tuple[dict[str, int], dict[str, tuple[int | None, ...] | None]]:
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
+            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False, data_prop=True)
             vis = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
         except Exception:
             vis = list(self.model.graph.value_info) + list(self.model.graph.output) + list(self.model.graph.input)
@@ -179,6 +284,8 @@ class ModelGraph:
         val = None
         if tensor in self.initializers:
             val = numpy_helper.to_array(self.initializers[tensor])
+        elif tensor in self._sparse:
+            val = sparse_to_dense(self._sparse[tensor])
         elif tensor in self.producer and self.producer[tensor].op_type == "Constant":
             for a in self.producer[tensor].attribute:
                 if a.name == "value":
@@ -191,6 +298,8 @@ class ModelGraph:
                     val = np.array(a.i, dtype=np.int64)
                 elif a.name == "value_ints":
                     val = np.array(list(a.ints), dtype=np.int64)
+                elif a.name == "sparse_value":
+                    val = sparse_to_dense(a.sparse_tensor)
         self._const_cache[tensor] = val
         return val
 
@@ -287,7 +396,7 @@ class ModelGraph:
             node = self.producer.get(t)
             if node is not None and node.name not in nodes:
                 nodes.add(node.name)
-                stack.extend(i for i in node.input if i)
+                stack.extend(node_reads(node))
         return needed, nodes
 
     def truncate(self, outputs: Sequence[str]) -> ModelGraph:
@@ -305,6 +414,9 @@ class ModelGraph:
         inits = [t for t in self.model.graph.initializer if t.name in needed]
         del g.initializer[:]
         g.initializer.extend(inits)
+        sparse = [t for t in self.model.graph.sparse_initializer if t.values.name in needed]
+        del g.sparse_initializer[:]
+        g.sparse_initializer.extend(sparse)
         ins = [vi for vi in self.model.graph.input if vi.name in needed and vi.name not in self.initializers]
         del g.input[:]
         g.input.extend(ins)

@@ -39,6 +39,7 @@ from qdebug.graph.model import ModelGraph
 from qdebug.inputs.guards import (
     _first_line,
     check_dtype,
+    check_index_range,
     check_readable,
     check_values,
     list_folder,
@@ -181,6 +182,7 @@ class Dataset:
     letterbox: dict[str, Letterbox] = field(default_factory=dict)
     dynamic: frozenset[str] = frozenset()  # inputs whose model shape has dynamic dims (for shape hints)
     notes: list[str] = field(default_factory=list)  # what was skipped, for the user
+    index_limits: dict[str, tuple[int, str]] = field(default_factory=dict)  # id input -> (table rows, table)
     # decoded samples kept for the next pass (calibration, then comparison) up to this many bytes; the
     # budget bounds memory whatever the data set size (docs/benchmarks.md)
     cache_bytes: int = field(default=CACHE_BYTES, repr=False)
@@ -243,6 +245,8 @@ class Dataset:
         if idx is not None:
             arr = arr[idx:idx + 1]
         out = check_values(arr, name, self.input_dtypes[name], path, where, idx or 0)
+        if name in self.index_limits:
+            check_index_range(out, name, *self.index_limits[name], path, where, idx or 0)
         return out[None] if out.ndim == len(want) - 1 else out
 
 
@@ -457,7 +461,38 @@ def load_dataset(path: str | Path, graph: ModelGraph, prep: Preprocess | None = 
     if notes:
         warnings.warn("; ".join(notes), DataWarning, stacklevel=2)
     return Dataset(str(p), kind, entries, shapes, dtypes, prep if kind == "images" else None, dynamic=dynamic,
-                   notes=notes)
+                   notes=notes, index_limits=index_limits(graph))
+
+
+# ops that hand their input's values on unchanged (only the shape or the integer type may change)
+_SAME_VALUES = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand")
+
+
+def index_limits(graph: ModelGraph) -> dict[str, tuple[int, str]]:
+    """Integer graph inputs that index a constant table through Gather (token ids into an embedding), with
+    the smallest table's row count along the gathered axis and that table's name."""
+    out: dict[str, tuple[int, str]] = {}
+    for inp in graph.inputs:
+        if inp.dtype.kind not in "iu":
+            continue
+        seen, stack = set(), [inp.name]
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for n in graph.consumers.get(t, []):
+                if n.op_type in _SAME_VALUES and n.input and n.input[0] == t:
+                    stack.extend(o for o in n.output if o)
+                elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t:
+                    table = graph.const_value(n.input[0])
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    if table is None or table.ndim == 0:
+                        continue
+                    rows = int(table.shape[axis])
+                    if inp.name not in out or rows < out[inp.name][0]:
+                        out[inp.name] = (rows, n.input[0])
+    return out
 
 
 def _ext_counts(files: list[Path]) -> str:

@@ -282,6 +282,21 @@ def check_values(arr: np.ndarray, name: str, want: np.dtype, path: Path, where: 
     return arr.astype(want, copy=False)
 
 
+def check_index_range(arr: np.ndarray, name: str, rows: int, table: str, path: Path, where: str | None = None,
+                      offset: int = 0) -> None:
+    """Token ids (an integer input that indexes a table, e.g. an embedding) must lie in -rows..rows-1, the
+    range ONNX Gather accepts; onnxruntime would stop on the first one with a message naming no file."""
+    if arr.size == 0 or arr.dtype.kind not in "iu":
+        return
+    bad = (arr >= rows) | (arr < -rows)
+    if bad.any():
+        pos = _first(bad, offset)
+        raise DataError(f"value {arr[tuple(np.argwhere(bad)[0])]} at index {pos} of input '{name}' is outside the "
+                        f"{rows} rows of table '{table}' it indexes (max id {rows - 1})", file=str(path), where=where,
+                        fix=f"save ids below {rows} (the vocabulary of the exported model), e.g. map unknown "
+                            "tokens to the [UNK] id")
+
+
 def _int_hint(dtype: np.dtype) -> str:
     if dtype == np.uint8:
         return "e.g. pixels 0..255"

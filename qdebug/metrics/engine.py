@@ -48,6 +48,7 @@ class CompareAccumulator:
         self.part_iso = {(t, s.name): TensorStats() for t, ss in parts.items() for s in ss}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.nonfinite_quant: list[str] = []
+        self.nonfinite_float: list[str] = []  # float tensors holding NaN/Inf on some sample (not an output)
         self.zero_size: list[str] = []
         self.samples = 0
         self.threads = METRIC_THREADS
@@ -96,11 +97,14 @@ class CompareAccumulator:
 
     def collect(self, pending: Pending) -> None:
         """Wait for a submitted sample. The float tensors' min/max, computed anyway, double as the NaN/Inf
-        check: the first float tensor, in topological order, holding one raises the graph's one-line error."""
+        check: when a graph output holds one, the first float tensor in topological order holding one raises
+        the graph's one-line error."""
         bad = dict(b for f in pending.futures for b in f.result())
-        if bad:
+        if bad and any(o.name in bad for o in self.g.outputs):
             first = next(t for t in pending.order if t in bad)
             raise self.g.nonfinite_error(first, bad[first], pending.sample)
+        # NaN/Inf that never reach an output (-Inf attention masks): that sample is left out of the tensor's sums
+        self.nonfinite_float.extend(t for t in pending.order if t in bad and t not in self.nonfinite_float)
         for t in pending.compared:
             if not math.isfinite(self.cum[t].sdd) and t not in self.nonfinite_quant:
                 self.nonfinite_quant.append(t)

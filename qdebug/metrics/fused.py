@@ -280,8 +280,9 @@ def _lockstep(g: ModelGraph, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto
 def add_sample(acc: CompareAccumulator, lay: FusedLayout, vals: dict[str, np.ndarray], sample: str) -> None:
     """Add one run of the fused model to the accumulator (the fused twin of submit + collect).
 
-    A float tensor whose sum of squares is not finite holds NaN or Inf: the first one in topological order
-    raises the graph's one-line error, as on the array path.
+    A float tensor whose sum of squares is not finite holds NaN or Inf: when a graph output does, the first
+    one in topological order raises the graph's one-line error, as on the array path; else (an -Inf attention
+    mask) the sample is left out of that tensor's sums and the tensor listed in `acc.nonfinite_float`.
     """
     def read(names: list[str]) -> tuple[float, ...]:
         return tuple(float(vals[n]) for n in names)
@@ -292,16 +293,26 @@ def add_sample(acc: CompareAccumulator, lay: FusedLayout, vals: dict[str, np.nda
     acc.samples += 1
     px = {key: read(e.x) for key, e in lay.parts.items()}
     xs = {}
+    bad: dict[str, str] = {}
     for t, e in lay.tensors.items():
         x = _combine([px[k] for k in e.parts], (sum, min, max)) if e.parts else read(e.x)
         sxx, mn, mx = x
         if not np.isfinite(sxx) and (np.isnan(sxx) or not (np.isfinite(mn) and np.isfinite(mx))):
-            raise acc.g.nonfinite_error(t, "NaN" if np.isnan(sxx) else "Inf", sample)
+            bad[t] = "NaN" if np.isnan(sxx) else "Inf"
         xs[t] = x
+    if bad:
+        if any(o.name in bad for o in acc.g.outputs):
+            first = next(iter(bad))  # lay.tensors is in topological order
+            raise acc.g.nonfinite_error(first, bad[first], sample)
+        acc.nonfinite_float.extend(t for t in bad if t not in acc.nonfinite_float)
     for key, e in lay.parts.items():
+        if key[0] in bad:
+            continue
         _add(acc.part_cum[key], e.size, px[key], read(e.cum.names) if e.cum else None)
         _add(acc.part_iso[key], e.size, px[key], read(e.iso.names) if e.iso else None)
     for t, e in lay.tensors.items():
+        if t in bad:
+            continue
         for st, twin, kind in ((acc.cum[t], e.cum, "cum"), (acc.iso[t], e.iso, "iso")):
             if twin is None:
                 q = None

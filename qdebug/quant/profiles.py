@@ -21,6 +21,10 @@ class Profile:
     float16_ops: op types the NPU computes in float16 after dequantizing its (quantized) inputs.
     int16_weight_bits: weight bits of an op promoted to int16 (RKNN int16 = 16; HiSilicon A16W8 = 8).
     quantize_graph_inputs: the model input is quantized (image u8) before the first layer.
+    softmax_output: "pow2" = fixed step 1/2^bits with 0 at qmin (onnxruntime QDQ, NNAPI, TFLite);
+                    "full" = fixed step 1/(2^bits - 1), 1.0 exact; "calib" = calibrated like any tensor.
+    softmax_input_bits: the tensor a Softmax reads is quantized at least this wide (8 = as its producer).
+    embedding_weights: "row" = a Gather table quantized per row (per token), "tensor" = one scale.
     """
 
     name: str
@@ -29,6 +33,9 @@ class Profile:
     float16_ops: frozenset[str] = frozenset()
     int16_weight_bits: int = 16
     quantize_graph_inputs: bool = True
+    softmax_output: str = "pow2"
+    softmax_input_bits: int = 8
+    embedding_weights: str = "row"
     description: str = ""
 
 
@@ -45,15 +52,18 @@ register_profile(Profile(
     "generic", quantize_at="output", fuse=True,
     description="int8 at every fused op's output, per-channel int8 weights (typical NPU compiler)"))
 register_profile(Profile(
-    "ort", quantize_at="output", fuse=False,
+    "ort", quantize_at="output", fuse=False, softmax_output="pow2", embedding_weights="tensor",
     description="QDQ at every ONNX op boundary, like onnxruntime quantize_static (overstates NPU error)"))
 register_profile(Profile(
-    "rknn", quantize_at="output", fuse=True, int16_weight_bits=16,
+    "rknn", quantize_at="output", fuse=True, int16_weight_bits=16, softmax_output="calib",
+    embedding_weights="tensor",
     description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams"))
 register_profile(Profile(
-    "hisi", quantize_at="input", fuse=True, int16_weight_bits=8,
+    "hisi", quantize_at="input", fuse=True, int16_weight_bits=8, softmax_output="calib",
+    embedding_weights="tensor",
     float16_ops=frozenset({"Add", "Sub", "Mul", "Div", "Sigmoid", "Softmax", "Pow", "Sqrt", "Exp",
-                           "Log", "Tanh", "ReduceMean", "ReduceSum", "Reciprocal", "Erf"}),
+                           "Log", "Tanh", "ReduceMean", "ReduceSum", "Reciprocal", "Erf",
+                           "LayerNormalization", "RMSNormalization", "Gelu"}),
     description="HiSilicon ATC: layers quantize their inputs (S8/S16 records); eltwise/activation in F16"))
 
 

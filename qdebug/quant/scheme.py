@@ -108,6 +108,14 @@ def params_from_range(lo: np.ndarray | float, hi: np.ndarray | float, bits: int,
     return QParams(np.atleast_1d(scale).astype(np.float64), np.atleast_1d(zp).astype(np.int64), qmin, qmax, axis)
 
 
+def unit_range_params(bits: int, style: str) -> QParams:
+    """Fixed parameters for a probability tensor in [0, 1] (a Softmax output): 0 at qmin and a step of
+    1/2^bits ("pow2": onnxruntime/NNAPI/TFLite, top value 1 - 2^-bits) or 1/(2^bits - 1) ("full": 1.0 exact)."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    levels = 2 ** bits if style == "pow2" else 2 ** bits - 1
+    return QParams(np.array([1.0 / levels]), np.array([qmin], dtype=np.int64), qmin, qmax)
+
+
 def fake_quant(x: np.ndarray, p: QParams) -> np.ndarray:
     """Quantize-dequantize in numpy with the same formula the simulator graph uses."""
     shape = [1] * x.ndim

@@ -16,10 +16,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qdebug.graph.fusion import QuantOp, group_of
-from qdebug.graph.model import ModelGraph
+from qdebug.graph.fusion import QuantOp, group_of, weight_input
+from qdebug.graph.model import ModelGraph, node_reads, toposort
 from qdebug.quant.profiles import Profile
-from qdebug.quant.scheme import Precision, QParams, QuantConfig, fake_quant, params_from_range
+from qdebug.quant.scheme import (
+    Precision,
+    QParams,
+    QuantConfig,
+    fake_quant,
+    params_from_range,
+    unit_range_params,
+)
 
 ISO = "iso::"
 
@@ -32,6 +39,7 @@ class SimPlan:
     fp16_compute: set[str] = field(default_factory=set)  # op keys computed in float16
     act: dict[str, QParams] = field(default_factory=dict)  # point key -> params (int ops only)
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # node name -> fake-quantized weight
+    const_inputs: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # node -> slot -> value
     unsupported: list[str] = field(default_factory=list)  # op types left in float
 
     def to_json(self, ops: list[QuantOp]) -> list[dict]:
@@ -45,8 +53,11 @@ class SimPlan:
 
 
 def _weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
+    """The output-channel axis of a weight (ConvTranspose: axis 1 of [C_in, C_out/group, k...])."""
     if node.op_type == "ConvTranspose":
         return 1
+    if node.op_type in ("Gather", "BatchNormalization"):
+        return 0  # an embedding table's rows; BatchNorm's per-channel scale
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
@@ -73,16 +84,18 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
     """Decide precision and parameters for every quant point from the config, vendor params and ranges."""
     sp = SimPlan()
     sym = cfg.scheme.symmetric_activations
+    wide = _softmax_feeds(g, ops) if profile.softmax_input_bits > 8 else set()
     for op in ops:
         if op.kind in ("passthrough", "const"):
             continue
         if op.kind == "float":
-            sp.unsupported.append(f"{op.key} ({op.op_type})")
+            if op.family != "mask":  # mask arithmetic is float by rule, not unsupported
+                sp.unsupported.append(f"{op.key} ({op.op_type})")
             sp.precision[op.key] = Precision.FP32
             continue
         p = op_precision(op, cfg)
         sp.precision[op.key] = p
-        anchor_type = op.op_type.split("+")[0]
+        anchor_type = op.base_type
         vendor_fp16 = cfg.source is not None and profile.quantize_at == "input"
         if op.key in cfg.compute_fp16 or (not vendor_fp16 and anchor_type in profile.float16_ops
                                           and op.kind == "compute"):
@@ -95,34 +108,86 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
             points = [(t, t) for t in op.outputs]
         else:
             points = [(point_key(op, j), t) for j, (_, _, t) in enumerate(op.inputs)]
+        softmax_in = op.base_type == "Softmax" and profile.quantize_at == "input"
         for key, tensor in points:
+            pbits = max(bits, profile.softmax_input_bits) if (tensor in wide or softmax_in) else bits
             pinned = cfg.act_params.get(key)
             if pinned is None and op.kind == "input":
                 pinned = cfg.act_params.get(f"{op.key}:0")
             if pinned is not None:
-                sp.act[key] = pinned if pinned.bits == bits else pinned.with_bits(bits)
+                sp.act[key] = pinned if pinned.bits == pbits else pinned.with_bits(pbits)
+            elif op.base_type == "Softmax" and profile.softmax_output != "calib" and tensor in op.outputs:
+                # probabilities in [0, 1]: a fixed grid, not a calibrated one (docs/simulator.md)
+                sp.act[key] = unit_range_params(pbits, profile.softmax_output)
             else:
                 lo, hi = ranges.get(tensor, (0.0, 0.0))
-                sp.act[key] = params_from_range(lo, hi, bits, symmetric=sym)
+                sp.act[key] = params_from_range(lo, hi, pbits, symmetric=sym)
         wbits = 8 if p == Precision.INT8 else profile.int16_weight_bits
         for m in op.weighted:
-            node = g.node_by_name[m]
-            w = g.const_value(node.input[1])
-            if w is None or not np.issubdtype(w.dtype, np.floating):
-                continue
-            pinned = cfg.weight_params.get(m)
-            if pinned is not None:
-                wp = pinned if pinned.bits == wbits else pinned.with_bits(wbits)
-            else:
-                axis = _weight_axis(node, w)
-                if cfg.scheme.per_channel_weights:
-                    red = tuple(i for i in range(w.ndim) if i != axis)
-                    lo, hi = w.min(axis=red), w.max(axis=red)
-                else:
-                    lo, hi, axis = w.min(), w.max(), None
-                wp = params_from_range(lo, hi, wbits, symmetric=cfg.scheme.symmetric_weights, axis=axis)
-            sp.weights[m] = fake_quant(w, wp)
+            _plan_weight(g, g.node_by_name[m], cfg, profile, wbits, sp)
     return sp
+
+
+def _softmax_feeds(g: ModelGraph, ops: list[QuantOp]) -> set[str]:
+    """Quantized tensors a Softmax reads (its input, traced up through passthrough ops): the points a
+    profile with softmax_input_bits > 8 widens."""
+    groups = group_of(ops)
+    feeds: set[str] = set()
+    for op in ops:
+        if op.base_type != "Softmax":
+            continue
+        for _, _, t in op.inputs:
+            for _ in range(16):
+                prod = g.producer.get(t)
+                src = groups.get(prod.name) if prod is not None else None
+                data = [i for i in prod.input if i and not g.is_constant(i)] if prod is not None else []
+                if src is None or src.kind != "passthrough" or not data:
+                    break
+                t = data[0]
+            feeds.add(t)
+    return feeds
+
+
+def _plan_weight(g: ModelGraph, node: onnx.NodeProto, cfg: QuantConfig, profile: Profile, wbits: int,
+                 sp: SimPlan) -> None:
+    """Fake-quantize one op's weight: per output channel on the right axis (grouped ConvTranspose per
+    (group, channel)), an embedding table per row or per tensor (profile), a BatchNorm as x*a + b."""
+    slot = weight_input(g, node)
+    w = g.const_value(node.input[slot]) if slot is not None else None
+    if w is None or not np.issubdtype(w.dtype, np.floating):
+        return
+    shift = None
+    if node.op_type == "BatchNormalization":  # y = x*a + b; a is the weight an NPU multiplies by
+        scale, bias, mean, var = (g.const_value(i).astype(np.float64) for i in node.input[1:5])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        w = scale / np.sqrt(var + eps)
+        shift = bias - mean * w
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    grouped = node.op_type == "ConvTranspose" and group > 1 and w.shape[0] % group == 0
+    if grouped:  # [C_in, C_out/g, k...] -> [C_in/g, C_out, k...]: axis 1 is the true output channel
+        cin, cg = w.shape[0] // group, w.shape[1]
+        w_view = w.reshape(group, cin, cg, -1).transpose(1, 0, 2, 3).reshape(cin, group * cg, -1)
+    else:
+        w_view = w
+    pinned = cfg.weight_params.get(node.name)
+    per_channel = cfg.scheme.per_channel_weights and not (node.op_type == "Gather"
+                                                          and profile.embedding_weights == "tensor")
+    if pinned is not None:
+        wp = pinned if pinned.bits == wbits else pinned.with_bits(wbits)
+    elif per_channel:
+        axis = 1 if grouped else _weight_axis(node, w)
+        red = tuple(i for i in range(w_view.ndim) if i != axis)
+        wp = params_from_range(w_view.min(axis=red), w_view.max(axis=red), wbits,
+                               symmetric=cfg.scheme.symmetric_weights, axis=axis)
+    else:
+        wp = params_from_range(w_view.min(), w_view.max(), wbits, symmetric=cfg.scheme.symmetric_weights)
+    wq = fake_quant(w_view, wp)
+    if grouped:
+        wq = wq.reshape(cin, group, cg, -1).transpose(1, 0, 2, 3).reshape(w.shape)
+    sp.weights[node.name] = wq.astype(np.float32)
+    if shift is not None:  # BatchNorm re-expressed with mean 0, var 1, epsilon 0 (set when emitted)
+        sp.const_inputs[node.name] = {2: shift.astype(np.float32), 3: np.zeros_like(w, dtype=np.float32),
+                                      4: np.ones_like(w, dtype=np.float32)}
 
 
 class _Emitter:
@@ -192,8 +257,10 @@ def _emit_op(g: ModelGraph, op: QuantOp, sp: SimPlan, profile: Profile, em: _Emi
     p = sp.precision.get(op.key, Precision.FP32)
     member_outs = {o for m in op.nodes for o in g.node_by_name[m].output if o}
     input_side = profile.quantize_at == "input" and op.kind == "compute"
+    quantized_in: dict[int, str] = {}  # input point j -> its quantized tensor (emitted once)
     for m in op.nodes:
-        node = copy.deepcopy(g.node_by_name[m])
+        orig = g.node_by_name[m]
+        node = copy.deepcopy(orig)
         if prefix:
             node.name = prefix + node.name
         for k, t in enumerate(list(node.input)):
@@ -204,18 +271,27 @@ def _emit_op(g: ModelGraph, op: QuantOp, sp: SimPlan, profile: Profile, em: _Emi
             else:
                 node.input[k] = alias.get(t, t)
         if m in sp.weights:
-            node.input[1] = em.const(sp.weights[m], f"w::{m}")
+            node.input[weight_input(g, orig) or 0] = em.const(sp.weights[m], f"w::{m}")
+        for k, value in sp.const_inputs.get(m, {}).items():
+            node.input[k] = em.const(value, f"w{k}::{m}")
+        if m in sp.const_inputs and node.op_type == "BatchNormalization":  # x*a + b exactly: var 1, eps 0
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("epsilon", 0.0))
         if input_side and p != Precision.FP32:
             for j, (mm, k, t) in enumerate(op.inputs):
-                if mm != m:
+                # a fused family (LayerNorm reads x twice) quantizes x once and feeds every reader
+                slots = [kk for kk, tt in enumerate(orig.input) if tt == t] if op.family else [k]
+                if op.family == "" and mm != m:
                     continue
-                src = node.input[k]
-                q = f"{prefix}{t}::in::{op.key}:{j}"
-                if p.is_int:
-                    em.qdq(src, q, sp.act[point_key(op, j)], _rank(g, t))
-                else:
-                    em.cast16(src, q)
-                node.input[k] = q
+                for kk in slots:
+                    if j not in quantized_in:
+                        q = f"{prefix}{t}::in::{op.key}:{j}"
+                        if p.is_int:
+                            em.qdq(node.input[kk], q, sp.act[point_key(op, j)], _rank(g, t))
+                        else:
+                            em.cast16(node.input[kk], q)
+                        quantized_in[j] = q
+                    node.input[kk] = quantized_in[j]
         is_last = m == op.nodes[-1]
         quant_out = is_last and not input_side and p != Precision.FP32
         fp16_out = is_last and (op.key in sp.fp16_compute or (input_side and p == Precision.FP16))
@@ -345,19 +421,26 @@ def build_analysis(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Prof
 
 
 def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop nodes that feed no graph output (e.g. parts of a truncated graph)."""
+    """Drop nodes that feed no graph output (e.g. parts of a truncated graph) and put the rest in topological
+    order: a fused group is emitted at its first member, possibly before a Constant its last member reads."""
     gr = model.graph
+    producer = {o: k for k, n in enumerate(gr.node) for o in n.output if o}
     needed = {o.name for o in gr.output}
-    keep = []
-    for n in reversed(gr.node):
-        if any(o in needed for o in n.output):
-            keep.append(n)
-            needed.update(i for i in n.input if i)
-    keep.reverse()
-    if len(keep) != len(gr.node):
-        del gr.node[:]
-        gr.node.extend(keep)
-        inits = [t for t in gr.initializer if t.name in needed]
-        del gr.initializer[:]
-        gr.initializer.extend(inits)
+    stack, keep = list(needed), set()
+    while stack:  # walk back from the outputs by name, whatever the node order
+        k = producer.get(stack.pop())
+        if k is None or k in keep:
+            continue
+        keep.add(k)
+        for i in node_reads(gr.node[k]):  # subgraphs' outer-scope reads too
+            if i not in needed:
+                needed.add(i)
+                stack.append(i)
+    nodes = toposort([n for k, n in enumerate(gr.node) if k in keep])
+    del gr.node[:]
+    gr.node.extend(nodes)
+    declared = {i.name for i in gr.input}  # old exports list initializers as inputs: keep those (else required)
+    inits = [t for t in gr.initializer if t.name in needed or t.name in declared]
+    del gr.initializer[:]
+    gr.initializer.extend(inits)
     return model

@@ -29,8 +29,15 @@ PNG_LIMIT = 200_000  # bytes per picture; larger detection pictures are reduced 
 
 def check_output(out_dir: str | Path, top: int = 15) -> None:
     """Refuse a report folder that is a file and a --top below 1 (before any slow work)."""
+    if not str(out_dir):
+        raise QDebugError("empty report folder name", where="-o", fix="pass -o NEW_FOLDER")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    try:
+        exists = out.exists()
+    except OSError as exc:  # a name over 255 bytes, a path through a file
+        raise QDebugError(f"cannot use the report folder ({exc.strerror})", file=str(out_dir),
+                          fix="use a shorter path through existing folders") from None
+    if exists and not out.is_dir():
         raise QDebugError("the report output must be a folder, but a file has that name", file=str(out),
                           fix="pass -o NEW_FOLDER (report.md, report.html and the plots go inside)")
     if top < 1:

@@ -13,6 +13,7 @@ from qdebug.results.compare import CompareResult, ModelInfo, QuantInfo, SampleIn
 from qdebug.results.detection import DetectionResult
 from qdebug.results.record import OMIT, Record, record
 from qdebug.results.runspec import RunSpec
+from qdebug.results.task import TaskResult
 from qdebug.results.vendor import PatchedFile, ToolkitProposal
 
 BISECT_SCHEMA = "qdebug.bisect/1"
@@ -153,6 +154,7 @@ class BisectResult(Record):
     compare_before: CompareResult
     compare_after: CompareResult | None = None
     detection: DetectionResult | None = field(default=None, metadata=OMIT)
+    task: TaskResult | None = field(default=None, metadata=OMIT)  # classify / embedding / ctc verdict
     patched_file: PatchedFile | None = field(default=None, metadata=OMIT)
     exports: dict[str, str] | None = field(default=None, metadata=OMIT)
     toolkit_proposal: ToolkitProposal | None = field(default=None, metadata=OMIT)

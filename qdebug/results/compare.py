@@ -12,6 +12,7 @@ from typing import Any
 from qdebug.results.detection import DetectionResult
 from qdebug.results.record import OMIT, Record, record
 from qdebug.results.runspec import RunSpec
+from qdebug.results.task import TaskResult
 from qdebug.results.values import SNR_INF, Metrics
 from qdebug.results.vendor import CalibMapping, VendorComparison, VendorTensor
 
@@ -173,6 +174,7 @@ class CompareResult(Record):
     engine: str | None = field(default=None, metadata=OMIT)
     environment: dict[str, Any] = field(default_factory=dict)
     detection: DetectionResult | None = field(default=None, metadata=OMIT)
+    task: TaskResult | None = field(default=None, metadata=OMIT)  # classify / embedding / ctc verdict
     vendor: VendorComparison | None = field(default=None, metadata=OMIT)
     spec: RunSpec | None = field(default=None, metadata=OMIT)  # the resolved options of the run
 

@@ -1,4 +1,9 @@
-"""Typed `qdebug.detection/1` section: the task verdict (detections lost, mAP vs float) of a run."""
+"""Typed `qdebug.detection/1` section: the task verdict (detections lost, mAP vs float) of a run.
+
+Segment and pose heads add optional metrics to each run's `metrics` (absent for plain detect heads):
+MASK_METRICS for segment heads, POSE_METRICS for pose heads; `decoder.head` names the head. The JSON
+schema of the section is `schemas/detection-1.json`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from typing import Any
 from qdebug.results.record import OMIT, Record, record
 
 DETECTION_SCHEMA = "qdebug.detection/1"
+MASK_METRICS = ("mask_map50_95_vs_float", "mask_iou_mean")  # segment heads: mask mAP vs float, mean mask IoU
+POSE_METRICS = ("oks_map_vs_float", "kpt_err_px")  # pose heads: OKS mAP vs float, mean keypoint error (px)
 
 
 @record
@@ -19,6 +26,10 @@ class DetectionRun(Record):
     counts: dict[str, Any] = field(default_factory=dict)
     per_class: list[dict[str, Any]] = field(default_factory=list)
     overrides: dict[str, str] | None = field(default=None, metadata=OMIT)
+
+    def instance_metrics(self) -> dict[str, float | None]:
+        """The mask/keypoint metrics this run carries (empty for a plain detect head)."""
+        return {k: self.metrics[k] for k in MASK_METRICS + POSE_METRICS if k in self.metrics}
 
 
 @record
@@ -39,3 +50,8 @@ class DetectionResult(Record):
     examples: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float | None = None
+
+    @property
+    def head(self) -> str:
+        """The decoded head: detect, segment or pose (detect for files written before heads were told apart)."""
+        return str(self.decoder.get("head") or "detect")

@@ -52,6 +52,9 @@ def load_result(path: str | Path) -> dict:
     except RecursionError:
         raise QDebugError("JSON nested too deeply to be a qdebug result", file=str(p),
                           fix="pass the JSON file qdebug wrote") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise QDebugError(f"not a qdebug result: {' '.join(str(exc).split())[:120]}", file=str(p),
+                          fix="pass the JSON file qdebug wrote") from None
     validate_result(doc, str(p))
     return doc
 

@@ -55,6 +55,7 @@ class VendorComparison(Record):
     fused_away: list[str] = field(default_factory=list)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     builds: int | None = None
+    median_snr_gap_db: float | None = field(default=None, metadata=OMIT)
 
 
 @record
@@ -71,10 +72,26 @@ class PatchedFile(Record):
 
 
 @record
+class PlanScore(Record):
+    """One promotion plan judged on the bisect target by the same evaluator (task targets included)."""
+
+    name: str
+    entries: int = 0
+    values: dict[str, float | None] = field(default_factory=dict)
+    passed: bool | None = None
+    judge: str = "built-in"  # which simulator produced the values: built-in | rknn-toolkit2
+
+
+@record
 class ToolkitProposal(Record):
-    """A vendor toolkit's own list of layers to keep in higher precision, scored on the same target."""
+    """A vendor toolkit's own list of layers to keep in higher precision, scored on the same target as the
+    toolkit wrote it (every entry, verbatim), beside qdebug's set and, when neither meets the target alone,
+    their union."""
 
     tensors: list[str] = field(default_factory=list)
     count: int = 0
     values: dict[str, float | None] = field(default_factory=dict)
     passed: bool | None = None
+    entries: dict[str, str] = field(default_factory=dict)
+    plans: list[PlanScore] = field(default_factory=list)
+    not_applied: dict[str, str] = field(default_factory=dict)

@@ -3,4 +3,4 @@
 A new backend is one module with an `@register_backend` class plus its line below.
 """
 
-from qdebug.runners import rockchip, sim  # noqa: F401  (register the built-in backends)
+from qdebug.runners import dumps, qdq, rockchip, sim  # noqa: F401  (register the built-in backends)

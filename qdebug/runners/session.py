@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from qdebug.errors import ModelError
+from qdebug.graph.model import PROTO_LIMIT
 from qdebug.workers import SESSION_THREADS
 
 _ARENA: list[bool] = []
@@ -30,15 +34,54 @@ def _shared_arena() -> bool:
     return _ARENA[0]
 
 
+def _save_external(model: onnx.ModelProto, folder: str) -> str:
+    """Write `model` into `folder` with the bytes of its large initializers in one side file, leaving `model`
+    untouched (onnx.save_model with external data rewrites the tensors in place); returns the model's path.
+
+    For models protobuf cannot serialize in one piece (2 GB or more): onnxruntime then loads from the path.
+    """
+    light = onnx.ModelProto()
+    for src, dst in ((model, light), (model.graph, light.graph)):
+        for fd, val in src.ListFields():
+            if fd.name in ("graph", "initializer"):
+                continue
+            if hasattr(val, "extend"):  # repeated field
+                getattr(dst, fd.name).extend(val)
+            elif hasattr(val, "CopyFrom"):
+                getattr(dst, fd.name).CopyFrom(val)
+            else:
+                setattr(dst, fd.name, val)
+    with open(os.path.join(folder, "weights.bin"), "wb") as fh:
+        for t in model.graph.initializer:
+            if not (t.HasField("raw_data") and len(t.raw_data) >= 1024):
+                light.graph.initializer.add().CopyFrom(t)
+                continue
+            ext = light.graph.initializer.add()
+            ext.name, ext.data_type = t.name, t.data_type
+            ext.dims.extend(t.dims)
+            ext.data_location = onnx.TensorProto.EXTERNAL
+            fh.write(b"\0" * (-fh.tell() % 4096))  # page-aligned, so onnxruntime may map it
+            for key, value in (("location", "weights.bin"), ("offset", str(fh.tell())),
+                               ("length", str(len(t.raw_data)))):
+                entry = ext.external_data.add()
+                entry.key, entry.value = key, value
+            fh.write(t.raw_data)
+    path = os.path.join(folder, "model.onnx")
+    with open(path, "wb") as fh:
+        fh.write(light.SerializeToString())
+    return path
+
+
 class OrtSession:
     """An onnxruntime CPU session over an in-memory model, returning outputs by name.
 
-    `run` may be called from several threads at once (onnxruntime sessions are thread-safe).
+    `run` may be called from several threads at once (onnxruntime sessions are thread-safe). A model of
+    `inline_limit` bytes or more goes through a temporary folder with its weights in a side file.
     """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
                  optimize_all: bool = False, model_order: bool = False,
-                 disabled_optimizers: tuple[str, ...] = ()) -> None:
+                 disabled_optimizers: tuple[str, ...] = (), inline_limit: int = PROTO_LIMIT) -> None:
         so = ort.SessionOptions()
         # BASIC keeps fake-quantized graphs bit-stable; float-only passes (calibration) may use every fusion
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
@@ -57,9 +100,18 @@ class OrtSession:
             so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if _shared_arena():
             so.add_session_config_entry("session.use_env_allocators", "1")
+        self._tmp: tempfile.TemporaryDirectory | None = None  # kept while the session may read its files
         try:
-            self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
+            if model.ByteSize() < inline_limit:
+                src: bytes | str = model.SerializeToString()
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="qdebug-model-")
+                src = _save_external(model, self._tmp.name)
+            self.sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
                                              disabled_optimizers=list(disabled_optimizers))
+        except OSError as exc:
+            raise ModelError(f"cannot write the temporary copy of a large model ({exc.strerror or exc})",
+                             file=source, fix="free space in the temporary folder or set TMPDIR") from None
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load the model: {msg}", file=source,

@@ -145,7 +145,14 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
 
 
 def precheck_target(expr: str | None) -> None:
-    """Syntax and bounds of a target before any model is loaded (metric and tensor names are checked later)."""
+    """Syntax and bounds of a target before any model is loaded (metric and tensor names are checked later).
+
+    None means "the default target"; an empty string is a mistake. A bound no run can reach (cosine above 1,
+    a share above 1) is refused: the search would spend every evaluation to report failure.
+    """
+    if expr is not None and not expr.strip():
+        raise QDebugError("empty target", where="--target", fix='e.g. --target "output0:cosine>=0.999", or leave '
+                          "--target out for the default")
     for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", (expr or "").strip()):
         if not raw:
             continue
@@ -153,7 +160,17 @@ def precheck_target(expr: str | None) -> None:
         if not m:
             raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
                               fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
-        _bound(m.group("num"), raw)
+        num, metric, op = _bound(m.group("num"), raw), m.group("metric").removeprefix("cumulative."), m.group("op")
+        lo, hi = (-1.0, 1.0) if metric == "cosine" else (0.0, 1.0) if _is_share(metric) else (None, None)
+        if lo is not None and hi is not None and ((op in (">=", ">") and num > hi) or (op in ("<=", "<") and num < lo)
+                                                  or (op == ">" and num == hi) or (op == "<" and num == lo)):
+            raise QDebugError(f"'{raw}' can never hold: {metric} lies in [{lo:g}, {hi:g}]", where="--target",
+                              fix=f"use a bound inside [{lo:g}, {hi:g}]")
+
+
+def _is_share(metric: str) -> bool:
+    """Metrics that are shares or agreements in [0, 1] (mAP, recall, lost share, top-k agreement, IoU)."""
+    return any(w in metric for w in ("map", "recall", "frac", "agreement", "iou")) and not metric.endswith("_px")
 
 
 def _split_ref(ref: str, known: set[str], parts: dict[str, list[str]]) -> tuple[str | None, str | None]:

@@ -1,8 +1,10 @@
 """The decoder interface: raw model outputs of one image -> boxes (xyxy), scores, classes.
 
 A decoder plug-in implements `candidates()` (every anchor's box in network-input pixels and its class
-scores); the shared `decode()` applies the confidence threshold, class-aware NMS and the letterbox undo.
-Register a new decoder with `@register_decoder` in its own module (see qdebug/tasks/__init__.py).
+scores, optionally per-anchor extra channels such as mask coefficients or keypoints); the shared `decode()`
+applies the confidence threshold, class-aware NMS and the letterbox undo, then hands the extra channels of
+the kept detections to `attach()` (masks, keypoints). Register a new decoder with `@register_decoder` in its
+own module (see qdebug/tasks/__init__.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from qdebug.errors import QDebugError
 from qdebug.inputs.dataset import Dataset, Letterbox
+from qdebug.tasks.masks import CropMask
 from qdebug.tasks.nms import batched_nms
 
 IMPLAUSIBLE_FRAC = 0.5  # warn when more than this share of candidate boxes is implausible
@@ -26,13 +29,19 @@ MAX_SIDE_FACTOR = 1.5  # a side above this times the input side counts as larger
 
 @dataclass
 class Detections:
-    """Detections of one image: xyxy boxes [K,4] float32, scores [K] float32, classes [K] int64."""
+    """Detections of one image: xyxy boxes [K,4] float32, scores [K] float32, classes [K] int64.
+
+    Segment heads add `masks` (one box-cropped binary mask per detection, prototype resolution, network
+    coordinates); pose heads add `keypoints` [K, nk, 3] (x, y in the same pixels as the boxes, visibility).
+    """
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     candidates: int = 0  # boxes above the confidence threshold before NMS
     implausible: int = 0  # of those, boxes larger than the input or with a side < MIN_SIDE_PX
+    masks: list[CropMask] | None = None
+    keypoints: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -43,10 +52,13 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
     @classmethod
-    def make(cls, boxes: Sequence, scores: Sequence, classes: Sequence) -> Detections:
-        """Build from plain sequences (tests, label files)."""
-        return cls(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32).reshape(-1),
-                   np.asarray(classes, np.int64).reshape(-1))
+    def make(cls, boxes: Sequence, scores: Sequence, classes: Sequence, masks: Sequence[CropMask] | None = None,
+             keypoints: Sequence | np.ndarray | None = None) -> Detections:
+        """Build from plain sequences (tests, label files); keypoints as [K, nk, 3] (x, y, visibility)."""
+        b = np.asarray(boxes, np.float32).reshape(-1, 4)
+        kp = None if keypoints is None else np.asarray(keypoints, np.float32).reshape(len(b), -1, 3)
+        return cls(b, np.asarray(scores, np.float32).reshape(-1), np.asarray(classes, np.int64).reshape(-1),
+                   masks=None if masks is None else list(masks), keypoints=kp)
 
     def to_json(self) -> list[dict]:
         """One dict per detection (box rounded to 0.01 px)."""
@@ -110,6 +122,18 @@ def undo_letterbox(boxes: np.ndarray, lb: Letterbox | None, input_hw: tuple[int,
     return out.astype(np.float32)
 
 
+def undo_letterbox_points(xy: np.ndarray, lb: Letterbox | None, input_hw: tuple[int, int]) -> np.ndarray:
+    """Network-input points [..., 2] -> original image pixels (the box transform of `undo_letterbox`, unclipped)."""
+    if lb is None or not xy.size:
+        return xy
+    h, w = input_hw
+    sx, sy = (w / lb.orig_w, h / lb.orig_h) if lb.pad_x == 0 and lb.pad_y == 0 else (lb.scale, lb.scale)
+    out = xy.astype(np.float64).copy()
+    out[..., 0] = (out[..., 0] - lb.pad_x) / sx
+    out[..., 1] = (out[..., 1] - lb.pad_y) / sy
+    return out.astype(np.float32)
+
+
 def xywh2xyxy(xywh: np.ndarray) -> np.ndarray:
     """Centre-size boxes [..., 4] -> corner boxes."""
     xy, wh = xywh[..., :2], xywh[..., 2:4]
@@ -165,14 +189,26 @@ class Decoder(ABC):
         """Which graph outputs the decoder reads (default: all of them)."""
         return list(graph_outputs)
 
+    def configure(self, metadata: dict[str, str]) -> None:
+        """Read hints from the model's metadata (ONNX metadata_props, e.g. ultralytics `task`, `kpt_shape`)."""
+        return None  # plain box decoders need no hints
+
     @abstractmethod
-    def candidates(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Every anchor of image 0: xyxy boxes [N,4] in network-input pixels and class scores [N,nc] in [0,1]."""
+    def candidates(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        """Every anchor of image 0: xyxy boxes [N,4] in network-input pixels and class scores [N,nc] in [0,1],
+        optionally a third array [N, E] of per-anchor extra channels that `attach` turns into masks/keypoints."""
+
+    def attach(self, dets: Detections, extra: np.ndarray, net_boxes: np.ndarray, outputs: dict[str, np.ndarray],
+               input_hw: tuple[int, int], letterbox: Letterbox | None) -> None:
+        """Fill masks/keypoints of the kept detections from their extra channels (default: nothing)."""
+        return None  # plain box decoders return no extra channels
 
     def decode(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int],
                letterbox: Letterbox | None = None) -> Detections:
-        """Threshold, class-aware NMS and letterbox undo for one image."""
-        boxes, cls_scores = self.candidates(outputs, input_hw)
+        """Threshold, class-aware NMS and letterbox undo for one image (masks/keypoints for kept detections only)."""
+        cand = self.candidates(outputs, input_hw)
+        boxes, cls_scores = cand[0], cand[1]
+        extra = cand[2] if len(cand) > 2 else None
         if not len(boxes) or cls_scores.shape[1] == 0:
             return Detections.empty()
         classes = cls_scores.argmax(axis=1)
@@ -181,6 +217,7 @@ class Decoder(ABC):
         if sel.size > self.max_nms:
             sel = sel[np.argsort(-scores[sel], kind="stable")[: self.max_nms]]
         boxes, scores, classes = boxes[sel], scores[sel], classes[sel]
+        extra = extra[sel] if extra is not None else None
         boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:4]), np.maximum(boxes[:, :2], boxes[:, 2:4])], 1)
         h, w = input_hw
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -188,11 +225,15 @@ class Decoder(ABC):
             | ~np.isfinite(boxes).all(axis=1)
         boxes = np.nan_to_num(boxes, nan=0.0, posinf=1e6, neginf=-1e6)
         keep = batched_nms(boxes, scores, classes, self.iou, self.max_det, self.agnostic)
-        out = undo_letterbox(boxes[keep].astype(np.float32), letterbox, input_hw)
+        net = boxes[keep].astype(np.float32)
+        out = undo_letterbox(net, letterbox, input_hw)
         inside = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])  # boxes wholly in the padding vanish
         keep = keep[inside]
-        return Detections(out[inside], scores[keep].astype(np.float32), classes[keep].astype(np.int64),
+        dets = Detections(out[inside], scores[keep].astype(np.float32), classes[keep].astype(np.int64),
                           candidates=int(sel.size), implausible=int(bad.sum()))
+        if extra is not None:
+            self.attach(dets, extra[keep], net[inside], outputs, input_hw, letterbox)
+        return dets
 
     def describe(self) -> dict:
         """Name, thresholds and detected layout (JSON)."""

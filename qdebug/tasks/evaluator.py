@@ -26,7 +26,7 @@ from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.evaluate import Evaluator, Score, TensorTargetEvaluator
 from qdebug.search.target import Target
-from qdebug.tasks import LABEL_METRICS, TASK_METRICS
+from qdebug.tasks import INSTANCE_METRICS, LABEL_METRICS, TASK_METRICS
 from qdebug.tasks.agreement import IOU_THRS, Agreement, agreement
 from qdebug.tasks.base import Decoder, Detections, ImageMeta, image_metas, network_hw, plausibility_warning
 from qdebug.tasks.labels import Labels, true_map
@@ -36,7 +36,8 @@ DETECTION_SCHEMA = "qdebug.detection/1"
 
 
 def decoder_outputs(graph: ModelGraph, decoder: Decoder) -> list[str]:
-    """Graph outputs the decoder reads."""
+    """Graph outputs the decoder reads (the decoder first sees the model's metadata, e.g. ultralytics' task)."""
+    decoder.configure({p.key: p.value for p in graph.model.metadata_props})
     return decoder.output_names([o.name for o in graph.outputs])
 
 
@@ -118,6 +119,13 @@ class DetectionEvaluator(Evaluator):
         if need and self.labels is None:
             raise QDebugError(f"target uses {', '.join(need)} (true mAP against labels) but no --labels were given",
                               where="--target", fix="pass --labels, or use map50_95_vs_float (agreement with float)")
+        head = self.decoder.info.get("head", "detect")
+        for m in target.task_metrics():
+            kind = "segment" if m.startswith("mask_") else "pose" if m in INSTANCE_METRICS else None
+            if kind and head != kind:
+                raise QDebugError(f"target uses {m}, which needs a {kind} head, but --task {self.decoder.name} "
+                                  f"decoded a {head} head", where="--target",
+                                  fix="use map50_95_vs_float, or check the model outputs / --nc / --kpt-shape")
         self._target = target
         self._tensor_ev = TensorTargetEvaluator(self.graph, self.samples, self.backend, target) \
             if target.tensors() else None
@@ -133,7 +141,8 @@ class DetectionEvaluator(Evaluator):
             dets.append(self.decoder.decode({n: out[n] for n in self.outputs}, self.input_hw, self.metas[k].letterbox))
             if tev:
                 tev.add_sample(stats, k, out)
-        agr = agreement(self.reference, dets, match_iou=self.match_iou)
+        used = [m for m in self.target.task_metrics() if m in INSTANCE_METRICS]  # masks/OKS only when asked
+        agr = agreement(self.reference, dets, match_iou=self.match_iou, instances=used)
         self.last = agr
         task_vals: dict[str, float | None] = dict(agr.values())
         if self.labels is not None and any(m in LABEL_METRICS for m in self.target.task_metrics()):

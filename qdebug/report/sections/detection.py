@@ -24,7 +24,7 @@ from qdebug.report.blocks import (
 )
 from qdebug.report.context import DETECTION_GROUP, Ctx, detection_section
 from qdebug.report.format import f_det, f_pct, map_grade, num
-from qdebug.results.detection import DetectionResult, DetectionRun
+from qdebug.results.detection import MASK_METRICS, POSE_METRICS, DetectionResult, DetectionRun
 
 DET_CLASSES_INLINE = 5  # per-class tables with more classes are collapsed
 
@@ -133,6 +133,7 @@ def detection(ctx: Ctx) -> list[Block]:
                        good("≥ 0.9"), " fine, ", bad("< 0.7"), " broken); lost: float detections without a "
                        "match, added: quantized detections without one (IoU ≥ 0.5); flips: lost to a box of another "
                        "class; mean IoU and Δscore (quantized − float confidence) over matched pairs.")))
+    out += _instances(det)
     lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
         runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
@@ -157,6 +158,34 @@ def detection(ctx: Ctx) -> list[Block]:
     for n in ctx.det_notes:
         out.append(Para(il(b("Note: "), n)))
     return out
+
+
+def _instances(det: DetectionResult) -> list[Block]:
+    """Masks (segment heads) and keypoints (pose heads) against the float ones, one row per run."""
+    runs = [(name, side.instance_metrics()) for name, side in _det_runs(det)]
+    if not any(im for _, im in runs):
+        return []
+    cols: list[tuple[str, str, str]] = []  # (metric, header, format)
+    if any(k in im for _, im in runs for k in MASK_METRICS):
+        cols += [("mask_map50_95_vs_float", "mask mAP50-95", ".3f"), ("mask_iou_mean", "mean mask IoU", ".3f")]
+    if any(k in im for _, im in runs for k in POSE_METRICS):
+        cols += [("oks_map_vs_float", "OKS mAP50-95", ".3f"), ("kpt_err_px", "keypoint error (px)", ".2f")]
+    rows = [[il(_promoted_label(det) if name == "promoted" else name),
+             *(il(_map_span(im.get(k)) if k.endswith("_vs_float") else f_det(im.get(k), spec)) for k, _, spec in cols)]
+            for name, im in runs]
+    d = det.decoder or {}
+    what = []
+    names = {k for k, _, _ in cols}
+    if "mask_map50_95_vs_float" in names:
+        res = (d.get("masks") or {}).get("resolution")
+        grid = f"{res[0]}×{res[1]}" if isinstance(res, list) and len(res) == 2 else "prototype"
+        what.append(f"masks are compared at the {grid} prototype resolution (mask IoU replaces box IoU in the COCO "
+                    "AP; mean mask IoU over box-matched pairs)")
+    if "oks_map_vs_float" in names:
+        what.append(f"keypoints by OKS (sigmas {d.get('oks_sigmas', '?')}, area = float box area × 0.53) and by the "
+                    "mean pixel distance of the float model's visible keypoints over box-matched pairs")
+    return [Para(il(b("Masks and keypoints"), " against the float model's: " + "; ".join(what) + ".")),
+            Table(["run", *(h for _, h, _ in cols)], rows, "l" + "r" * len(cols))]
 
 
 def _det_per_class(det: DetectionResult) -> list[Block]:
