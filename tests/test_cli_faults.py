@@ -345,14 +345,7 @@ TARGET_CASES += [Case(f"cut-threshold-{k}", BISECT + ("--cut-threshold", v), nam
                               ("text", "loose"))]
 
 ALL = MODEL_CASES + DATA_CASES + DTYPE_CASES + OPTION_CASES + OVERRIDE_CASES + OVERRIDES_CASES + TARGET_CASES
-NO_INPUTS = "model without graph inputs: StopIteration escapes inputs/dataset.load_dataset (traceback)"
-XFAIL: dict[str, str] = {
-    "compare-model-no_inputs": NO_INPUTS, "bisect-model-no_inputs": NO_INPUTS,
-    **{f"{c}-model-directory": "a folder as model: 'expected an .onnx file, got a folder' has no (fix: ...)"
-       for c in ("compare", "bisect", "promote")},
-    "uint8-model-input-dtype-float": "--input-dtype float32 for a uint8 input is not checked: raw onnxruntime "
-                                     "error naming no option",
-}
+XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", params(Case(**{**c.__dict__, "xfail": XFAIL.get(c.id, c.xfail)}) for c in ALL))

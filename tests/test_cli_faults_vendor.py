@@ -159,10 +159,7 @@ SPEC_CASES = [
     Case("promote-no-layers-option", ("promote", "hisi:<hisi>", "-o", "<t>/o.txt"), names=("--layers",)),
 ]
 ALL = _fixture_cases() + _generated_cases() + SPEC_CASES
-XFAIL: dict[str, str] = {
-    **{f"{c}-hisi-version-twice": "hisi: a second top-level `version` silently wins (docs/formats.md refuses a key "
-       "given twice; test_format_fuzz's hisi base relies on two versions)" for c in ("compare-calib", "promote")},
-}
+XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", params(Case(**{**c.__dict__, "xfail": XFAIL.get(c.id, c.xfail)}) for c in ALL))

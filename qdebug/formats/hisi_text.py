@@ -512,6 +512,7 @@ def iter_layers(text: str, path: str | None, exact: bool = False) -> Iterator[La
         raise FormatError(f"control character {bad.group()!r}", file=path,
                           where=f"line {1 + text.count(chr(10), 0, bad.start())}", fix="remove the control character")
     p = Parser(text, path)
+    seen_version = False
     while True:
         t = p.peek()
         if t is None:
@@ -532,6 +533,10 @@ def iter_layers(text: str, path: str | None, exact: bool = False) -> Iterator[La
             if f.name == "layer":
                 yield layer_of(text, f, path)
             elif f.name == "version":
+                if seen_version:  # two versions: which one ATC would read is undefined
+                    raise FormatError("`version` given twice", file=path, where=_where(f),
+                                      fix="keep one `version: 65536` line")
+                seen_version = True
                 _check_version(text, f, path)
 
 

@@ -197,7 +197,8 @@ class ModelGraph:
         if not p.exists():
             raise ModelError("model file not found", file=str(p), fix="check the path")
         if p.is_dir():
-            raise ModelError("expected an .onnx file, got a folder", file=str(p))
+            raise ModelError("expected an .onnx file, got a folder", file=str(p),
+                             fix="pass the model file inside the folder, e.g. DIR/model.onnx")
         try:
             model = onnx.load(str(p), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, ValueError... on corrupt files
@@ -353,6 +354,8 @@ class ModelGraph:
                 raise ModelError(f"input '{inp.name}' has no shape", file=self.path,
                                  fix="pass --size H,W or re-export with a static shape")
             dims = list(inp.shape)
+            if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+                dims[0] = 1  # only the batch is dynamic: run one sample at a time
             if any(d is None for d in dims):
                 if len(dims) == 4 and size is not None:
                     if dims[0] is None:

@@ -34,7 +34,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from qdebug.errors import DataError
+from qdebug.errors import DataError, ModelError
 from qdebug.graph.model import ModelGraph
 from qdebug.inputs.guards import (
     _first_line,
@@ -88,6 +88,9 @@ class Preprocess:
             if val not in allowed:
                 raise DataError(f"unknown {opt} '{val}'", where=opt,
                                 fix="use one of " + ", ".join(a for a in allowed if a))
+        if self.dtype and np.dtype(self.dtype) != dtype and dtype.kind in "iu":
+            raise DataError(f"--input-dtype {self.dtype} but input '{name}' of {model} takes {dtype}",
+                            where="--input-dtype", fix=f"drop --input-dtype (the model decides) or pass {dtype}")
         if len(shape) != 4:
             raise DataError(f"images need a 4-D model input, but input '{name}' of {model} is {shape}",
                             where="--data", fix="give .npy/.npz tensors instead of images")
@@ -401,7 +404,14 @@ def load_dataset(path: str | Path, graph: ModelGraph, prep: Preprocess | None = 
     size = size or prep.size
     if size is not None:
         _check_size(size, graph)
-    shapes = graph.static_input_shapes(size)
+    try:
+        shapes = graph.static_input_shapes(size)
+    except ModelError:
+        shapes = _shapes_from_tensors(p, graph, size)  # dynamic non-image dims: the data's shape decides
+    if not shapes:
+        raise ModelError("the model has no graph inputs: there is nothing to feed", file=graph.path,
+                         fix="export the model with its inputs (constants folded into a model without inputs "
+                         "cannot be compared)")
     dtypes = {i.name: i.dtype for i in graph.inputs}
     dynamic = frozenset(i.name for i in graph.inputs if i.shape is None or None in i.shape)
     model = Path(graph.path).name if graph.path else "the model"
@@ -462,6 +472,37 @@ def load_dataset(path: str | Path, graph: ModelGraph, prep: Preprocess | None = 
         warnings.warn("; ".join(notes), DataWarning, stacklevel=2)
     return Dataset(str(p), kind, entries, shapes, dtypes, prep if kind == "images" else None, dynamic=dynamic,
                    notes=notes, index_limits=index_limits(graph))
+
+
+def _shapes_from_tensors(p: Path, graph: ModelGraph, size: Sequence[int] | None) -> dict[str, tuple[int, ...]]:
+    """Input shapes of a model with dynamic non-image dims, taken from the first .npy/.npz sample.
+
+    Audio and sequence models (a VAD's [1, N] chunk, a recurrent state) have no --size; the arrays given
+    are the shapes to run. Static dims must still agree; the first sample fixes the rest for the data set.
+    """
+    files = sorted(list_folder(p)[0]) if p.is_dir() else [p]
+    tensors = [f for f in files if _kind(f) in (".npy", ".npz")]
+    if not tensors:
+        graph.static_input_shapes(size)  # images need --size: re-raise its one-line error
+    f = tensors[0]
+    found = {graph.inputs[0].name: npy_info(f)[0]} if _kind(f) == ".npy" else \
+        {k: v[0] for k, v in npz_info(f).items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for inp in graph.inputs:
+        want = list(inp.shape or [])
+        got = found.get(inp.name)
+        if got is None and len(graph.inputs) == 1 and len(found) == 1:
+            got = next(iter(found.values()))
+        if got is None:
+            raise DataError(f"no array for input '{inp.name}' (dynamic dims {inp.shape})", file=str(f),
+                            fix="store one array per model input, keyed by input name")
+        if len(got) == len(want) + 1 and got[0] == 1:
+            got = got[1:]
+        if want and (len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got, strict=False))):
+            raise DataError(f"array shape {tuple(got)} does not fit model input '{inp.name}' {inp.shape}",
+                            file=str(f), fix="save arrays of the input's rank with its fixed dims")
+        shapes[inp.name] = tuple(int(d) for d in got)
+    return shapes
 
 
 # ops that hand their input's values on unchanged (only the shape or the integer type may change)
