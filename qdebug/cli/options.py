@@ -478,6 +478,22 @@ class Setup:
     scorer: TaskScorer | None = None  # --task classify|embedding|ctc
 
 
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QGemm")
+
+
+def _warn_prequantized(graph: ModelGraph) -> None:
+    """Say so when the "float" model already holds quantized ops: it would be quantized a second time."""
+    from collections import Counter
+
+    found = Counter(n.op_type for n in graph.nodes if n.op_type in QUANTIZED_OPS)
+    if found:
+        kinds = ", ".join(f"{k} x{v}" for k, v in found.most_common(3))
+        err_console.print(mk("[yellow]warning:[/] the model already holds quantized ops ({}): its quantized ops run "
+                             "as they are and the rest is quantized again; to debug an existing quantized model, "
+                             "give the float model and --quantized Q.onnx", kinds), soft_wrap=True)
+
+
 def setup_run(args: argparse.Namespace) -> Setup:
     """Decoder, graph and data sets, quantization config and profile, then the backends, in that order.
 
@@ -491,6 +507,8 @@ def setup_run(args: argparse.Namespace) -> Setup:
     be = BackendOptions.from_args(args)
     be.check(getattr(args, "calib", None))
     graph = ModelGraph.load(args.model)
+    if not be.quantized:
+        _warn_prequantized(graph)
     ds, calib = DataOptions.from_args(args).load(graph)
     quant = build_config(QuantOptions.from_args(args), graph, be.backend)
     backend = be.builtin(quant.profile, graph, ds)  # before the vendor backend, which makes a work folder

@@ -16,7 +16,7 @@ from qdebug import __version__
 from qdebug.errors import ModelError
 from qdebug.graph.fusion import QuantOp
 from qdebug.graph.hazards import find_hazards
-from qdebug.graph.model import ModelGraph
+from qdebug.graph.model import ModelGraph, node_reads
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import CompareAccumulator
@@ -216,7 +216,8 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
             if node is None:
                 in_snr = SNR_INF
             else:
-                ins = [by_tensor[i].cumulative.snr_db for i in node.input if i in by_tensor]
+                # node_reads: an If/Loop's data comes in through its branches, not its listed inputs
+                ins = [by_tensor[i].cumulative.snr_db for i in node_reads(node) if i in by_tensor]
                 ins = [v for v in ins if v is not None]
                 in_snr = min(ins) if ins else SNR_INF
             jump = min(in_snr, JUMP_REF_DB) - cum.snr_db
