@@ -5,6 +5,7 @@
     python benchmarks/bench_rknn.py --samples 8         # 8 images
     python benchmarks/bench_rknn.py --quick             # 4 images, no toolkit proposal
     python benchmarks/bench_rknn.py --target "output0.score:snr_db>=20" --no-costs
+    python benchmarks/bench_rknn.py --fidelity 192 --samples 4   # built-in vs toolkit fidelity only (~1 min)
 
 Needs the toolkit environment (`qdebug doctor --setup-rknn`, found as `qdebug --backend rknn` finds it);
 without it the benchmark prints "skipped" and exits 0. Each phase runs in its own process:
@@ -461,6 +462,9 @@ def main() -> int:
                     help=f"op known to crash the toolkit at int16 (repeatable; default {', '.join(CRASHING_OPS)}); "
                          "probed in the costs phase, marked unpromotable in the workaround run")
     ap.add_argument("--no-costs", action="store_true")
+    ap.add_argument("--fidelity", type=int, default=None, metavar="PX",
+                    help="only the fidelity figures (built-in rknn/generic profiles vs the toolkit, side by side) "
+                         "on the YOLOv8-style fixture at PX pixels (rknn_fidelity.py)")
     ap.add_argument("--bisect-timeout", type=float, default=5400.0, help="seconds (default 5400)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--seed", type=int, default=0)
@@ -494,6 +498,12 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"benchmark": "bisect_rknn", "skipped": True,
                                                       "started": started.isoformat(timespec="seconds")}) + "\n")
+        return 0
+    if args.fidelity:
+        from rknn_fidelity import fidelity, small_inputs
+
+        n = args.samples or QUICK_IMAGES
+        fidelity(*small_inputs(out / "fidelity", args.fidelity, n), n, out / "fidelity")
         return 0
     if args.quick:
         args.proposal = False

@@ -111,12 +111,19 @@ def test_nan_only_in_compare_data_named_with_sample(tmp_path, capsys):
     assert "NaN first appears in float tensor 'y' from node act (Sqrt) on sample b.npy" in err
 
 
-def test_dynamic_dims_need_size(tmp_path, npy_dir, capsys):
+def test_dynamic_dims_need_size_for_images_only(tmp_path, npy_dir, capsys):
+    """Images have no size of their own for the network: --size decides. Tensors carry theirs."""
+    from fixtures.data import make_images
+
     m = _tiny(tmp_path / "m.onnx", dynamic=True)
-    rc, _, err = run_cli(["compare", str(m), "--data", str(npy_dir)], capsys)
+    imgs = tmp_path / "imgs"
+    make_images(imgs, n=2)
+    rc, _, err = run_cli(["compare", str(m), "--data", str(imgs)], capsys)
     assert rc == 2 and "--size" in err
-    rc, _, _ = run_cli(["compare", str(m), "--data", str(npy_dir), "--size", "8,8", "-q"], capsys)
+    rc, _, _ = run_cli(["compare", str(m), "--data", str(imgs), "--size", "8,8", "-q"], capsys)
     assert rc == 0
+    rc, _, err = run_cli(["compare", str(m), "--data", str(npy_dir), "-q"], capsys)
+    assert rc == 0, err
 
 
 def test_unknown_override_layer(tmp_path, npy_dir, capsys):

@@ -153,6 +153,8 @@ def test_missing_environment_and_bad_platform(monkeypatch, tmp_path):
     monkeypatch.setattr(rockchip, "DEFAULT_ENV", tmp_path / "none")
     assert find_rknn_python(str(tmp_path / "nope")) is None
     with pytest.raises(QDebugError, match="rknn-toolkit2 environment not found"):
+        RknnBackend()
+    with pytest.raises(QDebugError, match="nope' is not an executable file"):
         RknnBackend(python=str(tmp_path / "nope"))
     with pytest.raises(QDebugError, match="unknown platform 'rk9999'"):
         RknnBackend(python=sys.executable, platform="rk9999")

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 from qdebug.cli.guard import write_json
 from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
-from qdebug.cli.terminal import err_console, mk, out_console, render_bisect, render_detection, render_task
+from qdebug.cli.terminal import (
+    err_console,
+    mk,
+    out_console,
+    render_bisect,
+    render_detection,
+    render_remedies,
+    render_task,
+)
 from qdebug.errors import QDebugError
 from qdebug.results.vendor import PatchedFile
 
@@ -34,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--format", default=None, help="vendor format of -o when no --calib is given (e.g. rknn)")
     b.add_argument("--json", default=None, help="write the result (schema qdebug.bisect/1)")
     b.add_argument("--report", default=None, metavar="DIR", help="also write report.md/report.html into DIR")
+    b.add_argument("--remedies", action="store_true",
+                   help="search the cheapest verified fix: per-tensor calibration, head split (decode tail on the "
+                        "CPU) and precision, in cost order (docs/bisect.md)")
     b.add_argument("--rknn-proposal", action="store_true",
                    help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
     b.add_argument("--quiet", "-q", action="store_true")
@@ -45,6 +56,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     """Run `qdebug bisect`: rank the ops, search the smallest promotion set, write the vendor file and exports."""
     from qdebug.quant.scheme import Precision
     from qdebug.search.driver import run_bisect
+    from qdebug.search.remedies import config_from_remedies
     from qdebug.search.target import parse_cut, precheck_target
 
     console = out_console()
@@ -70,7 +82,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if getattr(args, "quantized_dumps", None):
         raise QDebugError("recorded dumps cannot be re-run with promoted ops", where="--quantized-dumps",
                           fix="pass --quantized Q.ONNX (the QDQ model) to bisect")
-    if args.output and not (args.calib or args.format or args.backend == "rknn" or args.quantized):
+    if args.output and not (args.calib or args.format or args.backend == "rknn" or args.quantized
+                            or args.remedies):
         raise QDebugError("-o needs a vendor file to patch", where="-o",
                           fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
     from qdebug.results.detection import DetectionResult
@@ -94,11 +107,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     tev = TaskEvaluator(graph, ds, judge or backend, scorer) if scorer is not None else None
     try:
+        pinned = {ov.split("=", 1)[0] for ov in args.override} | {
+            k for k, p in cfg.overrides.items() if p != cfg.scheme.activation}
         res = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
-                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator or tev)
+                         cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator or tev,
+                         remedies=args.remedies, pinned=pinned)
+        final_cfg = config_from_remedies(cfg, res.result.remedies, prec)
+        changed = final_cfg.key() != cfg.key()
         if decoder is not None and evaluator is not None:
-            nodes = res.result.set
-            promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
+            promoted = final_cfg if changed else None
             det = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
                                 labels=evaluator.labels)
             res.detection = DetectionResult.from_json(det.to_json())
@@ -106,8 +123,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                                    "judge": "rknn-toolkit2 simulator" if judge is not None
                                    else f"built-in simulator ({st.profile})"}
         if scorer is not None and tev is not None:
-            nodes = res.result.set
-            promoted = cfg.with_overrides({k: prec for k in nodes}) if nodes else None
+            promoted = final_cfg if changed else None
             res.task = run_task(graph, ds, judge or backend, cfg, scorer, promoted=promoted, evaluator=tev)
         if judge is not None and getattr(judge, "name", "") == "rknn":
             _rknn_outputs(args, graph, ds, cfg, judge, res, prec, log, evaluator=evaluator or tev)
@@ -117,13 +133,18 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             judge.close()
     res.command = args.command_line
     res.spec = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile, target=target)
-    if (args.calib or args.format) and args.backend != "rknn":
+    if args.remedies:
+        from qdebug.cli.remedy_outputs import write_plan
+
+        write_plan(args, graph, ds, res, prec)
+    elif (args.calib or args.format) and args.backend != "rknn":
         _vendor_outputs(args, graph, res, prec)
     if args.quantized and args.output:
         _qdq_output(args, backend, graph, cfg, res, prec)
     _exports(graph, res, prec)
     if not args.quiet:
         render_bisect(res, console)
+        render_remedies(res, console)
         if res.detection is not None:
             render_detection(res.detection, console)
         if res.task is not None:

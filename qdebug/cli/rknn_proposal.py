@@ -37,11 +37,15 @@ def score_proposal(graph: ModelGraph, dataset: Dataset, cfg: QuantConfig, rk: Rk
         target = parse_target(res.target.expression, graph, res.compare_before.output_parts())
         evaluator = TensorTargetEvaluator(graph, list(dataset), rk, target)
     raw = {RAW + k: Precision.parse(v) for k, v in entries.items()}
-    ours = {k: prec for k in res.result.set}
+    best = res.result.best  # a missed target has no set: qdebug's plan is then its best evaluated set
+    ours_list = res.result.set or (best.promoted if best is not None else [])
+    ours = {k: prec for k in ours_list}
+    ours_values = dict(res.result.after) if res.result.set or best is None else dict(best.values)
     before = set(rk.not_applied)
     score = evaluator.evaluate(cfg.with_overrides(raw))  # an empty proposal is the plain int8 build: still valued
     plans = [PlanScore("toolkit proposal", len(entries), score.values, score.passed, JUDGE),
-             PlanScore("qdebug set", len(ours), dict(res.result.after), res.result.met, JUDGE)]
+             PlanScore("qdebug set" if res.result.set else "qdebug best set", len(ours), ours_values,
+                       res.result.met, JUDGE)]
     if not score.passed and not res.result.met and raw and ours:
         if log:
             log("neither plan meets the target alone: scoring their union")

@@ -321,6 +321,11 @@ def render_vendor(v: VendorComparison, console: Console, top: int | None = 5) ->
             else:  # older files: cosine only
                 console.print(mk("    {}: cosine {} vs {}", d["tensor"], f_cos(d.get("vendor_cosine"), ascii=True),
                                  f_cos(d.get("builtin_cosine"), ascii=True)))
+    dev = getattr(v, "float_deviation", None)
+    if dev:
+        console.print(mk("  [yellow]the toolkit's own float run differs from the ONNX model from {} on (SNR {} dB, "
+                         "{} tensor(s)): that part of its error is not quantization[/]", dev[0]["tensor"],
+                         f_snr(dev[0]["snr_db"], ascii=True), len(dev)))
     if v.fused_away:
         console.print(mk("  [dim]{} ONNX tensor(s) fused away by the toolkit (no per-tensor result), e.g. {}[/]",
                          len(v.fused_away), ", ".join(v.fused_away[:3])))
@@ -488,3 +493,34 @@ def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
         console.print(mk("  {}: {}", row.get("sample", "?"), describe_row(task.task, row)))
     for w in task.warnings:
         console.print(mk("[yellow]warning:[/] {}", w))
+
+
+# ------------------------------------------------------------------ remedies (bisect --remedies)
+def render_remedies(doc: BisectResult, console: Console, tried: int = 12) -> None:
+    """The chosen plan (each remedy, its cost and the target before -> after) and the alternatives tried."""
+    rs = doc.remedy_search
+    if rs is None:
+        return
+    console.print("[bold]plan[/] (cheapest kind first: calibration, head split, precision):")
+    for r in doc.result.remedies:
+        console.print(mk("  [bold]{}[/]: cost {} ({})", r.kind, r.cost, r.unit))
+        shown = r.changed[:4]
+        console.print(mk("    changed: {}", ", ".join(shown) + (f" ... (+{len(r.changed) - 4})"
+                                                                 if len(r.changed) > 4 else "")))
+        for k, v in r.after.items():
+            console.print(mk("    {}: {} -> {}", k, f_g(r.before.get(k), 6), f_g(v, 6)))
+    if not doc.result.remedies:
+        console.print("  (no remedy)")
+    for kind, why in rs.skipped.items():
+        console.print(mk("  [dim]{} skipped:[/] {}", kind, why))
+    console.print(mk("alternatives tried ({} evaluated plans; calibration part {} of bound {}, precision part {} "
+                     "of bound {}):", len(rs.trials), rs.calibration_evaluations, rs.calibration_bound,
+                     rs.precision_evaluations, rs.precision_bound))
+    for t in rs.trials[:tried]:
+        cost = ", ".join(f"{k} {v}" for k, v in t.cost.items() if v)
+        verdict = "[green]pass[/]" if t.passed else "[red]miss[/]"
+        console.print(mk("  #{} " + verdict + " ({}): {}", t.evaluation, cost or "no change", t.plan))
+    if len(rs.trials) > tried:
+        console.print(mk("  ... {} more in the JSON (remedy_search.trials)", len(rs.trials) - tried))
+    for n in rs.notes:
+        console.print(mk("  [dim]{}[/]", n))

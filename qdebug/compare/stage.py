@@ -241,7 +241,8 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     outputs = [OutputRow(o.name, by_tensor[o.name].cumulative, by_tensor[o.name].isolated,
                          [p for p in part_rows if p.tensor == o.name])
                for o in graph.outputs if o.name in by_tensor]
-    hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8)
+    hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8,
+                           channel_absmax=getattr(backend, "channel_absmax", None))  # LayerNorm input outliers
     warnings = list(getattr(backend, "warnings", []))  # e.g. float tensors a --quantized model does not hold
     if sp.unsupported:
         warnings.append(f"{len(sp.unsupported)} op(s) not supported by the simulator were run in float: "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from qdebug.graph.model import ModelGraph
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
@@ -19,6 +21,10 @@ from qdebug.results.vendor import VendorComparison, VendorTensor
 from qdebug.runners.reference import float_references
 from qdebug.runners.rknn_results import fused_away, load_dump, onnx_name, parse_error_analysis, parse_name_map
 from qdebug.runners.rockchip import RknnBackend
+
+# below this SNR the toolkit's float run of a tensor is not the ONNX model's (float rounding is > 100 dB): the
+# toolkit computes the op differently, so part of its error at and after that tensor is not quantization
+FLOAT_DEVIATION_DB = 60.0
 
 
 def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: RknnBackend, compare: CompareResult,
@@ -52,7 +58,9 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     tstats: dict[str, TensorStats] = {}
     table: dict[str, dict] = {}
     toolkit_names: dict[str, str] = {}
+    fstats: dict[str, TensorStats] = {}  # the toolkit's own float run (golden) against the ONNX model's
     for s in samples[:max(0, analysis_samples)]:
+        goldens: dict[str, object] = {}
         files = rk.accuracy_analysis(graph, s)
         rows = parse_error_analysis(Path(files["error_analysis"]).read_text(), files["error_analysis"])
         rows_all = rows
@@ -70,6 +78,13 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
                 gv, qv = load_dump(g), load_dump(q)
                 if gv.shape == qv.shape:
                     tstats.setdefault(t, TensorStats()).update(gv, qv)
+                    goldens[t] = gv
+        if goldens:
+            ref = float_references(graph, [s], list(goldens), {})[0]
+            for t, gv in goldens.items():
+                fv = ref.get(t)
+                if fv is not None and fv.size == gv.size and not _same_values_reordered(fv.ravel(), gv):
+                    fstats.setdefault(t, TensorStats()).update(fv.ravel(), gv)  # type: ignore[union-attr]
     by_tensor = compare.by_tensor()
     for t, row in table.items():
         entry = VendorTensor(row["toolkit_name"], row["op_type"],
@@ -78,6 +93,10 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
         if t in by_tensor:
             by_tensor[t].vendor = entry
     disagreements = rank_disagreements(compare)
+    order = {t: k for k, t in enumerate(graph.activation_tensors())}
+    float_dev = [{"tensor": t, "snr_db": m.snr_db, "cosine": m.cosine}
+                 for t, m in sorted(((t, st.result()) for t, st in fstats.items()), key=lambda tm: order.get(tm[0], 0))
+                 if m.snr_db is not None and m.snr_db < FLOAT_DEVIATION_DB]
     try:
         versions = rk.versions()
     except Exception:  # noqa: BLE001 - versions are informational
@@ -85,7 +104,13 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     return VendorComparison("rknn", rk.platform, versions.get("rknn_toolkit2"), len(samples),
                             min(analysis_samples, len(samples)), outputs, len(table),
                             fused_away(graph.activation_tensors(), rows_all) if rows_all else [],
-                            disagreements[:50], rk.builds, median_gap(disagreements))
+                            disagreements[:50], rk.builds, median_gap(disagreements), float_dev[:50])
+
+
+def _same_values_reordered(f: np.ndarray, g: np.ndarray) -> bool:
+    """The toolkit dumped the same values in another layout (a transposed Softmax/Reshape): not a deviation."""
+    a, b = np.sort(f.astype(np.float64)), np.sort(g.astype(np.float64))
+    return bool(np.sum((a - b) ** 2) <= 1e-8 * max(float(np.sum(a * a)), 1e-30)) and not np.allclose(f, g)
 
 
 def rank_disagreements(compare: CompareResult) -> list[dict]:

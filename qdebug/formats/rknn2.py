@@ -120,6 +120,7 @@ class RknnQuantCfg(VendorFile):
             prec = Precision.parse(val)
             old = cfg.overrides.get(key)
             cfg.overrides[key] = prec if old is None or prec.rank > old.rank else old
+        self.check_model(graph, rep.matched)
         for op in ops:
             if op.kind in ("compute", "input") and op.key not in covered:
                 rep.nodes_without_record.append(op.key)
@@ -127,6 +128,16 @@ class RknnQuantCfg(VendorFile):
             rep.notes.append(f"{internal} entr(ies) describe tensors inside a fused op or after a range-preserving "
                              "op; the fused op's output entry is used")
         return cfg, rep
+
+    def check_model(self, graph: ModelGraph, matched: list[str]) -> None:
+        """Refuse a cfg written for another model: not one of its quantized tensors is a tensor of this graph."""
+        ints = [n for n, tp in self.params.items() if tp.is_int]
+        if ints and not any(self.params[n].is_int for n in matched):
+            first = self.params[ints[0]]
+            raise FormatError(f"none of the {len(ints)} quantized tensors of the cfg is a tensor of the model "
+                              f"(e.g. '{first.name}'): it was written for another model", file=self.path,
+                              where=f"line {first.line}" if first.line else PARAMS_KEY,
+                              fix="run hybrid_quantization_step1 on this model and give its .quantization.cfg")
 
     def custom_precisions(self, graph: ModelGraph) -> dict[str, Precision]:
         """`custom_quantize_layers` as {producing node: precision} (entries matching no tensor are left out),
@@ -209,6 +220,8 @@ class RknnQuantCfg(VendorFile):
             raise FormatError(f"rknn-toolkit2 {CUSTOM_KEY} takes int16 or float16, not {dtype.value}",
                               file=self.path, fix="use --dtype int16 or --dtype fp16")
         value = CUSTOM_VALUES[dtype]
+        if graph is not None:
+            self.check_model(graph, [n for n in self.params if self.tensor_of(n, graph) is not None])
         entries: list[tuple[str, str]] = []
         notes: list[str] = []
         for key, how in (kh for n in layers for kh in self.tensor_keys(n, graph)):

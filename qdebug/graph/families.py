@@ -21,6 +21,7 @@ from qdebug.graph.model import ModelGraph
 MASK_OPS = {"Cast", "Sub", "Mul", "Add", "Div", "Neg", "Not", "And", "Or", "Equal", "Less", "Greater",
             "LessOrEqual", "GreaterOrEqual", "Where", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Tile",
             "Transpose", "Slice", "Clip", "Min", "Max", "ConstantOfShape"}
+SHAPE_MOVES = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Tile", "Transpose", "Slice", "Flatten", "Identity"}
 MASK_MAGNITUDE = 1e3  # a constant this large (or infinite) multiplied/selected into a branch marks a mask
 
 
@@ -326,8 +327,22 @@ def mask_tensors(g: ModelGraph) -> set[str]:
     """Float tensors of attention-mask branches: chains of MASK_OPS fed only by int/bool tensors (a mask
     input, a shape-derived causal mask) or by a float input, that apply a mask-sized constant
     ((1 - mask) * -10000, where(mask, 0, -inf)); the tensors before and after that constant in the chain.
-    They stay in float; the Add that applies them to scores is quantized. A normalized u8 image (Cast,
-    Sub, Div: no mask-sized constant) is not a mask."""
+    They stay in float. The Add that applies a finite mask to scores is quantized; scores an infinite mask
+    was applied to (mask_apply) are mask tensors too. A normalized u8 image (Cast, Sub, Div: no mask-sized
+    constant) is not a mask."""
+    masks = _branch_masks(g)
+    return masks | _inf_applied(g, masks)[1]
+
+
+def mask_apply(g: ModelGraph) -> set[str]:
+    """Nodes applying an infinite mask to scores (Add of where(mask, 0, -inf), masked_fill(-inf)): int
+    cannot hold -inf, so they stay float as in an NPU's fused attention (the scores keep their producer's
+    quantization); the mask_add hazard still names them."""
+    return _inf_applied(g, _branch_masks(g))[0]
+
+
+def _branch_masks(g: ModelGraph) -> set[str]:
+    """The mask-branch tensors of mask_tensors (without the scores an infinite mask was applied to)."""
     graph_in = {i.name for i in g.inputs}
     ints = {t for t in [*graph_in, *g.producer] if t and not g.is_constant(t) and not g.is_float(t)}
     keep = _mask_chain(g, ints | graph_in)
@@ -336,3 +351,38 @@ def mask_tensors(g: ModelGraph) -> set[str]:
     # a float mask input counts when only mask arithmetic reads it (never an image fed to a Conv)
     return {t for t in keep if g.is_float(t)
             and (t not in graph_in or all(c.op_type in MASK_OPS for c in _cons(g, t)))}
+
+
+def _is_inf(g: ModelGraph, t: str) -> bool:
+    v = g.const_value(t) if t else None
+    return v is not None and v.size > 0 and np.issubdtype(v.dtype, np.floating) and bool(np.isinf(v).any())
+
+
+def _inf_applied(g: ModelGraph, masks: set[str]) -> tuple[set[str], set[str]]:
+    """(apply nodes, their outputs and shape moves of those): Add(scores, m) with m a mask holding -inf (or
+    an infinite constant), Where(cond, scores, -inf) / Where(cond, -inf, scores) (masked_fill)."""
+    inf_masks: set[str] = set()
+    nodes: set[str] = set()
+    out: set[str] = set()
+    for n in g.nodes:  # topological: -inf masks first, then where they meet the scores
+        outs = [o for o in n.output if o]
+        if not outs:
+            continue
+        if all(o in masks for o in outs):
+            if any(i in inf_masks or _is_inf(g, i) for i in n.input if i):
+                inf_masks.update(outs)
+            continue
+        data = [i for i in n.input if i and not g.is_constant(i)]
+        if n.op_type in SHAPE_MOVES and data and all(i in out for i in data):
+            out.update(outs)  # e.g. a Reshape between the masked Add and the Softmax
+            continue
+        vals = list(n.input[1:]) if n.op_type == "Where" else list(n.input)
+        if n.op_type not in ("Add", "Where") or len(vals) != 2:
+            continue
+        inf = [i for i in vals if i in inf_masks or _is_inf(g, i)]
+        scores = [i for i in vals if i not in inf and i not in masks and not g.is_constant(i)]
+        if len(inf) == 1 and len(scores) == 1:
+            nodes.add(n.name)
+            out.update(outs)
+    return nodes, out
+

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qdebug.graph.families import MASK_MAGNITUDE, find_families, mask_tensors
+from qdebug.graph.families import MASK_MAGNITUDE, find_families, mask_apply, mask_tensors
 from qdebug.graph.fusion import PASSTHROUGH
 from qdebug.graph.model import ModelGraph
 
@@ -195,10 +195,12 @@ def mask_add(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 
     the mask's, so the scores keep (2^bits - 1) * S / (S + M) levels (S score width, M mask magnitude).
     Fires under MIN_LEVELS levels, i.e. M > S * ((2^bits - 1) / 16 - 1); always for -inf."""
     masks = mask_tensors(g)
+    applied = mask_apply(g)  # -inf applied to scores: float in the simulator, a hazard on an int NPU op
     out = []
     levels = 2 ** bits - 1
     for node in g.nodes:
-        if node.op_type not in ("Add", "Where") or not node.output or node.output[0] in masks:
+        if node.op_type not in ("Add", "Where") or not node.output or \
+                (node.output[0] in masks and node.name not in applied):
             continue
         data = [i for i in node.input[(1 if node.op_type == "Where" else 0):] if i]
         mask = [i for i in data if i in masks or _is_big_const(g, i)]
@@ -214,6 +216,16 @@ def mask_add(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 
         if kept is not None and kept >= MIN_LEVELS:
             continue
         shown = "-inf" if not math.isfinite(m) else f"{m:.3g}"
+        if node.name in applied:
+            out.append(Hazard(
+                "mask_add", node.name, node.output[0],
+                f"{node.name} applies a -inf attention mask to scores: int{bits} cannot hold -inf, so qdebug "
+                "runs it in float (as an NPU that takes the mask into its fused attention/Softmax does)",
+                f"check that the NPU toolkit fuses the mask into attention/Softmax; if it quantizes {node.name}, "
+                "replace -inf by a finite constant (e.g. -100) and keep it at int16/fp16",
+                {"mask_magnitude": None, "score_width": s, "levels_left": 0.0, "min_levels": MIN_LEVELS,
+                 "simulated": "float"}))
+            continue
         out.append(Hazard(
             "mask_add", node.name, node.output[0],
             f"{node.name} puts an attention mask of magnitude {shown} into scores"

@@ -106,6 +106,45 @@ class Evaluation(Record):
 
 
 @record
+class Remedy(Record):
+    """One remedy of the chosen plan: its kind, cost (in `unit`), what it changed and the target before/after."""
+
+    kind: str  # calibration | split | precision
+    cost: int
+    unit: str
+    changed: list[str] = field(default_factory=list)
+    before: dict[str, float | None] = field(default_factory=dict)
+    after: dict[str, float | None] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@record
+class PlanTrial(Record):
+    """One candidate plan the remedy search evaluated (the alternatives tried)."""
+
+    evaluation: int
+    plan: str
+    cost: dict[str, int]
+    passed: bool
+    margin: float | None
+    values: dict[str, float | None] = field(default_factory=dict)
+
+
+@record
+class RemedySearchInfo(Record):
+    """How the remedy search went: the plans tried, skipped remedies and why, the evaluation bounds."""
+
+    trials: list[PlanTrial] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    calibration_evaluations: int = 0
+    calibration_bound: int = 0
+    precision_evaluations: int = 0
+    precision_bound: int = 0
+    split: dict[str, Any] | None = None
+
+
+@record
 class SearchOutcome(Record):
     """The answer: whether the target is met, the promotion set, its target values before and after."""
 
@@ -116,6 +155,7 @@ class SearchOutcome(Record):
     before: dict[str, float | None] = field(default_factory=dict)
     after: dict[str, float | None] = field(default_factory=dict)
     best: Evaluation | None = None
+    remedies: list[Remedy] = field(default_factory=list)  # the plan, cheapest kind first
 
 
 @record
@@ -159,3 +199,4 @@ class BisectResult(Record):
     exports: dict[str, str] | None = field(default=None, metadata=OMIT)
     toolkit_proposal: ToolkitProposal | None = field(default=None, metadata=OMIT)
     spec: RunSpec | None = field(default=None, metadata=OMIT)  # the resolved options of the run
+    remedy_search: RemedySearchInfo | None = field(default=None, metadata=OMIT)  # bisect --remedies

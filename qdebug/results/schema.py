@@ -1,9 +1,12 @@
 """Load and validate the versioned JSON results (`qdebug.compare/1`, `qdebug.bisect/1`) that reports read.
 
+Their optional task sections (`detection`: `qdebug.detection/1`, `task`: `qdebug.task/1`) have schemas of
+their own; a document's sections (also those of the compare documents a bisect embeds) are validated too.
+
 Validation uses `jsonschema` when it is installed (a dev dependency) and otherwise a small built-in
 checker of the JSON Schema subset the files in `schemas/` use (type, required, properties, items,
-const, enum, minimum, oneOf/anyOf, $ref to #/$defs, additionalProperties). Every failure is one QDebugError naming
-the file, the JSON path of the problem and the fix.
+const, enum, minimum, minItems/maxItems, oneOf/anyOf, $ref to #/$defs, additionalProperties). Every
+failure is one QDebugError naming the file, the JSON path of the problem and the fix.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from qdebug import __version__
 from qdebug.errors import QDebugError
 
 SCHEMAS: dict[str, str] = {"qdebug.compare/1": "compare-1.json", "qdebug.bisect/1": "bisect-1.json"}
+SECTIONS: dict[str, str] = {"detection": "qdebug.detection/1", "task": "qdebug.task/1"}  # key -> section schema
+SECTION_FILES: dict[str, str] = {"qdebug.detection/1": "detection-1.json", "qdebug.task/1": "task-1.json"}
 EMBEDDED = ("compare_before", "compare_after")  # bisect documents embed full compare documents
 _RERUN = "re-run the command with --json using this qdebug version ({v}), then `qdebug report` the new file"
 
 
 @functools.cache
 def schema_for(version: str) -> dict:
-    """The JSON Schema (a dict) of a known document version."""
-    text = resources.files("qdebug.results").joinpath("schemas", SCHEMAS[version]).read_text(encoding="utf-8")
+    """The JSON Schema (a dict) of a known document or section version."""
+    name = SCHEMAS.get(version) or SECTION_FILES[version]
+    text = resources.files("qdebug.results").joinpath("schemas", name).read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -80,12 +86,22 @@ def validate_result(doc: Any, source: str | None = None) -> str:
             fix = "pass the file written by `qdebug compare --json` or `qdebug bisect --json`"
         raise QDebugError(problem, file=src, where="$.schema", fix=fix)
     _check(doc, version, src, "$")
+    _check_sections(doc, src, "$")
     if version == "qdebug.bisect/1":
         for key in EMBEDDED:
             sub = doc.get(key)
             if sub is not None:
                 _check(sub, "qdebug.compare/1", src, f"$.{key}")
+                _check_sections(sub, src, f"$.{key}")
     return str(version)
+
+
+def _check_sections(doc: dict, src: str, base: str) -> None:
+    """Validate the task sections a (compare or bisect) document carries against their own schemas."""
+    for key, version in SECTIONS.items():
+        sub = doc.get(key)
+        if sub is not None:
+            _check(sub, version, src, f"{base}.{key}")
 
 
 def _check(doc: dict, version: str, src: str, base: str) -> None:
@@ -166,6 +182,10 @@ def _mini_validate(v: Any, s: dict | bool, root: dict, path: str) -> tuple[str, 
         return path, f"{_short(json.dumps(v), 40)} is not one of {s['enum']}"
     if "minimum" in s and _is_type(v, "number") and v < s["minimum"]:
         return path, f"{v} is less than the minimum of {s['minimum']}"
+    if isinstance(v, list) and len(v) < s.get("minItems", 0):
+        return path, f"{_short(json.dumps(v), 40)} should have at least {s['minItems']} items"
+    if isinstance(v, list) and "maxItems" in s and len(v) > s["maxItems"]:
+        return path, f"{_short(json.dumps(v), 40)} should have at most {s['maxItems']} items"
     if isinstance(v, dict):
         for key in s.get("required", []):
             if key not in v:

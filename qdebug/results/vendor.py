@@ -56,6 +56,7 @@ class VendorComparison(Record):
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     builds: int | None = None
     median_snr_gap_db: float | None = field(default=None, metadata=OMIT)
+    float_deviation: list[dict[str, Any]] = field(default_factory=list)  # toolkit float run != ONNX model
 
 
 @record

@@ -14,6 +14,7 @@ import numpy as np
 
 from qdebug.errors import FormatError
 
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ROW = re.compile(r"^(?:\[(?P<op>[^\]]+)\]\s+)?(?P<name>\S+)(?P<rest>.*)$")
 # 2.x layout: "cos | euc   cos | euc"; euc is printed with at most 5 decimals and may run into the next column
 _V2 = re.compile(r"^\s*(?P<ec>-?\d+\.\d+)\s*\|\s*(?P<ee>-?\d+(?:\.\d{1,5})?)\s*"
@@ -111,3 +112,82 @@ def fused_away(graph_tensors: list[str], rows: list[AnalysisRow]) -> list[str]:
     """ONNX activation tensors with no row in the table (fused into another op by the toolkit)."""
     seen = {onnx_name(r.name) for r in rows}
     return [t for t in graph_tensors if t not in seen]
+
+
+# ------------------------------------------------------- what the toolkit built (verbose build tables)
+_LOG_PREFIX = re.compile(r"^(?:[DIWE]\s+RKNN:\s*\[[^\]]*\]\s?)")
+BUILT_DTYPES = {"INT8": "int8", "UINT8": "int8", "INT16": "int16", "FLOAT16": "float16", "FLOAT": "float32",
+                "FLOAT32": "float32"}
+
+
+@dataclass
+class BuildTables:
+    """The dtypes the toolkit actually built, from its verbose layer and feature-tensor tables."""
+
+    ops: dict[str, str]  # ONNX node name (FullName after `Type:`) -> dtype
+    tensors: dict[str, str]  # tensor name as the toolkit lists it -> dtype (first listing wins)
+
+    def names(self) -> list[str]:
+        """Every op and tensor name the build knows (for 'closest names' hints)."""
+        return [*self.tensors, *self.ops]
+
+
+def parse_build_tables(text: str) -> BuildTables | None:
+    """Read the 'Network Layer Information Table' and 'Feature Tensor Information Table' of a verbose build
+    log (the toolkit prints them after compiling); None when the log has no layer table."""
+    ops: dict[str, str] = {}
+    tensors: dict[str, str] = {}
+    section = None
+    found = False
+    for raw in text.splitlines():
+        ln = _LOG_PREFIX.sub("", ANSI_RE.sub("", raw)).rstrip()
+        if "Network Layer Information Table" in ln:
+            section, found = "ops", True
+            continue
+        if "Feature Tensor Information Table" in ln:
+            section = "tensors"
+            continue
+        if "Information Table" in ln:
+            section = None
+            continue
+        parts = ln.split()
+        if section is None or len(parts) < 4 or not parts[0].isdigit():
+            continue
+        if section == "ops" and parts[2] in BUILT_DTYPES and ":" in parts[-1]:
+            ops.setdefault(parts[-1].split(":", 1)[1], BUILT_DTYPES[parts[2]])
+        elif section == "tensors" and parts[3] in BUILT_DTYPES:
+            tensors.setdefault(parts[2], BUILT_DTYPES[parts[3]])
+    return BuildTables(ops, tensors) if found else None
+
+
+def built_dtype(key: str, tables: BuildTables, producer: dict[str, str]) -> str | None:
+    """The dtype the build gave a cfg tensor key: its own feature-tensor row (also under the plain ONNX name),
+    else the op that computes it (a conv output fused into ConvExSwish has no row of its own); None if absent.
+    `producer` maps ONNX tensor -> producing node name."""
+    for name in (key, onnx_name(key)):
+        if name in tables.tensors:
+            return tables.tensors[name]
+    node = producer.get(onnx_name(key))
+    if node is not None and node in tables.ops:
+        return tables.ops[node]
+    return None
+
+
+def unapplied_promotions(requested: dict[str, str], tables: BuildTables,
+                         producer: dict[str, str]) -> dict[str, str]:
+    """Every requested cfg key not built at the requested dtype -> one line saying what was built instead
+    (or that the build has no such tensor) with the closest names the toolkit knows."""
+    import difflib
+
+    out: dict[str, str] = {}
+    for key, want in requested.items():
+        got = built_dtype(key, tables, producer)
+        if got == want:
+            continue
+        if got is not None:
+            out[key] = f"requested {want}, the toolkit built {got}"
+        else:
+            close = difflib.get_close_matches(key, tables.names(), n=3, cutoff=0.6)
+            out[key] = (f"requested {want}, no tensor or op of that name in the build"
+                        + (f"; closest: {', '.join(close)}" if close else ""))
+    return out

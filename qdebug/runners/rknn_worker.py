@@ -76,9 +76,10 @@ def cmd_simulate(req: dict) -> dict:
     t0 = time.time()
     ds = _dataset_file(req)
     if req.get("cfg"):
-        # hybrid: step1 on a fresh object, patch handled by the caller (cfg path given), step2 on another
+        # hybrid: step1 on a fresh object, patch handled by the caller (cfg path given), step2 on another;
+        # verbose so that the build prints its layer and tensor tables (the caller reads back the dtypes)
         base = req["cfg_base"]
-        r = _rknn()
+        r = _rknn(verbose=True)
         _config(r, req)
         r2 = r
         _check(r2.hybrid_quantization_step2(model_input=base + ".model", data_input=base + ".data",
@@ -163,7 +164,7 @@ def main(argv: list[str]) -> int:
         req = json.load(f)
     resp_path = os.path.join(os.path.dirname(req_path), "response.json")
     log_path = os.path.join(req.get("workdir", "."), "worker.log")
-    resp: dict = {"ok": False, "error": None}
+    resp: dict = {"ok": False, "error": None, "log": log_path}
     with open(log_path, "a") as log:
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -7,6 +7,7 @@ default cache folder. Arrays travel as .npy files in a run folder (kept with --k
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -42,6 +43,10 @@ SETUP_STEPS = [
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+CUSTOM_KEY = "custom_quantize_layers"
+# an override key `rknn-cfg:<tensor>` is a cfg tensor key written verbatim (not an ONNX node to map)
+RAW = "rknn-cfg:"
+RAW_VALUES = {Precision.INT8: "int8", Precision.INT16: "int16", Precision.FP16: "float16", Precision.FP32: "float32"}
 UNSUPPORTED = re.compile(r"unsupported tensor dtype in (?P<op>\w+), tensor name is: (?P<tensor>\S+)")
 
 
@@ -55,6 +60,63 @@ def find_rknn_python(explicit: str | None = None) -> str | None:
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+# exit 3: a python without the toolkit; find_spec does not import it (importing the toolkit takes seconds)
+_PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('rknn') else 3)"
+
+
+def check_rknn_python(explicit: str | None = None) -> str:
+    """The toolkit's interpreter, checked before any work: it exists, runs, and can import `rknn`."""
+    env = os.environ.get("QDEBUG_RKNN_PYTHON")
+    where = "--rknn-python" if explicit else "QDEBUG_RKNN_PYTHON" if env else "--backend rknn"
+    setup = f"run `qdebug doctor --setup-rknn {DEFAULT_ENV}` and pass its bin/python"
+    for given in (explicit, env):
+        if given and not (Path(given).is_file() and os.access(given, os.X_OK)):
+            raise QDebugError(f"'{given}' is not an executable file", where=where,
+                              fix=f"give the python of the rknn-toolkit2 environment; {setup}")
+        if given:
+            break
+    py = find_rknn_python(explicit)
+    if py is None:
+        raise QDebugError("rknn-toolkit2 environment not found", where="--backend rknn",
+                          fix=f"run `qdebug doctor --setup-rknn {DEFAULT_ENV}` or set QDEBUG_RKNN_PYTHON")
+    try:
+        r = subprocess.run([py, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise QDebugError(f"'{py}' does not run as a python interpreter ({type(exc).__name__})", where=where,
+                          fix=f"give the python of the rknn-toolkit2 environment; {setup}") from None
+    if r.returncode == 3:
+        raise QDebugError(f"'{py}' has no rknn-toolkit2 (the module `rknn` is not installed there)", where=where,
+                          fix=f"give the python of the environment where rknn-toolkit2 is installed; {setup}")
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+        raise QDebugError(f"'{py}' is not a working python interpreter: {tail[0][:160]}", where=where,
+                          fix=f"give the python of the rknn-toolkit2 environment; {setup}")
+    return py
+
+
+def static_input_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy whose dynamic input dims (N, H, W...) are fixed from the samples' shapes: the toolkit refuses
+    dynamic inputs, while qdebug fills them from --size. Returns the model itself when nothing is dynamic."""
+    dyn = [i for i in model.graph.input if i.name in shapes
+           and any(not d.HasField("dim_value") or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim)]
+    if not dyn:
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for inp in fixed.graph.input:
+        shape = shapes.get(inp.name)
+        if shape is None:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue
+        for d, n in zip(dims, shape, strict=True):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    return fixed
 
 
 def setup_rknn_env(target: str | Path, log=print) -> str:
@@ -80,10 +142,11 @@ def setup_rknn_env(target: str | Path, log=print) -> str:
 class RknnWorker:
     """Runs one worker command per process (the toolkit refuses repeated steps on one RKNN object)."""
 
-    def __init__(self, python: str, workdir: Path, timeout: float = 1800.0) -> None:
+    def __init__(self, python: str, workdir: Path, timeout: float = 1800.0, keep: bool = True) -> None:
         self.python = python
         self.workdir = workdir
         self.timeout = timeout
+        self.keep = keep  # the run folder survives the run (--keep-work): messages may point into it
         self._n = 0
 
     def call(self, cmd: str, **req) -> dict:
@@ -94,8 +157,10 @@ class RknnWorker:
         req = {"cmd": cmd, "workdir": str(job), **req}
         (job / "request.json").write_text(json.dumps(req))
         try:
+            # the toolkit writes scratch files (check.onnx, check.rknn) to the temp dir: keep them in the job folder
+            env = {**os.environ, "TMPDIR": str(job), "TMP": str(job), "TEMP": str(job)}
             proc = subprocess.run([self.python, str(WORKER), str(job / "request.json")], capture_output=True,
-                                  text=True, timeout=self.timeout)
+                                  text=True, timeout=self.timeout, env=env)
         except subprocess.TimeoutExpired:
             raise ToolkitError(f"rknn worker timed out after {self.timeout:.0f} s in {cmd}", file=str(job),
                                fix="use fewer samples or a smaller model; rerun with --keep-work to inspect") from None
@@ -106,12 +171,19 @@ class RknnWorker:
             err = [ln for ln in (ANSI.sub("", x).strip() for x in text.splitlines()) if ln.startswith("E ")]
             tail = err[:1] or (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
             raise ToolkitError(f"rknn worker crashed in {cmd} (exit {proc.returncode}): {tail[0][:300]}",
-                               file=str(log), fix="rerun with --keep-work and read the log")
+                               file=self.log_hint(log), fix="rerun with --keep-work and read the worker log")
         resp = json.loads(resp_path.read_text())
         if not resp.get("ok"):
-            raise ToolkitError(f"rknn-toolkit2 failed in {cmd}: {resp.get('toolkit_error') or resp.get('error')}",
-                               file=str(job / "worker.log"), fix="see the log; check --platform and the model")
+            problem = resp.get("toolkit_error") or resp.get("error") or ""
+            fix = ("the toolkit needs static input dims: pass --size H,W" if "dynamic" in problem.lower()
+                   else "rerun with --keep-work and read the worker log; check the model and --platform")
+            raise ToolkitError(f"rknn-toolkit2 failed in {cmd}: {problem}",
+                               file=self.log_hint(job / "worker.log"), fix=fix)
         return resp
+
+    def log_hint(self, log: Path) -> str:
+        """The worker log's path while it survives (--keep-work), else a note that it is removed with the run."""
+        return str(log) if self.keep else f"{log.name} (removed with the run folder; --keep-work keeps it)"
 
 
 @register_backend
@@ -124,37 +196,57 @@ class RknnBackend(Backend):
     def __init__(self, python: str | None = None, platform: str = "rk3588", keep_work: bool = False,
                  work_root: str | None = None, algorithm: str = "normal", mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
-        py = find_rknn_python(python)
-        if py is None:
-            raise QDebugError("rknn-toolkit2 environment not found", where="--backend rknn",
-                              fix=f"run `qdebug doctor --setup-rknn {DEFAULT_ENV}` or set QDEBUG_RKNN_PYTHON")
         if platform not in PLATFORMS:
             raise QDebugError(f"unknown platform '{platform}'", where="--platform",
                               fix=f"use one of {', '.join(PLATFORMS)}")
-        self.python = py
+        self.python = check_rknn_python(python)  # before any work: a wrong python is one line, not a late crash
         self.platform = platform
         self.algorithm = algorithm
         self.keep_work = keep_work
-        root = Path(work_root) if work_root else Path(tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="qdebug-rknn-", dir=str(root)))
-        self.worker = RknnWorker(py, self.workdir)
+        self.work_root = Path(work_root) if work_root else Path(tempfile.gettempdir())
+        self._workdir: Path | None = None  # made on first use, so no folder exists before the toolkit runs
+        self._worker: RknnWorker | None = None
         self.mean = [list(mean)] if mean is not None else None
         self.std = [list(std)] if std is not None else None
         self.calib_paths: list[str] = []
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
         self._models: dict[str, str] = {}
         self._hybrid: dict[str, dict] = {}
-        self.builds = 0
+        self.builds = 0  # every toolkit build (plain, hybrid step 1, step 2, accuracy_analysis): the one count
         self._ops: dict[int, list[QuantOp]] = {}
         self.unpromotable: dict[str, str] = {}  # op -> toolkit message (e.g. int16 Sub with a constant)
+        self.not_applied: dict[str, str] = {}  # cfg key -> what the toolkit built instead (read back after step 2)
+        self.log = lambda msg: sys.stderr.write(f"qdebug: {msg}\n")
+
+    @property
+    def workdir(self) -> Path:
+        """The run folder (created on first use; removed at close, at exit and on SIGTERM unless --keep-work)."""
+        if self._workdir is None:
+            self.work_root.mkdir(parents=True, exist_ok=True)
+            self._workdir = Path(tempfile.mkdtemp(prefix="qdebug-rknn-", dir=str(self.work_root)))
+            atexit.register(self.close)  # an unwinding Ctrl-C/SIGTERM or a crash still removes the folder
+        return self._workdir
+
+    @property
+    def worker(self) -> RknnWorker:
+        """The worker launcher for this run folder."""
+        if self._worker is None:
+            self._worker = RknnWorker(self.python, self.workdir, keep=self.keep_work)
+        return self._worker
 
     def __del__(self) -> None:  # pragma: no cover - best effort cleanup
         self.close()
 
     def close(self) -> None:
-        """Remove the run folder unless --keep-work."""
-        if not getattr(self, "keep_work", True) and getattr(self, "workdir", None) and self.workdir.exists():
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        """Remove the run folder unless --keep-work; with --keep-work say where it is (once)."""
+        wd = getattr(self, "_workdir", None)
+        if wd is None or not wd.exists():
+            return
+        if not getattr(self, "keep_work", True):
+            shutil.rmtree(wd, ignore_errors=True)
+        elif not getattr(self, "_told", False):
+            self._told = True
+            self.log(f"kept the rknn-toolkit2 run folder {wd} (--keep-work)")
 
     # ----------------------------------------------------------------- data
     def _to_toolkit(self, x: np.ndarray) -> np.ndarray:
@@ -179,7 +271,10 @@ class RknnBackend(Backend):
         return paths
 
     def prepare(self, graph: ModelGraph, config: QuantConfig, calib: Iterable[dict[str, np.ndarray]]) -> None:
-        self.calib_paths = self._save_samples(calib, "calib")
+        samples = list(calib)
+        if samples:
+            self.input_shapes = {k: tuple(v.shape) for k, v in samples[0].items()}
+        self.calib_paths = self._save_samples(samples, "calib")
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
         key = id(graph)
@@ -188,11 +283,13 @@ class RknnBackend(Backend):
         return self._ops[key]
 
     def _model_path(self, graph: ModelGraph) -> str:
-        data = graph.model.SerializeToString()
+        """The model file the toolkit loads, dynamic input dims fixed from the samples (--size)."""
+        model = static_input_model(graph.model, self.input_shapes)
+        data = model.SerializeToString()
         h = hashlib.sha1(data).hexdigest()[:12]
         if h not in self._models:
             p = self.workdir / f"model_{h}.onnx"
-            onnx.save(graph.model, str(p))
+            onnx.save(model, str(p))
             self._models[h] = str(p)
         return self._models[h]
 
@@ -210,26 +307,38 @@ class RknnBackend(Backend):
         return self._hybrid[key]
 
     def patched_cfg(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> tuple[str, str] | None:
-        """Write a .quantization.cfg with the config's promotions; None when nothing is promoted."""
+        """Write a .quantization.cfg with the config's promotions; None when nothing is promoted.
+
+        Node keys promote every quantization point the toolkit keeps inside the node's fused op; keys with
+        the RAW prefix are cfg tensor keys written verbatim (a toolkit proposal replayed as the toolkit wrote it).
+        """
         inputs = {i.name for i in graph.inputs}
+        raw = {k[len(RAW):]: p for k, p in config.overrides.items() if k.startswith(RAW)}
         promoted = {k: p for k, p in config.overrides.items()
-                    if p in (Precision.INT16, Precision.FP16, Precision.FP32) and k not in inputs}
-        if not promoted:
+                    if p in (Precision.INT16, Precision.FP16, Precision.FP32) and k not in inputs
+                    and not k.startswith(RAW)}
+        if not promoted and not raw:
             return None
+        from qdebug.errors import FormatError
         from qdebug.formats.rknn2 import RknnQuantCfg
 
         step1 = self.hybrid_cfg(graph, outputs)
         text = Path(step1["cfg"]).read_text()
         cfg = RknnQuantCfg.parse(text, step1["cfg"])
-        from qdebug.errors import FormatError
-
         for k in sorted(promoted):
             try:
                 cfg.tensor_key(k, graph)
             except FormatError:  # fused or renamed by the toolkit: no cfg entry to promote
                 self.unpromotable.setdefault(k, "no entry in the toolkit's quantization cfg (fused or renamed)")
                 promoted.pop(k)
-        if not promoted:
+        unknown = sorted(k for k in raw if k not in cfg.params)
+        if unknown:
+            from qdebug.formats.rknn2_read import suggest
+
+            raise FormatError(f"'{unknown[0]}' is not a tensor of the toolkit's quantization cfg "
+                              f"({len(unknown)} unknown)", file=step1["cfg"], where=CUSTOM_KEY,
+                              fix=f"use tensor names the toolkit lists{suggest(unknown[0], cfg.params)}")
+        if not promoted and not raw:
             return None
         for prec in (Precision.INT16, Precision.FP16, Precision.FP32):
             nodes = sorted(k for k, p in promoted.items() if p == prec)
@@ -237,6 +346,10 @@ class RknnBackend(Backend):
                 dtype = Precision.FP16 if prec == Precision.FP32 else prec
                 res = cfg.promote(nodes, dtype, graph=graph)
                 cfg = RknnQuantCfg.parse(res.text, step1["cfg"])
+        if raw:
+            entries = dict(cfg.custom)
+            entries.update({k: RAW_VALUES[p] for k, p in raw.items()})
+            cfg = RknnQuantCfg.parse(cfg.with_custom(list(entries.items())), step1["cfg"])
         h = hashlib.sha1(cfg.text.encode()).hexdigest()[:10]
         out = Path(step1["cfg"]).with_name(f"patched_{h}.quantization.cfg")
         out.write_text(cfg.text)
@@ -259,7 +372,10 @@ class RknnBackend(Backend):
             patched = "cfg" in req
             self.builds += 1
             try:
-                return self.worker.call("simulate", **req, inputs=inputs)
+                resp = self.worker.call("simulate", **req, inputs=inputs)
+                if patched:
+                    self._read_back(graph, req["cfg"], resp)
+                return resp
             except ToolkitError as exc:
                 m = UNSUPPORTED.search(exc.problem)
                 culprit = None
@@ -291,6 +407,25 @@ class RknnBackend(Backend):
                 self.unpromotable[culprit] = m.group(0)  # type: ignore[union-attr]
                 overrides.pop(culprit)
         raise ToolkitError("too many ops the toolkit cannot promote", fix="rerun with --keep-work")
+
+    def _read_back(self, graph: ModelGraph, cfg_path: str, resp: dict) -> None:
+        """After step 2: every requested cfg entry the toolkit did not build at the requested dtype goes into
+        `not_applied` (with what it built, or the closest names it knows); entries built as asked leave it."""
+        from qdebug.formats.rknn2 import RknnQuantCfg
+        from qdebug.runners.rknn_results import parse_build_tables, unapplied_promotions
+
+        log = Path(resp.get("log") or "")
+        tables = parse_build_tables(log.read_text(errors="replace")) if log.is_file() else None
+        if tables is None:  # no verbose tables in the log: nothing to check against
+            return
+        requested = RknnQuantCfg.parse(Path(cfg_path).read_text(), cfg_path).custom
+        producer = {t: n.name for t, n in graph.producer.items()}
+        bad = unapplied_promotions(requested, tables, producer)
+        for key in requested:
+            if key in bad:
+                self.not_applied[key] = bad[key]
+            else:
+                self.not_applied.pop(key, None)
 
     def _build_request(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> dict:
         """Worker request for a build: plain, or hybrid with the config's promotions in a patched cfg."""
@@ -340,4 +475,4 @@ class RknnBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "profile": "rknn", "platform": self.platform, "python": self.python,
                 "quantized_algorithm": self.algorithm, "unpromotable": dict(self.unpromotable),
-                "builds": self.builds}
+                "not_applied": dict(self.not_applied), "builds": self.builds}

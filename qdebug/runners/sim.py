@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
+from qdebug.graph.families import mask_apply
 from qdebug.graph.fusion import QuantOp, build_quant_ops
+from qdebug.graph.hazards import norm_inputs
 from qdebug.graph.model import ModelGraph
 from qdebug.quant.calibrate import Calibrator, make_calibrator
 from qdebug.quant.profiles import Profile, get_profile
@@ -41,6 +43,7 @@ class SimBackend(Backend):
         self.threads = threads
         self.ranges: dict[str, tuple[float, float]] = {}
         self.float_minmax: dict[str, tuple[float, float]] = {}
+        self.channel_absmax: dict[str, np.ndarray] = {}  # LayerNorm inputs: per-channel max |x| (hazards)
         self._ops: dict[int, list[QuantOp]] = {}
         self._sessions: dict[tuple, OrtSession] = {}
         self._ranges_version = 0  # bumped whenever self.ranges changes (plan cache key)
@@ -56,7 +59,9 @@ class SimBackend(Backend):
         samples = calib if hasattr(calib, "__len__") else list(calib)
         names = calib.names() if hasattr(calib, "names") else None
         cal = make_calibrator(config.scheme.calibrator, config.scheme.percentile)
-        self._observe(graph, tensors, cal, samples, names, progress, optimize_all=True)
+        self.channel_absmax = {}
+        self._observe(graph, tensors, cal, samples, names, progress, optimize_all=True,
+                      absmax=self.channel_absmax, absmax_of=set(norm_inputs(graph)))
         bits = config.scheme.activation.bits or 8
         self.ranges = cal.ranges(bits)
         self._ranges_version += 1
@@ -65,11 +70,13 @@ class SimBackend(Backend):
         self._calib = (samples, names, config.scheme.calibrator, config.scheme.percentile, bits)
 
     def _observe(self, graph: ModelGraph, tensors: Sequence[str], cal: Calibrator, samples: Sequence,
-                 names: list[str] | None, progress: Callable[[int], None] | None, optimize_all: bool) -> None:
+                 names: list[str] | None, progress: Callable[[int], None] | None, optimize_all: bool,
+                 absmax: dict[str, np.ndarray] | None = None, absmax_of: Collection[str] = ()) -> None:
         """Feed `tensors` of every float sample to `cal`, the samples run side by side on the shared workers.
 
         Per-sample work (min/max, or the histogram counts) happens on the workers and is summed here in
         sample order, so the result equals a sequential pass and the first bad sample in order is reported.
+        Tensors in `absmax_of` also get their per-channel (last axis) max |x| over finite values into `absmax`.
         """
         sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]),
                           threads=self.threads, source=graph.path, optimize_all=optimize_all)
@@ -79,18 +86,20 @@ class SimBackend(Backend):
             vals.update(sample)
             return vals
 
-        def ranges_of(item: tuple[int, dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
-            """Run one sample and take each tensor's min and max (on a worker thread)."""
+        def ranges_of(item: tuple[int, dict[str, np.ndarray]]) -> tuple[dict, dict[str, np.ndarray]]:
+            """Run one sample and take each tensor's min and max, and the asked channel maxima (on a worker)."""
             k, sample = item
             vals = values(sample)
             out = {}
+            amax = {}
             for t in tensors:
                 v = vals.get(t)
                 if v is None or not np.issubdtype(v.dtype, np.floating) or v.size == 0:
                     continue
                 # min/max propagate NaN and Inf, so they double as the finiteness check
                 mn, mx = float(v.min()), float(v.max())
-                if not (math.isfinite(mn) and math.isfinite(mx)):
+                finite = math.isfinite(mn) and math.isfinite(mx)
+                if not finite:
                     # an error only when it reaches a graph output: -Inf attention masks (and the NaN a fully
                     # masked Softmax row gives before an IsNaN guard) are how exports work; the range is
                     # taken over the finite values
@@ -103,7 +112,10 @@ class SimBackend(Backend):
                         continue
                     mn, mx = float(fin.min()), float(fin.max())
                 out[t] = (mn, mx)
-            return out
+                if t in absmax_of and v.ndim:
+                    a = np.abs(v).reshape(-1, v.shape[-1])
+                    amax[t] = a.max(0) if finite else np.where(np.isfinite(a), a, 0).max(0)
+            return out, amax
 
         def hists_of(item: tuple[int, dict[str, np.ndarray]]) -> list[tuple[str, np.ndarray | None]]:
             """Run one sample and take each tensor's histogram over the first pass's range (on a worker)."""
@@ -111,9 +123,12 @@ class SimBackend(Backend):
             return [(t, cal.histogram(t, v)) for t in tensors if (v := vals.get(t)) is not None
                     and np.issubdtype(v.dtype, np.floating) and v.size and t in cal.lo]
 
-        for got in ordered_map(ranges_of, enumerate(samples), window=WORKERS + 1):
+        for got, amax in ordered_map(ranges_of, enumerate(samples), window=WORKERS + 1):
             for t, (mn, mx) in got.items():
                 cal.observe_range(t, mn, mx)
+            if absmax is not None:
+                for t, a in amax.items():
+                    absmax[t] = np.maximum(absmax[t], a) if t in absmax else a
             if progress:
                 progress(1)
         for _ in range(1, cal.passes):  # histogram pass: counts on the workers, summed here
@@ -150,6 +165,9 @@ class SimBackend(Backend):
             if op.quantizable:
                 want.update(op.outputs)
                 want.update(t for _, _, t in op.inputs)
+        want.update(norm_inputs(graph))  # the norm_outlier hazard's per-channel maxima
+        # scores a -inf mask was applied to (float by rule): their finite range, for the hazard checks
+        want.update(o for n in mask_apply(graph) for o in graph.node_by_name[n].output if o)
         for node in graph.nodes:
             scale = node.op_type in ("Mul", "Div") and any(graph.is_constant(i) for i in node.input if i)
             if node.op_type == "Concat" or scale:

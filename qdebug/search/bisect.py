@@ -122,9 +122,15 @@ class PromotionSearch:
                 full, hi = hz, priority
         if not full.score.passed:
             best = max(self.records, key=lambda r: r.score.margin)
-            msg = (f"even with all {len(ranked)} candidate ops at {self.precision.value} the target is missed "
-                   f"(worst margin {full.score.margin:.3g}); the problem is not quantization precision: check "
-                   "for unsupported ops, a preprocessing mismatch, or a target tighter than the float model allows")
+            msg = f"even with all {len(ranked)} candidate ops at {self.precision.value} the target is missed " \
+                  f"(worst margin {full.score.margin:.3g}); "
+            calib = self.base.scheme.calibrator
+            if calib != "minmax" and not self.base.act_params:
+                msg += (f"the likely cause is clipping: {calib} calibration clips ranges and promotion keeps each "
+                        "clipped range; run bisect --remedies (per-tensor calibration) or use --calibrator minmax")
+            else:
+                msg += ("the problem is not quantization precision: check for unsupported ops, a preprocessing "
+                        "mismatch, or a target tighter than the float model allows")
             if self.base.act_params:
                 msg += ("; with a calibration file, also check that its ranges cover this data (promotion keeps "
                         "each record's range, so values outside it stay clipped): re-calibrate on representative "

@@ -33,10 +33,19 @@ from qdebug.report.context import (
     sensitive_ops,
     vendor_refs,
 )
-from qdebug.report.format import f_bound, f_cos, f_metric, f_snr
+from qdebug.report.format import f_bound, f_cos, f_det, f_metric, f_snr
 from qdebug.report.sections.detection import detection_headline
+from qdebug.report.sections.task import task_section
 from qdebug.results.compare import COMPARE_SCHEMA, CompareResult, QuantInfo, SampleInfo
+from qdebug.results.detection import MASK_METRICS, POSE_METRICS, DetectionRun
 from qdebug.results.runspec import RunSpec
+from qdebug.results.task import METRIC_LABELS, format_metric
+
+# the mask/keypoint metrics of segment/pose heads as the headline names and prints them
+INSTANCE_LABELS = {"mask_map50_95_vs_float": ("mask mAP50-95 vs float", ".3f"),
+                   "mask_iou_mean": ("mean mask IoU", ".3f"),
+                   "oks_map_vs_float": ("OKS mAP50-95 vs float", ".3f"),
+                   "kpt_err_px": ("keypoint error", ".2f")}
 
 LEGEND = Quote(il(b("Metrics"), ": SNR = 10·log10(Σx² / Σ(x − y)²) in dB between the float value x and the "
                        "quantized value y, ", b("higher is better"), " (int8 that uses its range well: 35–45 dB; "
@@ -96,6 +105,9 @@ def _summary(ctx: Ctx) -> list[Block]:
     det_line = detection_headline(ctx)
     if det_line:
         items.append(det_line)
+    task_line = task_headline(ctx)
+    if task_line:
+        items.append(task_line)
     sha = (model.sha256 or "")[:12]
     items.append(il(b("Model: "), c(model.path or "?"),
                     f" — {_or_q(model.nodes)} nodes, opset {_or_q(model.opset)}",
@@ -185,6 +197,33 @@ def _summary(ctx: Ctx) -> list[Block]:
                                "the syntax for each one is under ", Span("link", "Export lists", "#export-lists"),
                                ".")))
     return out
+
+
+def task_headline(ctx: Ctx) -> Inline | None:
+    """The task verdict in one bullet, before → after promotion: the metrics of --task classify/embedding/ctc,
+    or the masks/keypoints of a segment/pose head (its boxes have the detection bullet)."""
+    t = task_section(ctx)
+    if t is not None:
+        names = list(t.higher_is_better) or list(t.quantized.metrics)
+        p = t.promoted.metrics if t.promoted is not None else None
+        vals = [il(METRIC_LABELS.get(m, m), " ", format_metric(m, t.quantized.metrics.get(m)),
+                   f" → {format_metric(m, p.get(m))}" if p is not None else "") for m in names]
+        return il(b("Task verdict"), f" ({t.task or '?'} on ", c(t.output or "?"), f", {t.quantized.samples} "
+                  "samples, the float model's outputs as reference): ", join(vals, ", "),
+                  " after promotion" if p is not None else "", " (", Span("link", "details", "#task-verdict"), ")")
+    det = getattr(ctx.res, "detection", None)
+    head = getattr(det, "head", "detect")
+    if det is None or head not in ("segment", "pose") or not isinstance(det.quantized, DetectionRun):
+        return None
+    keys = MASK_METRICS if head == "segment" else POSE_METRICS
+    q = det.quantized.metrics or {}
+    p = det.promoted.metrics if isinstance(det.promoted, DetectionRun) else None
+    vals = [il(INSTANCE_LABELS[k][0], " ", f_det(q.get(k), INSTANCE_LABELS[k][1]),
+               f" → {f_det(p.get(k), INSTANCE_LABELS[k][1])}" if p is not None else "",
+               " px" if k == "kpt_err_px" else "") for k in keys]
+    what = "Masks" if head == "segment" else "Keypoints"
+    return il(b(what), f" ({head} head, against the float model's): ", join(vals, ", "),
+              " after promotion" if p is not None else "", " (", Span("link", "details", "#detection-verdict"), ")")
 
 
 def _or_q(v: Any) -> Any:

@@ -27,10 +27,12 @@ def vendor_sim(ctx: Ctx) -> list[Block]:
                       "built-in cosine"], rows, "lrrrrr"))
     dis = v.disagreements
     if dis:
-        out.append(Para(il("Largest gaps between the two simulators (cumulative cosine):")))
-        out.append(Table(["tensor", "vendor cosine", "built-in cosine", "gap"],
-                         [[il(c(d["tensor"])), il(f_cos(d["vendor_cosine"])), il(f_cos(d["builtin_cosine"])),
-                           il(f_g(d["gap"]))] for d in dis[:10]], "lrrr"))
+        out.append(Para(il("Largest gaps between the two simulators (cumulative SNR, toolkit minus built-in; "
+                           "cosine saturates near 1):")))
+        out.append(Table(["tensor", "vendor SNR", "built-in SNR", "SNR gap dB", "vendor cosine", "built-in cosine"],
+                         [[il(c(d["tensor"])), il(f_snr(d.get("vendor_snr_db"))), il(f_snr(d.get("builtin_snr_db"))),
+                           il(f_g(d.get("snr_gap_db"))), il(f_cos(d.get("vendor_cosine"))),
+                           il(f_cos(d.get("builtin_cosine")))] for d in dis[:10]], "lrrrrr"))
     fused = v.fused_away
     if fused:
         out.append(Para(il(f"{len(fused)} ONNX tensor(s) were fused away by the toolkit (no per-tensor result), "
