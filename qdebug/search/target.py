@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from qdebug.errors import QDebugError
@@ -112,15 +112,7 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
         return Target(tuple(clauses), assumed=True)
     known = set(graph.producer) | {i.name for i in graph.inputs}
     clauses = []
-    for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", expr.strip()):
-        if not raw:
-            continue
-        m = _CLAUSE.match(raw)
-        if not m:
-            raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
-                              fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
-        ref, metric, op, num = m.group("ref"), m.group("metric"), m.group("op"), _bound(m.group("num"), raw)
-        metric = metric.removeprefix("cumulative.")
+    for raw, ref, metric, op, num in _clauses(expr):
         if ref is None:
             if metric not in task_metrics:
                 raise QDebugError(f"'{metric}' is not a task metric and the clause names no output",
@@ -144,6 +136,19 @@ def parse_target(expr: str | None, graph: ModelGraph, parts: dict[str, list[str]
     return Target(tuple(clauses))
 
 
+def _clauses(expr: str) -> Iterator[tuple[str, str | None, str, str, float]]:
+    """(clause text, ref, metric, operator, finite bound) of each clause of a target expression."""
+    for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", expr.strip()):
+        if not raw:
+            continue
+        m = _CLAUSE.match(raw)
+        if not m:
+            raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
+                              fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
+        yield raw, m.group("ref"), m.group("metric").removeprefix("cumulative."), m.group("op"), \
+            _bound(m.group("num"), raw)
+
+
 def precheck_target(expr: str | None) -> None:
     """Syntax and bounds of a target before any model is loaded (metric and tensor names are checked later).
 
@@ -153,14 +158,7 @@ def precheck_target(expr: str | None) -> None:
     if expr is not None and not expr.strip():
         raise QDebugError("empty target", where="--target", fix='e.g. --target "output0:cosine>=0.999", or leave '
                           "--target out for the default")
-    for raw in re.split(r"\s+and\s+|\s*&&\s*|\s*,\s*", (expr or "").strip()):
-        if not raw:
-            continue
-        m = _CLAUSE.match(raw)
-        if not m:
-            raise QDebugError(f"cannot parse target clause '{raw}'", where="--target",
-                              fix='write e.g. "output0.score:snr_db>=30 and output0:cosine>=0.999"')
-        num, metric, op = _bound(m.group("num"), raw), m.group("metric").removeprefix("cumulative."), m.group("op")
+    for raw, _ref, metric, op, num in _clauses(expr or ""):
         lo, hi = (-1.0, 1.0) if metric == "cosine" else (0.0, 1.0) if _is_share(metric) else (None, None)
         if lo is not None and hi is not None and ((op in (">=", ">") and num > hi) or (op in ("<=", "<") and num < lo)
                                                   or (op == ">" and num == hi) or (op == "<" and num == lo)):
