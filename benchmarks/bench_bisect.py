@@ -19,6 +19,9 @@ linearly from the measured mean; the output says so.
 Targets (printed, never asserted): bisect wall time < 180 s, evaluations <= the bound. Inputs are written
 to benchmarks/out/bisect/ (model from fixtures.models.make_yolov8_bench, 640x480 images from
 fixtures.data.make_images) unless they exist; results go to benchmarks/out/bisect/results.json.
+With remedies (default; --no-remedies skips): each target also runs `bisect --remedies`, and a second
+table prints plan, cost, evaluations and time beside the promotion-only search. The model is the
+synthetic make_yolov8_bench detector: a real trained YOLOv8n is not available offline.
 See benchmarks/README_bisect_rknn.md.
 """
 
@@ -85,12 +88,12 @@ def _run_measured(cmd: list[str], cwd: Path) -> dict:
 
 
 # ====================================================================== bisect
-def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path) -> dict:
-    js = out / f"bisect_{_slug(target)}_{n}.json"
+def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, remedies: bool = False) -> dict:
+    js = out / f"bisect_{_slug(target)}_{n}{'_remedies' if remedies else ''}.json"
     if js.exists():
         js.unlink()
     cmd = [*_qdebug_cmd(), "bisect", str(model), "--data", str(images), "--samples", str(n), "--json", str(js),
-           "-q"]
+           "-q"] + (["--remedies"] if remedies else [])
     if target != "default":
         cmd += ["--target", target]
     r = _run_measured(cmd, out)
@@ -125,9 +128,28 @@ def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path) ->
         "met": res["met"], "set_size": len(res["set"]), "set": res["set"], "message": res["message"],
         "before": res["before"], "after": res["after"],
         "first_bad_cut": {k: cut.get(k) for k in ("tensor", "node", "op_type", "metric", "value", "bound")},
-        "wall_target_met": r["wall_s"] < TARGET_WALL_S,
+        "wall_target_met": r["wall_s"] < TARGET_WALL_S, "remedies": remedies,
+        "plan": [(x["kind"], x["cost"], x["unit"]) for x in res.get("remedies", [])],
     })
     return row
+
+
+def summarize_remedies(pairs: list[tuple[dict, dict]], n: int) -> str:
+    """Promotion-only vs --remedies on the same target, model and images: plan, cost, evaluations, time."""
+    lines = [f"## bisect --remedies beside the promotion-only search ({n} images, built-in simulator)", "",
+             "| target | search | met | plan (kind: cost) | ops at higher precision | evals / bound | wall s |",
+             "|" + "---|" * 7]
+    for a, b in pairs:
+        for r in (a, b):
+            if "error" in r:
+                lines.append(f"| `{r['target']}` | {'remedies' if r.get('remedies') else 'promotion'} | error: "
+                             f"{r['error']} | | | | |")
+                continue
+            plan = ", ".join(f"{k}: {c}" for k, c, _ in r["plan"]) or "-"
+            lines.append(f"| `{r['expression']}` | {'remedies' if r['remedies'] else 'promotion only'} | "
+                         f"{'yes' if r['met'] else 'no'} | {plan} | {r['set_size']} | {r['evaluations']} / "
+                         f"{r['bound']} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
 
 
 # ======================================================================= naive
@@ -315,6 +337,7 @@ def main() -> int:
     ap.add_argument("--naive-budget-s", type=float, default=600.0,
                     help="time budget of the naive sweep; past it, extrapolate (default 600)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--no-remedies", action="store_true", help="skip the bisect --remedies run per target")
     ap.add_argument("--quiet-wait", type=float, default=20.0,
                     help="before each run wait up to S seconds for other processes to use < 0.3 cores")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -336,7 +359,8 @@ def main() -> int:
     n = args.samples or (QUICK_IMAGES if args.quick else N_IMAGES)
     model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
     started = _dt.datetime.now(_dt.timezone.utc)
-    rows = []
+    rows: list[dict] = []
+    pairs: list[tuple[dict, dict]] = []
     for t in targets:
         busy = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
         print(f"[bench] qdebug bisect --target {t!r} ({n} images; other load before {_f(busy, '.2f')} cores) ...",
@@ -346,6 +370,12 @@ def main() -> int:
         rows.append(r)
         print(f"[bench]   -> {r.get('error') or ('met' if r['met'] else 'not met')}, {r['wall_s']:.1f} s, "
               f"{r.get('evaluations')} evaluations (bound {r.get('bound')})", file=sys.stderr, flush=True)
+        if not args.no_remedies:
+            print(f"[bench] qdebug bisect --remedies --target {t!r} ...", file=sys.stderr, flush=True)
+            rr = run_bisect_cli(model, images, n, t, out, remedies=True)
+            pairs.append((r, rr))
+            print(f"[bench]   -> {rr.get('error') or rr.get('plan')}, {rr['wall_s']:.1f} s, "
+                  f"{rr.get('evaluations')} evaluations (bound {rr.get('bound')})", file=sys.stderr, flush=True)
     naive = None
     if not args.skip_naive:
         busy = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
@@ -357,9 +387,12 @@ def main() -> int:
         status = naive.get("error") or f"{naive['evaluated']}/{naive['candidates']} ops evaluated"
         print(f"[bench]   -> {status}", file=sys.stderr, flush=True)
     text = summarize(rows, naive, n)
+    if pairs:
+        text += "\n\n" + summarize_remedies(pairs, n)
     print(text)
     write_results(out, "bisect_sim", started,
                   {"samples": n, "targets": targets, "target_wall_s": TARGET_WALL_S, "bisect": rows, "naive": naive,
+                   "remedies": [b for _, b in pairs],
                    "summary_markdown": text})
     return 0
 

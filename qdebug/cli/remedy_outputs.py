@@ -20,12 +20,14 @@ from qdebug.results.bisect import BisectResult
 from qdebug.results.vendor import PatchedFile
 
 
-def range_formats() -> list[str]:
-    """Vendor formats whose module can write activation ranges back (a `write_ranges` method)."""
+def range_formats() -> str:
+    """Vendor formats whose module can write activation ranges back (a `write_ranges` method), as text."""
     import qdebug.formats  # noqa: F401  (registers the formats)
     from qdebug.formats.base import FORMATS
 
-    return sorted(k for k, cls in FORMATS.items() if hasattr(cls, "write_ranges"))
+    names = sorted(k for k, cls in FORMATS.items() if hasattr(cls, "write_ranges"))
+    return ", ".join(names) if names else ("none yet in this version: apply the ranges in remedy_search/"
+                                          "result.remedies by hand")
 
 
 def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: BisectResult, prec: Precision) -> None:
@@ -46,7 +48,7 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
     calib = kinds.get("calibration")
     if calib is not None and not args.calib:
         notes.append("the re-calibrated ranges are not written anywhere: pass --calib FORMAT:FILE of a format that "
-                     f"carries ranges ({', '.join(range_formats())}) with -o to patch it")
+                     f"carries ranges ({range_formats()}) with -o to patch it")
     if args.calib and args.output:
         from qdebug.formats.base import load_vendor_file
 
@@ -60,7 +62,7 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
             writer = getattr(type(vf), "write_ranges", None)
             if writer is None:
                 notes.append(f"the {vf.format} format cannot carry activation ranges, so the calibration remedy is "
-                             f"not in {args.output}; formats that can: {', '.join(range_formats())}")
+                             f"not in {args.output}; formats that can: {range_formats()}")
             else:
                 pr = type(vf).parse(text, vf.path).write_ranges(calib.detail.get("ranges", {}), graph)
                 text, changed, pnotes = pr.text, changed + list(pr.changed), pnotes + list(pr.notes)

@@ -128,14 +128,19 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
             engine = "arrays"
             fallback = (f"metric sums taken on exposed arrays (slower): tensor '{bad}' has another shape at run "
                         "time than shape inference gives")
+    lay = None  # the sessions hold what they need: the model protos (every weight, twice) can go
     if engine == "arrays":
         # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
         fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
         qsess = replay() if replay is not None else OrtSession(qmodel, threads=backend.threads, source=graph.path)
         asess = fut_a.result()
+        del amodel, qmodel
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample)
+        del asess, qsess
+    else:
+        del amodel, qmodel, sess
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing, engine)

@@ -10,6 +10,7 @@ Where the quantizers go is decided by the vendor profile; see docs/simulator.md.
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,7 +202,8 @@ class _Emitter:
 
     def const(self, value: np.ndarray, hint: str) -> str:
         arr = np.asarray(value, dtype=np.float32)
-        key = (hint.split("::")[0], arr.shape, arr.tobytes())
+        # keyed by a digest, not the bytes: weights would otherwise be held twice while the model is built
+        key = (hint.split("::")[0], arr.shape, hashlib.sha256(np.ascontiguousarray(arr).data).digest())
         if key in self._consts:
             return self._consts[key]
         self._n += 1
@@ -318,15 +320,34 @@ def _emit_op(g: ModelGraph, op: QuantOp, sp: SimPlan, profile: Profile, em: _Emi
         rename.update({o: (prefix + o if prefix else o) for o in member_outs})
 
 
+def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto,
+                 skip: set[str]) -> None:
+    """Copy every set field of `src` into `dst` except those named in `skip`."""
+    for f, v in src.ListFields():
+        if f.name in skip:
+            continue
+        if hasattr(v, "extend"):  # a repeated field
+            getattr(dst, f.name).extend(v)
+        elif f.message_type is not None:
+            getattr(dst, f.name).CopyFrom(v)
+        else:
+            setattr(dst, f.name, v)
+
+
 def _finish(g: ModelGraph, em: _Emitter, outputs: list[str], base: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """The rewritten model: `em`'s nodes and initializers plus the original initializers they read (only
+    those: copying every float weight into a model that reads the quantized ones would double its memory)."""
+    src = base if base is not None else g.model
     m = onnx.ModelProto()
-    m.CopyFrom(base if base is not None else g.model)
+    _copy_fields(src, m, {"graph"})
     gr = m.graph
-    del gr.node[:]
+    _copy_fields(src.graph, gr, {"node", "initializer", "value_info", "output"})
+    read = {i for n in em.nodes for i in node_reads(n)} | {i.name for i in src.graph.input}
+    gr.initializer.extend(t for t in src.graph.initializer if t.name in read)
     gr.node.extend(em.nodes)
-    gr.initializer.extend(em.inits)
-    del gr.value_info[:]
-    del gr.output[:]
+    for k, t in enumerate(em.inits):  # one tensor at a time: the emitter's copy is dropped as it is added
+        gr.initializer.append(t)
+        em.inits[k] = None
     outs_by_name = {vi.name: vi for vi in g.model.graph.output}
     seen = set()
     for o in outputs:
