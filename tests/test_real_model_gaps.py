@@ -106,3 +106,36 @@ def test_jump_of_an_if_counts_what_its_branches_read(tmp_path: Path, capsys: pyt
     assert rows["y"]["op_type"] == "If"
     assert abs(rows["y"]["jump_db"]) < 0.5  # y equals c: SNR(c) - SNR(y) is 0, not 60 - SNR(y)
     assert rows["y"]["cumulative"]["snr_db"] == pytest.approx(rows["c"]["cumulative"]["snr_db"], abs=0.01)
+
+
+def test_quantized_vit_with_a_constant_fed_quantize_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime's quantize_static quantizes the ViT's Expand of the class token: a QuantizeLinear computed from
+    constants only, whose int8 output qdebug evaluates once; it must keep its int8 type."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from fixtures.families import make_vit_block
+
+    model = make_vit_block()
+    fp, qp = tmp_path / "vit.onnx", tmp_path / "vit_q.onnx"
+    onnx.save(model, fp)
+    name = model.graph.input[0].name
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    data = tmp_path / "d"
+    data.mkdir()
+    arrays = [RNG.random(shape).astype(np.float32) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        np.save(data / f"{i}.npy", a)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: a} for a in arrays])
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    quantize_static(str(fp), str(qp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    assert any(n.op_type == "Expand" for n in model.graph.node)
+    code, out, err = _run(capsys, "compare", str(fp), "--quantized", str(qp), "--data", str(data), "--top", "3")
+    assert code == 0, err
+    assert "quantized run imported from" in " ".join(out.split()) and "calibrator" not in out

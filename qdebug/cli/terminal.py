@@ -231,8 +231,12 @@ def _worst_snr(t: TensorRow, res: CompareResult) -> float:
 def render_compare(res: CompareResult, console: Console, top: int = 15, show_all: bool = False) -> None:
     """Print the worst-N table, hazards and per-output summary of a compare result."""
     q = res.quant
-    console.print(mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  profile [cyan]{}[/] {} calibrator {}",
-                     res.model.path, res.samples.count, q.profile, q.scheme.activation, q.scheme.calibrator)
+    imported = q.backend in ("qdq", "dumps")  # a quantized run made elsewhere: no scheme or calibrator of ours
+    src = (getattr(res.spec, "quantized", None) or getattr(res.spec, "quantized_dumps", None)) if res.spec else None
+    console.print((mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  quantized run imported from {}",
+                      res.model.path, res.samples.count, src or q.backend) if imported else
+                   mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  profile [cyan]{}[/] {} calibrator {}",
+                      res.model.path, res.samples.count, q.profile, q.scheme.activation, q.scheme.calibrator))
                   + (mk("  ·  calib {}", q.calib) if q.calib else "")
                   + (mk("  ·  overrides {}", len(q.overrides)) if q.overrides else ""))
     console.print("[dim]SNR = 10·log10(Σx²/Σ(x−y)²), higher is better; jump = SNR lost at this op "

@@ -356,7 +356,9 @@ def _attrs(n: onnx.NodeProto) -> dict:
 
 def _const_from(qg: ModelGraph, name: str, new: str) -> TensorProto:
     """A constant computed by nodes of the QDQ model (not a plain initializer), evaluated once."""
-    sess = OrtSession(qg.with_outputs([name]), source=qg.path)
+    m = copy.deepcopy(qg.model)  # not with_outputs: that exposes float tensors, this one may be a Q output (int8)
+    m.graph.output.append(helper.make_tensor_value_info(name, qg.elem_types.get(name, TensorProto.FLOAT), None))
+    sess = OrtSession(m, source=qg.path)
     feed = {i.name: np.zeros([d or 1 for d in (i.shape or ())], dtype=helper.tensor_dtype_to_np_dtype(i.elem_type))
             for i in qg.inputs}
     return numpy_helper.from_array(sess.run(feed)[name], new)
