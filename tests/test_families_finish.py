@@ -371,3 +371,15 @@ def test_headline_without_a_task_has_no_task_bullet(tmp_path):
     assert main(["report", str(tmp_path / "c.json"), "-o", str(tmp_path / "rep"), "--no-why"]) == 0
     bullets = _headline_bullets(tmp_path / "rep")
     assert bullets and not any(x.startswith(("- **Task verdict", "- **Keypoints", "- **Masks")) for x in bullets)
+
+
+# --------------------------------------------------------------------------- 5. docs list every task metric
+def test_docs_tasks_lists_every_task_metric_name():
+    from qdebug.tasks import SCORERS, TASK_METRICS
+
+    text = (Path(__file__).parent.parent / "docs" / "tasks.md").read_text(encoding="utf-8")
+    index = text.split("## Every task metric name", 1)[1].split("\n## ", 1)[0]
+    names = set(TASK_METRICS) | {m for cls in SCORERS.values() for m in cls.metrics}
+    assert len(names) == 18  # 4 box agreement + 2 true mAP + 4 mask/keypoint + 3 classify + 3 embedding + 2 ctc
+    missing = sorted(n for n in names if f"`{n}`" not in index)
+    assert missing == []
