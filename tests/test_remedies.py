@@ -212,6 +212,7 @@ def test_scripted_search_order_and_bound():
     # by hand: precision on top of "calibration best" (margin ties broken by the earliest); 6 candidates
     # (o2 pinned): all-promoted 1, prefix probes 2 (3 -> fail, 4 -> pass), pruning of [o1,o3,o4,o5]: drop o5
     # = prefix 3 (cached), drop o4 pass, o3 pass, o1 pass = 3 -> 6; bound 2*ceil(log2 6) + |{o5}| + 2 = 9.
+    # (a prefix of 4 is pruned directly: 3 <= ceil(log2 4) + 1, the window bisection would not pay off)
     # calibration: 4 variant probes + prefix 1 (pass) + prefix 0 (fail) = 6; bound 2*(1+1) + ceil(log2 5) = 7
     assert out.info.precision_evaluations == 6 and out.info.precision_bound == 9
     assert out.info.calibration_evaluations == 6 and out.info.calibration_bound == calibration_bound(2, True, 4) == 7

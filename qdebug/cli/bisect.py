@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--remedies", action="store_true",
                    help="search the cheapest verified fix: per-tensor calibration, head split (decode tail on the "
                         "CPU) and precision, in cost order (docs/bisect.md)")
+    b.add_argument("--calib-table", default=None, metavar="FILE",
+                   help="with --remedies: write the plan's ranges as a calibration table (FILE.json: tensor -> "
+                        "min/max/scale; any other name: TensorRT calibration cache text)")
     b.add_argument("--rknn-proposal", action="store_true",
                    help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
     b.add_argument("--quiet", "-q", action="store_true")
@@ -106,6 +109,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda s: err_console.print(mk("[dim]· {}[/]", s)))
     evaluator = DetectionEvaluator(graph, ds, judge or backend, decoder, labels=args.labels) if decoder else None
     tev = TaskEvaluator(graph, ds, judge or backend, scorer) if scorer is not None else None
+    step1_cfg = None
     try:
         pinned = {ov.split("=", 1)[0] for ov in args.override} | {
             k for k, p in cfg.overrides.items() if p != cfg.scheme.activation}
@@ -127,6 +131,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             res.task = run_task(graph, ds, judge or backend, cfg, scorer, promoted=promoted, evaluator=tev)
         if judge is not None and getattr(judge, "name", "") == "rknn":
             _rknn_outputs(args, graph, ds, cfg, judge, res, prec, log, evaluator=evaluator or tev)
+            if args.remedies and args.output:  # -o is the step-1 cfg with the plan (written by write_plan)
+                step1 = judge.hybrid_cfg(graph, [o.name for o in graph.outputs])["cfg"]
+                step1_cfg = (step1, open(step1).read())
             res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
     finally:
         if judge is not None and hasattr(judge, "close"):
@@ -136,7 +143,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.remedies:
         from qdebug.cli.remedy_outputs import write_plan
 
-        write_plan(args, graph, ds, res, prec)
+        write_plan(args, graph, ds, res, prec, step1_cfg)
     elif (args.calib or args.format) and args.backend != "rknn":
         _vendor_outputs(args, graph, res, prec)
     if args.quantized and args.output:
@@ -177,7 +184,7 @@ def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log, evalua
         base, patched = rk.patched_cfg(graph, cfg.with_overrides({k: prec for k in nodes}), outs)
         original = rk.hybrid_cfg(graph, outs)["cfg"]
         text = open(patched).read()
-        if args.output:
+        if args.output and not args.remedies:
             atomic_write(args.output, text, protect=args.run_inputs)
         custom = RknnQuantCfg.parse(text, patched).custom
         missed = [f"not applied by the toolkit: {k} ({v})" for k, v in rk.not_applied.items() if k in custom]

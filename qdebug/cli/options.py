@@ -133,7 +133,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="layout of dumps whose shape differs from the float tensor's (same element count)")
     g.add_argument("--profile", default="generic", help="generic | rknn | hisi | ort (where the NPU quantizes)")
     g.add_argument("--dtype", default="int8", help="default activation precision: int8 | int16")
-    g.add_argument("--calibrator", default="minmax", help="minmax | percentile | mse")
+    g.add_argument("--calibrator", default="minmax", help="minmax | percentile | mse | entropy (KL threshold)")
     g.add_argument("--percentile", type=float, default=99.99)
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor, not per channel")
     g.add_argument("--asymmetric-weights", action="store_true")

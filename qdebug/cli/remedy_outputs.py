@@ -26,12 +26,22 @@ def range_formats() -> str:
     from qdebug.formats.base import FORMATS
 
     names = sorted(k for k, cls in FORMATS.items() if hasattr(cls, "write_ranges"))
-    return ", ".join(names) if names else ("none yet in this version: apply the ranges in remedy_search/"
-                                          "result.remedies by hand")
+    return ", ".join(f"{n}:" for n in names) + " (or --calib-table FILE for stacks that take a calibration table)"
 
 
-def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: BisectResult, prec: Precision) -> None:
-    """Write (or explain why not) the vendor file and the split models of the chosen plan."""
+def plan_ranges(res: BisectResult) -> dict[str, dict]:
+    """Every range the plan sets: the calibration remedy's, then the promoted ops' 16-bit ones (they win)."""
+    out: dict[str, dict] = {}
+    for r in res.result.remedies:
+        out.update(r.detail.get("ranges", {}) if r.kind in ("calibration", "precision") else {})
+    return out
+
+
+def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: BisectResult, prec: Precision,
+               step1_cfg: tuple[str, str] | None = None) -> None:
+    """Write (or explain why not) the vendor file (precision + ranges), the calibration table and the split
+    models of the chosen plan. `step1_cfg`: with --backend rknn, (path, text) of the toolkit's own step-1 cfg,
+    patched as -o (the toolkit's run folder is gone by now, so its text is handed over)."""
     from qdebug.search.split import HeadSplit, split_models
 
     rs = res.remedy_search
@@ -45,26 +55,41 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
                                  "no plan meets the target" if not res.result.met else "nothing to change"),
                               soft_wrap=True)
         return
-    calib = kinds.get("calibration")
-    if calib is not None and not args.calib:
+    ranges = plan_ranges(res)
+    vendor = args.calib or (step1_cfg[0] if step1_cfg else None)
+    table = getattr(args, "calib_table", None)
+    if ranges and table:
+        from qdebug.formats.calib_table import range_of, render_table
+
+        by_tensor = {str(v.get("tensor", k)): range_of(v, k) for k, v in ranges.items()}
+        outputs.append((Path(table), render_table(by_tensor, trt=not table.endswith(".json"))))
+    if table and not ranges:
+        notes.append(f"{table} (--calib-table) was not written: the plan changes no activation range")
+    if ranges and not vendor and not table:
         notes.append("the re-calibrated ranges are not written anywhere: pass --calib FORMAT:FILE of a format that "
                      f"carries ranges ({range_formats()}) with -o to patch it")
-    if args.calib and args.output:
-        from qdebug.formats.base import load_vendor_file
+    if vendor and args.output:
+        from qdebug.formats.base import VendorFile, load_vendor_file
+        from qdebug.formats.rknn2 import RknnQuantCfg
 
-        vf = load_vendor_file(args.calib)
+        vf: VendorFile = load_vendor_file(args.calib) if args.calib else RknnQuantCfg.parse(step1_cfg[1], vendor)
         protect += (vf.path or "",)
         text, changed, pnotes = vf.text, [], []
-        if "precision" in kinds:
-            pr = vf.promote(kinds["precision"].changed, prec, graph=graph)
-            text, changed, pnotes = pr.text, list(pr.changed), list(pr.notes)
-        if calib is not None:
+        if "precision" in kinds:  # one promotion per type (per-op types: the fp16 fallback's int16 members)
+            pd = kinds["precision"].detail
+            main = Precision(pd["precision"]) if "precision" in pd else prec
+            per = {k: Precision(v) for k, v in pd.get("per_op", {}).items()}
+            for p in sorted({per.get(k, main) for k in kinds["precision"].changed}, key=lambda p: p.rank):
+                cur = type(vf).parse(text, vf.path) if text != vf.text else vf
+                pr = cur.promote([k for k in kinds["precision"].changed if per.get(k, main) == p], p, graph=graph)
+                text, changed, pnotes = pr.text, changed + list(pr.changed), pnotes + list(pr.notes)
+        if ranges:
             writer = getattr(type(vf), "write_ranges", None)
             if writer is None:
-                notes.append(f"the {vf.format} format cannot carry activation ranges, so the calibration remedy is "
+                notes.append(f"the {vf.format} format cannot carry activation ranges, so the plan's ranges are "
                              f"not in {args.output}; formats that can: {range_formats()}")
-            else:
-                pr = type(vf).parse(text, vf.path).write_ranges(calib.detail.get("ranges", {}), graph)
+            else:  # re-parsed first: the ranges go onto the promoted text (a 16-bit record gets 16-bit values)
+                pr = type(vf).parse(text, vf.path).write_ranges(ranges, graph)
                 text, changed, pnotes = pr.text, changed + list(pr.changed), pnotes + list(pr.notes)
         if text != vf.text:
             outputs.append((Path(args.output), text))
@@ -72,14 +97,14 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
                                            notes=pnotes, extra_options={}, diff=_diff(vf.text, text))
     split = kinds.get("split")
     if split is not None and args.output and rs is not None and rs.split:
-        folder = Path(args.output) if not args.calib else Path(args.output).parent
+        folder = Path(args.output) if not vendor else Path(args.output).parent
         stem = Path(args.model).stem
         sp = HeadSplit(list(rs.split["tail"]), list(rs.split["boundary"]), [], rs.split.get("reason", ""),
                        list(rs.split.get("constants", [])))
         npu, post = split_models(graph, sp)
         outputs += [(folder / f"{stem}.npu.onnx", npu.SerializeToString()),
                     (folder / f"{stem}.post.onnx", post.SerializeToString())]
-    _check_all([p for p, _ in outputs], protect, make_folder=split is not None and not args.calib)
+    _check_all([p for p, _ in outputs], protect, make_folder=split is not None and not vendor)
     for p, data in outputs:
         atomic_write(p, data, protect=protect)
     if rs is not None and rs.split is not None and split is not None and args.output:

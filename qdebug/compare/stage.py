@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from qdebug import __version__
 from qdebug.errors import ModelError
@@ -20,7 +21,7 @@ from qdebug.graph.model import ModelGraph, node_reads
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import CompareAccumulator
-from qdebug.metrics.fused import FusedLayout, add_sample, build_fused, static_shapes
+from qdebug.metrics.fused import CUM, FusedLayout, add_sample, build_fused, static_shapes
 from qdebug.quant.scheme import QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.results.compare import (
@@ -36,7 +37,7 @@ from qdebug.results.compare import (
     TensorRow,
 )
 from qdebug.results.values import SNR_INF, Metrics, json_float
-from qdebug.runners.session import OrtSession
+from qdebug.runners.session import OrtSession, give_back_memory
 from qdebug.runners.sim import SimBackend
 from qdebug.workers import ANALYSIS_THREADS, ordered_map, pool
 
@@ -72,6 +73,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     detection decoder; the array path passes every tensor); arrays may be reused for a later sample once it
     returns, so it must copy what it keeps.
     """
+    sha = graph.sha256()  # serializes the whole model: now, while nothing else is held
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     if not backend.ranges:
@@ -89,20 +91,6 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     # every activation, plus graph outputs that are not compared (e.g. integer indices) for the sample hook
     exposed = graph.activation_tensors()
     exposed += [o.name for o in graph.outputs if o.name not in set(exposed)]
-    amodel, iso_map = backend.analysis_model(graph, config, exposed)
-    qmodel = backend.quantized_model(graph, config, exposed)
-    # expose the quantized graph inputs of the cumulative run
-    from onnx import TensorProto, helper
-    qnodes = {n.output[0] for n in qmodel.graph.node}
-    qnames = {i: i + "::q" for i in inputs if i + "::q" in qnodes}  # quantized graph inputs
-    for i in inputs:
-        if i in qnames:
-            qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
-        if "iso::" + i in iso_map.values():
-            amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
-    parts = concat_parts(graph, tensors)
-    acc = CompareAccumulator(graph, tensors, iso_map, parts)
-    names = dataset.names()
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     replay = getattr(backend, "replay", None)  # recorded quantized values (runners.dumps): no model to run
@@ -110,12 +98,41 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     # that lack some tensors (runners.dumps, runners.qdq) take the sums on arrays, where it stays "not available"
     partial = replay is not None or bool(getattr(backend, "unmatched", None))
     shapes = static_shapes(graph, tensors) if engine != "arrays" and not partial else None
+    # the simulator's own models hold placeholders for the graph's float weights, and every session gets its
+    # weights through a side file onnxruntime maps (runners.session): neither the models, their serialized
+    # bytes nor the sessions hold another copy of every weight (docs/benchmarks.md, model families)
+    own = type(backend).analysis_model is SimBackend.analysis_model and \
+        type(backend).quantized_model is SimBackend.quantized_model
+    light = {"weightless": True} if own else {}
+    wp = graph.weight
+    amodel, iso_map = backend.analysis_model(graph, config, exposed, **light)
+    for i in inputs:
+        if "iso::" + i in iso_map.values():
+            amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
+    asess: OrtSession | None = None
+    if not shapes:  # the array path for sure: its analysis session now, before the next model is built
+        asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp)
+        amodel = None
+        give_back_memory()
+    qmodel = backend.quantized_model(graph, config, exposed, **light)
+    # expose the quantized graph inputs of the cumulative run
+    qnodes = {n.output[0] for n in qmodel.graph.node}
+    qnames = {i: i + "::q" for i in inputs if i + "::q" in qnodes}  # quantized graph inputs
+    for i in qnames:
+        qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))
+    parts = concat_parts(graph, tensors)
+    acc = CompareAccumulator(graph, tensors, iso_map, parts)
+    names = dataset.names()
     lay = build_fused(graph, amodel, qmodel, tensors, iso_map, qnames, parts, shapes) if shapes else None
     engine, fallback = "arrays", ""
     if lay is not None:
         try:
+            # the cumulative chain's placeholders carry cum:: names in the fused model
+            def fused_wp(n: str) -> np.ndarray | None:
+                return graph.weight(n.removeprefix(CUM))
+
             sess = OrtSession(lay.model, threads=backend.threads, source=graph.path, model_order=True,
-                              disabled_optimizers=FUSED_SKIP)
+                              disabled_optimizers=FUSED_SKIP, weights=fused_wp)
             engine = "in-graph"
         except ModelError as exc:  # onnxruntime refuses the fused model: the array path still works
             fallback = f"metric sums taken on exposed arrays (slower): the in-graph model was refused: {exc.problem}"
@@ -130,11 +147,15 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
                         "time than shape inference gives")
     lay = None  # the sessions hold what they need: the model protos (every weight, twice) can go
     if engine == "arrays":
-        # the two sessions are created, and run, side by side on the shared workers (qdebug.workers)
-        fut_a = pool().submit(OrtSession, amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path)
-        qsess = replay() if replay is not None else OrtSession(qmodel, threads=backend.threads, source=graph.path)
-        asess = fut_a.result()
-        del amodel, qmodel
+        # one session after the other, each model dropped once its session holds what it needs; the two run
+        # side by side on the shared workers (qdebug.workers)
+        if asess is None:
+            asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp)
+        del amodel
+        qsess = replay() if replay is not None else OrtSession(qmodel, threads=backend.threads, source=graph.path,
+                                                              weights=wp)
+        del qmodel
+        give_back_memory()
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample)
@@ -143,7 +164,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         del amodel, qmodel, sess
     timing["compare_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
-    res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing, engine)
+    res = _assemble(graph, dataset, config, backend, ops, sp, acc, parts, timing, engine, sha)
     if fallback:
         res.warnings.append(fallback)
     return res
@@ -202,7 +223,7 @@ def _fused_loop(sess: OrtSession, lay: FusedLayout, dataset: Dataset, acc: Compa
 
 def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend: SimBackend,
               ops: list[QuantOp], sp: SimPlan, acc: CompareAccumulator, parts: dict, timing: dict,
-              engine: str) -> CompareResult:
+              engine: str, sha: str) -> CompareResult:
     from qdebug.graph.fusion import group_of
 
     groups = group_of(ops)
@@ -260,7 +281,7 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
         warnings.append(f"{len(acc.nonfinite_float)} float tensor(s) hold Inf/NaN on some samples (e.g. an attention "
                         "mask); those samples are left out of their metrics: " + ", ".join(acc.nonfinite_float[:5]))
     g = graph
-    model = ModelInfo(g.path, g.sha256(), len(g.nodes),
+    model = ModelInfo(g.path, sha, len(g.nodes),
                       next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), None),
                       [IOInfo.from_json(i.to_json()) for i in g.inputs],
                       [IOInfo.from_json(o.to_json()) for o in g.outputs])

@@ -4,6 +4,6 @@ from qdebug.formats.base import FORMATS, VendorFile, load_vendor_file, register_
 
 # Registration lines: one per vendor format module.
 try:  # the modules arrive with the vendor-formats issue; the registry works without them
-    from qdebug.formats import hisi, rknn1, rknn2  # noqa: F401
+    from qdebug.formats import calib_table, hisi, rknn1, rknn2  # noqa: F401
 except ImportError:  # pragma: no cover
     pass

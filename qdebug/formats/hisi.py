@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
 from qdebug.errors import FormatError
 from qdebug.formats.base import MappingReport, PromotionResult, VendorFile, register_format
+from qdebug.formats.calib_table import range_of
 from qdebug.formats.hisi_text import (  # noqa: F401  (re-exported: the record types and the tokenizer)
     DATA_TYPES,
     FLOAT32_MAX,
@@ -73,6 +75,20 @@ def widen_record(data_type: str, scale: float, offset: int) -> tuple[str, float,
     if data_type.startswith("U"):
         return wide, scale * r, offset * (hi16 + 1) // (hi + 1)
     return wide, scale * r, r * (offset - lo) + lo16
+
+
+def hisi_params(lo: float, hi: float, data_type: str, offset: int = 0) -> tuple[float, int]:
+    """(scale, offset) of a `data_type` record covering [lo, hi] (0 always representable), as ATC writes them.
+
+    Signed: scale = (qmax - qmin) / (hi - lo), offset = clip(round(qmin - lo * scale)). Unsigned (image
+    records): the byte holds round(x * scale) in [0, qmax], so scale = qmax / hi and the record's offset (the
+    shift into the signed domain) is kept."""
+    qmin, qmax = INT_RANGE[data_type]
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if data_type.startswith("U"):
+        return (qmax / hi if hi > 0 else 1.0), offset
+    scale = (qmax - qmin) / (hi - lo) if hi > lo else 1.0
+    return scale, int(np.clip(np.round(qmin - lo * scale), qmin, qmax))
 
 
 def fmt_float(v: float) -> str:
@@ -256,6 +272,83 @@ class HisiCalibration(VendorFile):
             notes.append(f"already at the requested precision, left unchanged: {', '.join(same)}")
         return PromotionResult(text=text, changed=changed, notes=notes,
                                extra={"atc_option": "--high_precision_layer=" + ";".join(names)})
+
+    # -------------------------------------------------------------- ranges
+    def write_ranges(self, ranges: Mapping[str, object], graph: ModelGraph | None = None) -> PromotionResult:
+        """A copy with the `input` records of these quantization points set to new ranges, scale/offset
+        recomputed for each record's data type (`hisi_params`); every other byte is unchanged.
+
+        Keys: `op:j` (input j of op's record, the hisi profile's points), a graph input, or a tensor (every
+        record that reads it); values: (min, max), a QParams, or a remedy detail entry."""
+        edits: list[Edit] = []
+        notes: list[str] = []
+        want: dict[tuple[str, int], tuple[float, float]] = {}
+        for key, val in ranges.items():
+            lo, hi = range_of(val, f"range for '{key}'")
+            points = self._points(key, val, graph)
+            if not points:
+                notes.append(f"'{key}': no input record of this file reads it; range not written")
+            for ly, j in points:
+                f = ly.inputs[j]
+                if not f.is_int:
+                    notes.append(f"{ly.name} input {j}: a {f.data_type} record carries no range; left unchanged")
+                    continue
+                if len(f.scale) != 1:
+                    notes.append(f"{ly.name} input {j}: per-channel record ({len(f.scale)} scales); left unchanged")
+                    continue
+                if f.data_type.startswith("U") and lo < 0:
+                    notes.append(f"{ly.name} input {j}: {f.data_type} holds no negative values; the range's "
+                                 f"minimum {lo:g} is clipped to 0")
+                scale, offset = hisi_params(lo, hi, f.data_type, f.offset[0] if f.offset else 0)
+                if not scale <= FLOAT32_MAX:
+                    raise FormatError(f"layer '{ly.name}': the range ({lo:g}, {hi:g}) gives scale {scale:g}, "
+                                      "beyond float32", file=self.path, where=f"line {f.line}",
+                                      fix="widen the range (a zero-width range cannot be quantized)")
+                msg = record_tree(self.text, _editable(self, ly), self.path).message
+                assert msg is not None
+                qp = msg.first("quant_param")
+                assert qp is not None and qp.message is not None
+                fm = qp.message.all("input")[j].message
+                assert fm is not None
+                scales, offsets = fm.all("scale"), fm.all("offset")
+                edits.append(_replace(scales[0], fmt_float(scale)))
+                if offsets:
+                    edits.append(_replace(offsets[0], str(offset)))
+                elif offset != 0:
+                    edits.append(self._insert_after(scales[-1], f"offset: {offset}"))
+                want[(ly.name, j)] = (float(np.float32(scale)), offset)
+        text, applied = self._apply(edits)
+        changed: list[str] = []
+        for old, new in self._reread(text, applied):  # the patched records read back: only the asked values moved
+            for j, (fo, fn) in enumerate(zip(old.inputs, new.inputs, strict=True)):
+                exp = want.get((old.name, j))
+                got = (float(np.float32(fn.scale[0])), fn.offset[0] if fn.offset else 0) if exp else None
+                if (exp is None and fo != fn) or (exp is not None and got != exp):
+                    raise AssertionError(f"internal error: record '{old.name}' input {j} reads back as {got}")
+            if self.record_text(old) != text[new.start:new.end] and old.name not in changed:
+                changed.append(old.name)
+        if want:
+            notes.append(f"{len(want)} input record(s) re-derived from the new ranges: scale = levels / (max - min), "
+                         "offset = round(qmin - min * scale) for the record's data type")
+        return PromotionResult(text=text, changed=changed, notes=notes)
+
+    def _points(self, key: str, val: object, graph: ModelGraph | None) -> list[tuple[Layer, int]]:
+        """(record, input index) pairs a range key addresses (see write_ranges)."""
+        op, sep, j = key.rpartition(":")
+        if sep and j.isdigit() and self.by_name(op):
+            return [(ly, int(j)) for ly in self.by_name(op) if int(j) < len(ly.inputs)]
+        tensor = str(val.get("tensor", key)) if isinstance(val, Mapping) else key
+        if graph is not None and tensor in {i.name for i in graph.inputs}:
+            return [(ly, 0) for ly in self.by_name(tensor) if ly.inputs]
+        if graph is None:
+            raise FormatError(f"range key '{key}' is a tensor name: the model is needed to find its records",
+                              file=self.path, fix="pass the model, or key the range as NODE:INPUT_INDEX")
+        out: list[tuple[Layer, int]] = []
+        for q in build_quant_ops(graph, fuse=get_profile(self.profile).fuse):
+            for k, (_, _, t) in enumerate(q.inputs):
+                if t == tensor:
+                    out += [(ly, k) for ly in self.by_name(q.key) if k < len(ly.inputs)]
+        return out
 
     def record_text(self, ly: Layer) -> str:
         """The record's exact text (from `layer` to its closing brace)."""

@@ -264,6 +264,79 @@ class RknnQuantCfg(VendorFile):
             raise AssertionError("internal error: quantize_parameters changed")  # pragma: no cover
         return text
 
+    # ------------------------------------------------ ranges (issue #17: bisect --remedies -o writes them)
+    def write_ranges(self, ranges: dict, graph: ModelGraph | None = None) -> PromotionResult:
+        """A copy with these tensors' `quantize_parameters` min/max set and scale/zero_point recomputed for the
+        entry's dtype (asym: scale = (max - min) / (qmax - qmin), zero_point = round(qmin - min / scale));
+        every other byte unchanged, the patched file read back and compared entry by entry before returning.
+        Keys: tensor names (or `op:j` with a remedy detail naming the tensor); values: (min, max), a QParams or
+        a remedy detail entry."""
+        import re
+        from collections.abc import Mapping
+
+        from qdebug.formats.calib_table import range_of
+
+        edits: list[tuple[int, int, str]] = []
+        notes: list[str] = []
+        want: dict[str, tuple[float, float, float, int]] = {}
+        starts = [0]
+        for ln in self.text.splitlines(keepends=True):
+            starts.append(starts[-1] + len(ln))
+        order = sorted(self.params.values(), key=lambda e: e.line)
+        for key, val in ranges.items():
+            lo, hi = range_of(val, f"range for '{key}'")
+            tensor = str(val.get("tensor", key)) if isinstance(val, Mapping) else key
+            names = [tensor + s for s in (*TOOLKIT_SUFFIXES, "", *TWIN_SUFFIXES) if tensor + s in self.params]
+            name = next((n for n in names if self.params[n].is_int), names[0] if names else None)
+            if name is None:
+                notes.append(f"'{tensor}': no {PARAMS_KEY} entry; range not written")
+                continue
+            tp = self.params[name]
+            if not tp.is_int or len(tp.scale) != 1:
+                notes.append(f"'{name}': {'a ' + tp.dtype if not tp.is_int else 'a per-channel'} entry carries no "
+                             "per-tensor int range; left unchanged")
+                continue
+            nxt = next((e.line for e in order if e.line > tp.line), None)  # the entry ends where the next begins
+            a, b = starts[tp.line - 1], starts[nxt - 1] if nxt is not None else len(self.text)
+            body = self.text[a:b]
+            qmin, qmax = DTYPES[tp.dtype]
+            mn, mx = min(lo, 0.0), max(hi, 0.0)
+            if re.search(r"^[ ]*qtype:[ ]*sym\b", body, re.M):
+                scale, zp = (max(-mn, mx) / qmax if mx > mn else 1.0), 0
+            else:
+                scale = (mx - mn) / (qmax - qmin) if mx > mn else 1.0
+                zp = int(min(max(round(qmin - mn / scale), qmin), qmax))
+            found = []
+            for fld, v in (("min", repr(mn)), ("max", repr(mx)), ("scale", repr(scale)), ("zero_point", str(zp))):
+                m = re.search(rf"^([ ]*){fld}:[ ]*\r?\n\1-[ ]+([^\s#]+)[^\n]*\n(?!\1-)", body, re.M) or \
+                    re.search(rf"^[ ]*{fld}:[ ]*\[[ ]*([^\],]+?)[ ]*\]", body, re.M)
+                if m is not None:
+                    g = m.lastindex or 1
+                    found.append((a + m.start(g), a + m.end(g), v))
+            if len(found) != 4:
+                notes.append(f"'{name}': min/max/scale/zero_point not in the toolkit's one-value layout; left "
+                             "unchanged")
+                continue
+            edits += found
+            want[name] = (mn, mx, scale, zp)
+        parts, k = [], 0
+        for a, b, v in sorted(edits):
+            parts += [self.text[k:a], v]
+            k = b
+        text = "".join(parts) + self.text[k:]
+        new = read_cfg(text, self.path)
+        for name, tp in self.params.items():
+            got = new.params.get(name)
+            exp = want.get(name)
+            ok = got is not None and ((got.min, got.max, got.scale, got.zero_point) == ([exp[0]], [exp[1]], [exp[2]],
+                                      [exp[3]]) if exp else got == tp)
+            if not ok or new.custom != self.custom:
+                raise AssertionError(f"internal error: entry '{name}' reads back wrong")  # pragma: no cover
+        if want:
+            notes.append(f"{len(want)} entr(ies) re-derived from the new ranges (min/max, scale, zero_point; "
+                         "ori_min/ori_max keep the observed range)")
+        return PromotionResult(text=text, changed=list(want), notes=notes)
+
 
 @register_format
 class Rknn2QuantCfg(RknnQuantCfg):

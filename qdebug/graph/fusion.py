@@ -126,11 +126,16 @@ def _fuse_chain(g: ModelGraph, anchor: onnx.NodeProto, taken: set[str]) -> tuple
         label += f"+{nxt.op_type}(const)"
         cur = nxt.output[0]
         nxt = _single_consumer(g, cur)
+        if nxt is not None and nxt.name not in taken and _is_bias_add(g, nxt, cur):  # x*a + b folds into the op
+            members.append(nxt.name)
+            label += "+Add(const)"
+            cur = nxt.output[0]
+            nxt = _single_consumer(g, cur)
     if nxt is not None and nxt.op_type in FUSABLE_ACT and nxt.name not in taken:
         members.append(nxt.name)
         label += f"+{nxt.op_type}"
         return members, label
-    swish = _swish_after(g, cur, taken)
+    swish = _swish_after(g, cur, taken) or _hardswish_after(g, cur, taken)
     if swish:
         members.extend(swish[0])
         label += swish[1]
@@ -151,6 +156,37 @@ def _swish_after(g: ModelGraph, x: str, taken: set[str]) -> tuple[list[str], str
     if set(mul.input) != {x, sig.output[0]} or len(g.consumers.get(sig.output[0], [])) != 1:
         return None
     return [sig.name, mul.name], ("+SiLU" if sig.op_type == "Sigmoid" else "+HardSwish")
+
+
+def _const_is(g: ModelGraph, node: onnx.NodeProto, data: str, value: float) -> bool:
+    other = [i for i in node.input if i and i != data]
+    v = g.const_value(other[0]) if len(other) == 1 else None
+    return v is not None and v.size == 1 and abs(float(v.ravel()[0]) - value) < 1e-6
+
+
+def _hardswish_after(g: ModelGraph, x: str, taken: set[str]) -> tuple[list[str], str] | None:
+    """x -> Add(3) -> Clip(0, 6) -> Mul(x, .) -> Div(6) or Mul(1/6): HardSwish as paddle2onnx writes it, one
+    activation on the NPU (rknn-toolkit2 lists it as one HardSwish op after the conv)."""
+    cons = g.consumers.get(x, [])
+    if x in {o.name for o in g.outputs} or len(cons) != 2:
+        return None
+    add = next((c for c in cons if c.op_type == "Add" and _const_is(g, c, x, 3.0)), None)
+    mul = next((c for c in cons if c.op_type == "Mul"), None)
+    clip = _single_consumer(g, add.output[0]) if add is not None else None
+    if add is None or mul is None or clip is None or clip.op_type != "Clip":
+        return None
+    bounds = [g.const_value(i) for i in clip.input[1:3] if i]
+    if len(bounds) != 2 or any(b is None for b in bounds) or [float(b.ravel()[0]) for b in bounds] != [0.0, 6.0]:
+        return None
+    if set(mul.input) != {x, clip.output[0]}:
+        return None
+    div = _single_consumer(g, mul.output[0])
+    if div is None or not ((div.op_type == "Div" and div.input[0] == mul.output[0]
+                            and _const_is(g, div, mul.output[0], 6.0))
+                           or (div.op_type == "Mul" and _const_is(g, div, mul.output[0], 1.0 / 6.0))):
+        return None
+    names = [add.name, clip.name, mul.name, div.name]
+    return (names, "+HardSwish") if not taken.intersection(names) else None
 
 
 def build_quant_ops(g: ModelGraph, fuse: bool = True) -> list[QuantOp]:

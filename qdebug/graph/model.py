@@ -19,6 +19,12 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, Tenso
 SHAPE_OPS = ("Shape", "Size")  # outputs depend on the input's shape only, never on its values
 PROTO_LIMIT = 2**31 - 2**20  # protobuf cannot serialize a message of 2 GB or more (margin for the header)
 RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+# the external-data location of a placeholder initializer: its data is handed to onnxruntime as an array
+# (runners.session.WeightPool), never written anywhere
+SHARED_LOCATION = "qdebug-shared"
+SHARED_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+SHARED_MIN_BYTES = 4096  # smaller tensors stay inline: not worth an array each
+CACHE_MAX_BYTES = 1 << 20  # const_value keeps smaller values only: large weights stay in the model alone
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,60 @@ def sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
     return dense
 
 
+def copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto, graph_skip: set[str]) -> None:
+    """Copy every set field of `src` into the empty `dst`, except the graph fields named in `graph_skip`."""
+    for s, d, skip in ((src, dst, {"graph"}), (src.graph, dst.graph, graph_skip)):
+        for fd, val in s.ListFields():
+            if fd.name in skip:
+                continue
+            if hasattr(val, "extend"):  # a repeated field
+                getattr(d, fd.name).extend(val)
+            elif fd.message_type is not None:
+                getattr(d, fd.name).CopyFrom(val)
+            else:
+                setattr(d, fd.name, val)
+
+
+def sharable(t: TensorProto) -> bool:
+    """A large float initializer held as raw bytes of exactly its shape's size (the bulk of a model's weights)."""
+    if t.data_type not in SHARED_TYPES or t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
+        return False
+    n = int(np.prod(t.dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return n >= SHARED_MIN_BYTES and len(t.raw_data) == n
+
+
+def is_placeholder(t: TensorProto) -> bool:
+    """An initializer written by `weightless`: name, type and shape, its data elsewhere."""
+    return t.data_location == TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == SHARED_LOCATION for e in t.external_data)
+
+
+def weightless(model: onnx.ModelProto, empty: bool = False) -> onnx.ModelProto:
+    """A copy of `model` whose large float initializers keep name, type and shape but no data (placeholders).
+
+    What the checker, shape inference and rewritten session models need, without serializing or copying
+    every weight. `empty`: placeholders as zero-size tensors instead (what onnx.checker accepts in memory).
+    """
+    light = onnx.ModelProto()
+    copy_model_fields(model, light, {"initializer"})
+    for t in model.graph.initializer:
+        if not sharable(t):
+            light.graph.initializer.add().CopyFrom(t)
+            continue
+        e = light.graph.initializer.add()
+        e.name, e.data_type = t.name, t.data_type
+        if empty:
+            e.dims.append(0)
+            e.raw_data = b""
+            continue
+        e.dims.extend(t.dims)
+        e.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", SHARED_LOCATION), ("offset", "0")):
+            entry = e.external_data.add()
+            entry.key, entry.value = key, value
+    return light
+
+
 class ModelGraph:
     """An ONNX model plus producer/consumer maps and a topological node order (node names made unique)."""
 
@@ -219,8 +279,9 @@ class ModelGraph:
             del model.graph.node[:]
             model.graph.node.extend(sorted_nodes)
         try:
-            # the checker refuses in-memory models over protobuf's 2 GB; from the path it reads side files
-            onnx.checker.check_model(model if model.ByteSize() < PROTO_LIMIT else str(p))
+            # on a copy without the large weights' bytes (their sizes were checked by `sharable`): serializing
+            # every weight for the checker cost a second and a copy of the model; also fits protobuf's 2 GB
+            onnx.checker.check_model(weightless(model, empty=True))
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"ONNX checker rejects the model: {first}", file=str(p),
@@ -230,6 +291,20 @@ class ModelGraph:
     def sha256(self) -> str:
         """Hash of the serialized model, so a JSON result can be tied to its model."""
         return hashlib.sha256(self.model.SerializeToString()).hexdigest()
+
+    def weight(self, name: str) -> np.ndarray | None:
+        """An initializer's value for a session's side file: the cached array, or a fresh one left uncached."""
+        if name in self._const_cache:
+            return self._const_cache[name]
+        t = self.initializers.get(name)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def light_view(self) -> ModelGraph:
+        """This graph (every map shared) over a `weightless` copy of its model: models rewritten from it hold
+        placeholders for its float weights, which an OrtSession given `weights=graph.weight` fills in."""
+        view = copy.copy(self)
+        view.model = weightless(self.model)
+        return view
 
     # -------------------------------------------------------------- structure
     def _name_nodes(self) -> None:
@@ -259,7 +334,9 @@ class ModelGraph:
 
     def _infer_types(self) -> tuple[dict[str, int], dict[str, tuple[int | None, ...] | None]]:
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False, data_prop=True)
+            # float weights give inference their shapes only: their bytes stay here (weightless), which saves
+            # two copies of the model and seconds of serializing on a large one; int constants keep their data
+            inferred = onnx.shape_inference.infer_shapes(weightless(self.model), strict_mode=False, data_prop=True)
             vis = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
         except Exception:
             vis = list(self.model.graph.value_info) + list(self.model.graph.output) + list(self.model.graph.input)
@@ -301,7 +378,8 @@ class ModelGraph:
                     val = np.array(list(a.ints), dtype=np.int64)
                 elif a.name == "sparse_value":
                     val = sparse_to_dense(a.sparse_tensor)
-        self._const_cache[tensor] = val
+        if val is None or val.nbytes < CACHE_MAX_BYTES:  # weights are re-read when asked: not held twice
+            self._const_cache[tensor] = val
         return val
 
     def resolve_node(self, name: str, *, where: str | None = None,

@@ -1,7 +1,7 @@
 """Activation calibrators (one interface, several methods), fed one float sample at a time.
 
-MinMax needs one pass; Percentile and MSE need a second pass that fills a fixed-range histogram
-built from the first pass's min/max. All state is per-tensor running data, never the activations.
+MinMax needs one pass; Percentile, MSE and Entropy (KL threshold) need a second pass that fills a
+fixed-range histogram built from the first pass's min/max. All state is per-tensor running data, never the activations.
 """
 
 from __future__ import annotations
@@ -143,7 +143,69 @@ class MSECalibrator(_HistCalibrator):
         return out
 
 
-CALIBRATORS = {"minmax": MinMaxCalibrator, "percentile": PercentileCalibrator, "mse": MSECalibrator}
+QBINS = 128  # quantized bins of the entropy search (int8: 128 magnitudes)
+KL_FLOOR = 1e-10  # Q probability used where Q is empty but P is not (keeps KL finite)
+
+
+class EntropyCalibrator(_HistCalibrator):
+    """KL-divergence threshold (TensorRT's entropy calibration, onnxruntime's `entropy`): the |x| histogram
+    (BINS bins over [0, max|x|]) is cut at every i >= QBINS bins, the cut-off mass folded into bin i-1 (P),
+    P's first i bins merged into QBINS levels and spread back over the non-empty bins (Q); the threshold is
+    the edge (i + 0.5 bins) of the cut with the smallest KL(P || Q). Range: [max(min, -t), min(max, t)]."""
+
+    name = "entropy"
+
+    def histogram(self, tensor: str, x: np.ndarray) -> np.ndarray | None:
+        amax = max(abs(self.lo[tensor]), abs(self.hi[tensor]))
+        if amax <= 0:
+            return None
+        return np.histogram(np.abs(x), bins=BINS, range=(0.0, amax))[0]
+
+    def ranges(self, bits: int = 8) -> dict[str, tuple[float, float]]:
+        out = self.minmax()
+        for t, h in self.hist.items():
+            lo, hi = self.lo[t], self.hi[t]
+            amax = max(abs(lo), abs(hi))
+            if getattr(self, "signed_hist", False):  # a signed [lo, hi] histogram shared by another method
+                edges = np.linspace(lo, hi, BINS + 1)
+                h = np.histogram(np.abs((edges[:-1] + edges[1:]) / 2), bins=BINS, range=(0.0, amax), weights=h)[0]
+            thr = kl_threshold(np.asarray(h, dtype=np.float64), amax, 2 ** (bits - 1))  # int16: no cut
+            out[t] = (max(lo, -thr), min(hi, thr))
+        return out
+
+
+def kl_threshold(hist: np.ndarray, amax: float, qbins: int = QBINS) -> float:
+    """The |x| threshold minimizing KL(P || Q) over cuts of a BINS-bin |x| histogram on [0, amax]."""
+    n = hist.size
+    width = amax / n
+    if hist.sum() == 0 or n <= qbins:
+        return amax
+    best_i, best_kl = n, math.inf
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    for i in range(qbins, n + 1):
+        sliced = hist[:i]
+        p = sliced.copy()
+        p[-1] += tail[i]
+        nonzero = p != 0
+        merged = i // qbins
+        starts = np.arange(qbins) * merged  # reduceat: the last level runs to the end (takes the remainder)
+        sums = np.add.reduceat(sliced, starts)
+        counts = np.add.reduceat((sliced != 0).astype(np.float64), starts)
+        group = np.minimum(np.arange(i) // merged, qbins - 1)  # the last level takes the remainder bins
+        per = np.divide(sums, counts, out=np.zeros(qbins), where=counts > 0)
+        q = np.where(nonzero, per[group], 0.0)
+        if q.sum() <= 0:
+            continue
+        ps, qs = p[nonzero] / p.sum(), q[nonzero] / q.sum()
+        # a non-empty P bin whose Q level is empty (only cut-off mass landed there) costs log(p / KL_FLOOR)
+        kl = float(np.sum(ps * np.log(ps / np.maximum(qs, KL_FLOOR))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return (best_i + 0.5) * width
+
+
+CALIBRATORS = {"minmax": MinMaxCalibrator, "percentile": PercentileCalibrator, "mse": MSECalibrator,
+               "entropy": EntropyCalibrator}
 
 
 def make_calibrator(name: str, percentile: float = 99.99) -> Calibrator:

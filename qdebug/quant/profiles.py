@@ -25,6 +25,11 @@ class Profile:
                     "full" = fixed step 1/(2^bits - 1), 1.0 exact; "calib" = calibrated like any tensor.
     softmax_input_bits: the tensor a Softmax reads is quantized at least this wide (8 = as its producer).
     embedding_weights: "row" = a Gather table quantized per row (per token), "tensor" = one scale.
+    sigmoid_input_clip: c > 0 = the range a standalone Sigmoid reads is clamped to [-c, c] and the clamp is
+                    carried up to the Concat inputs and sliced tensors that feed it (rknn-toolkit2: c = 7,
+                    read from its step-1 .quantization.cfg, docs/rknn.md); 0 = calibrated like any tensor.
+    asymmetric_weights: weights get a zero point per channel (rknn-toolkit2's simulator reproduces to 86-98 dB
+                    only with asymmetric per-channel int8 weights); False = the scheme's choice (symmetric).
     """
 
     name: str
@@ -36,6 +41,8 @@ class Profile:
     softmax_output: str = "pow2"
     softmax_input_bits: int = 8
     embedding_weights: str = "row"
+    sigmoid_input_clip: float = 0.0
+    asymmetric_weights: bool = False
     description: str = ""
 
 
@@ -56,8 +63,9 @@ register_profile(Profile(
     description="QDQ at every ONNX op boundary, like onnxruntime quantize_static (overstates NPU error)"))
 register_profile(Profile(
     "rknn", quantize_at="output", fuse=True, int16_weight_bits=16, softmax_output="calib",
-    embedding_weights="tensor",
-    description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams"))
+    embedding_weights="tensor", sigmoid_input_clip=7.0, asymmetric_weights=True,
+    description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams, "
+                "Sigmoid inputs clamped to [-7, 7], asymmetric per-channel weights"))
 register_profile(Profile(
     "hisi", quantize_at="input", fuse=True, int16_weight_bits=8, softmax_output="calib",
     embedding_weights="tensor",

@@ -85,6 +85,7 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
     """Decide precision and parameters for every quant point from the config, vendor params and ranges."""
     sp = SimPlan()
     sym = cfg.scheme.symmetric_activations
+    ranges = clip_sigmoid_inputs(g, ops, ranges, profile.sigmoid_input_clip)
     wide = _softmax_feeds(g, ops) if profile.softmax_input_bits > 8 else set()
     for op in ops:
         if op.kind in ("passthrough", "const"):
@@ -127,6 +128,44 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
         for m in op.weighted:
             _plan_weight(g, g.node_by_name[m], cfg, profile, wbits, sp)
     return sp
+
+
+def clip_sigmoid_inputs(g: ModelGraph, ops: list[QuantOp], ranges: dict[str, tuple[float, float]],
+                        clip: float) -> dict[str, tuple[float, float]]:
+    """Ranges with a standalone Sigmoid's input clamped to [-clip, clip] (the profile's sigmoid_input_clip), the
+    clamp carried upward as rknn-toolkit2 does: a passthrough's input gets the union of its outputs' ranges, a
+    Concat's inputs are narrowed to the Concat's range. A copy; `ranges` is left as it is."""
+    if clip <= 0:
+        return ranges
+    out = dict(ranges)
+    groups = group_of(ops)
+
+    def narrow(t: str, lo: float, hi: float, depth: int) -> None:
+        if t not in out or depth > 64:
+            return
+        old = out[t]
+        new = (max(old[0], lo), max(max(old[0], lo), min(old[1], hi)))
+        if new == old:
+            return
+        out[t] = new
+        prod = g.producer.get(t)
+        op = groups.get(prod.name) if prod is not None else None
+        data = [i for i in prod.input if i and not g.is_constant(i)] if prod is not None else []
+        if op is None or not data:
+            return
+        if op.kind == "passthrough":
+            outs = [o for o in prod.output if o]
+            if all(o in out for o in outs):  # a sliced tensor: its other parts keep their own range
+                narrow(data[0], min(out[o][0] for o in outs), max(out[o][1] for o in outs), depth + 1)
+        elif op.kind == "compute" and op.op_type == "Concat":
+            for i in data:
+                narrow(i, *new, depth + 1)
+
+    for op in ops:
+        if op.kind == "compute" and op.op_type == "Sigmoid":
+            for _, _, t in op.inputs:
+                narrow(t, -clip, clip, 0)
+    return out
 
 
 def _softmax_feeds(g: ModelGraph, ops: list[QuantOp]) -> set[str]:
@@ -173,15 +212,15 @@ def _plan_weight(g: ModelGraph, node: onnx.NodeProto, cfg: QuantConfig, profile:
     pinned = cfg.weight_params.get(node.name)
     per_channel = cfg.scheme.per_channel_weights and not (node.op_type == "Gather"
                                                           and profile.embedding_weights == "tensor")
+    sym_w = cfg.scheme.symmetric_weights and not profile.asymmetric_weights
     if pinned is not None:
         wp = pinned if pinned.bits == wbits else pinned.with_bits(wbits)
     elif per_channel:
         axis = 1 if grouped else _weight_axis(node, w)
         red = tuple(i for i in range(w_view.ndim) if i != axis)
-        wp = params_from_range(w_view.min(axis=red), w_view.max(axis=red), wbits,
-                               symmetric=cfg.scheme.symmetric_weights, axis=axis)
+        wp = params_from_range(w_view.min(axis=red), w_view.max(axis=red), wbits, symmetric=sym_w, axis=axis)
     else:
-        wp = params_from_range(w_view.min(), w_view.max(), wbits, symmetric=cfg.scheme.symmetric_weights)
+        wp = params_from_range(w_view.min(), w_view.max(), wbits, symmetric=sym_w)
     wq = fake_quant(w_view, wp)
     if grouped:
         wq = wq.reshape(cin, group, cg, -1).transpose(1, 0, 2, 3).reshape(w.shape)

@@ -109,8 +109,8 @@ def load_dump(path: str | Path) -> np.ndarray:
 
 
 def fused_away(graph_tensors: list[str], rows: list[AnalysisRow]) -> list[str]:
-    """ONNX activation tensors with no row in the table (fused into another op by the toolkit)."""
-    seen = {onnx_name(r.name) for r in rows}
+    """ONNX activation tensors with no row, or a blank row, in the table (fused into another op by the toolkit)."""
+    seen = {onnx_name(r.name) for r in rows if r.entire_cos is not None or r.single_cos is not None}
     return [t for t in graph_tensors if t not in seen]
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from qdebug.errors import ModelError
-from qdebug.graph.model import PROTO_LIMIT
+from qdebug.graph.model import PROTO_LIMIT, copy_model_fields, is_placeholder
 from qdebug.workers import SESSION_THREADS
 
 _ARENA: list[bool] = []
@@ -34,26 +35,32 @@ def _shared_arena() -> bool:
     return _ARENA[0]
 
 
-def _save_external(model: onnx.ModelProto, folder: str) -> str:
+Weights = Callable[[str], "np.ndarray | None"]  # initializer name -> its array (placeholders' data)
+
+
+def _save_external(model: onnx.ModelProto, folder: str, weights: Weights | None = None) -> str:
     """Write `model` into `folder` with the bytes of its large initializers in one side file, leaving `model`
     untouched (onnx.save_model with external data rewrites the tensors in place); returns the model's path.
+    Placeholders (graph.model.weightless) take their bytes from `weights`.
 
-    For models protobuf cannot serialize in one piece (2 GB or more): onnxruntime then loads from the path.
+    onnxruntime maps the side file instead of holding a copy of each weight (only pre-packed MatMul weights
+    get one), and protobuf never has to serialize a model of 2 GB or more in one piece.
     """
     light = onnx.ModelProto()
-    for src, dst in ((model, light), (model.graph, light.graph)):
-        for fd, val in src.ListFields():
-            if fd.name in ("graph", "initializer"):
-                continue
-            if hasattr(val, "extend"):  # repeated field
-                getattr(dst, fd.name).extend(val)
-            elif hasattr(val, "CopyFrom"):
-                getattr(dst, fd.name).CopyFrom(val)
-            else:
-                setattr(dst, fd.name, val)
+    copy_model_fields(model, light, {"initializer"})
     with open(os.path.join(folder, "weights.bin"), "wb") as fh:
         for t in model.graph.initializer:
-            if not (t.HasField("raw_data") and len(t.raw_data) >= 1024):
+            data: bytes | memoryview | None = None
+            if is_placeholder(t):
+                a = weights(t.name) if weights is not None else None
+                want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+                if a is None or a.dtype != want or tuple(a.shape) != tuple(t.dims):
+                    raise ModelError(f"no weights for initializer '{t.name}' of a rewritten model",
+                                     fix="report this as a qdebug bug (the session was built without its weights)")
+                data = memoryview(np.ascontiguousarray(a)).cast("B")
+            elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                data = t.raw_data  # one tensor's copy at a time
+            if data is None:
                 light.graph.initializer.add().CopyFrom(t)
                 continue
             ext = light.graph.initializer.add()
@@ -62,26 +69,49 @@ def _save_external(model: onnx.ModelProto, folder: str) -> str:
             ext.data_location = onnx.TensorProto.EXTERNAL
             fh.write(b"\0" * (-fh.tell() % 4096))  # page-aligned, so onnxruntime may map it
             for key, value in (("location", "weights.bin"), ("offset", str(fh.tell())),
-                               ("length", str(len(t.raw_data)))):
+                               ("length", str(len(data)))):
                 entry = ext.external_data.add()
                 entry.key, entry.value = key, value
-            fh.write(t.raw_data)
+            fh.write(data)
     path = os.path.join(folder, "model.onnx")
     with open(path, "wb") as fh:
         fh.write(light.SerializeToString())
     return path
 
 
+def give_back_memory() -> None:
+    """Return freed heap memory to the system (glibc malloc_trim; a no-op elsewhere).
+
+    A dropped model proto's weights are freed into the heap, where they would stay counted in the process's
+    resident memory under the sessions built next.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _data_size(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers' raw data (the bulk of a model), without serializing it."""
+    return sum(len(t.raw_data) for t in model.graph.initializer if t.HasField("raw_data"))
+
+
 class OrtSession:
     """An onnxruntime CPU session over an in-memory model, returning outputs by name.
 
     `run` may be called from several threads at once (onnxruntime sessions are thread-safe). A model of
-    `inline_limit` bytes or more goes through a temporary folder with its weights in a side file.
+    `inline_limit` bytes or more, or any model given `weights` (the arrays of its placeholders), goes through a
+    temporary folder with its weights in a side file that onnxruntime maps: the same numbers, and the session
+    holds no copy of the weights besides the pre-packed MatMul ones.
     """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
                  optimize_all: bool = False, model_order: bool = False,
-                 disabled_optimizers: tuple[str, ...] = (), inline_limit: int = PROTO_LIMIT) -> None:
+                 disabled_optimizers: tuple[str, ...] = (), inline_limit: int = PROTO_LIMIT,
+                 weights: Weights | None = None) -> None:
         so = ort.SessionOptions()
         # BASIC keeps fake-quantized graphs bit-stable; float-only passes (calibration) may use every fusion
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
@@ -102,23 +132,43 @@ class OrtSession:
             so.add_session_config_entry("session.use_env_allocators", "1")
         self._tmp: tempfile.TemporaryDirectory | None = None  # kept while the session may read its files
         try:
-            if model.ByteSize() < inline_limit:
+            # ByteSize serializes the whole model once more: the data size decides instead
+            if weights is None and (_data_size(model) < inline_limit // 2 or model.ByteSize() < inline_limit):
                 src: bytes | str = model.SerializeToString()
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="qdebug-model-")
-                src = _save_external(model, self._tmp.name)
+                src = _save_external(model, self._tmp.name, weights)
             self.sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
                                              disabled_optimizers=list(disabled_optimizers))
         except OSError as exc:
+            self._drop_tmp()
             raise ModelError(f"cannot write the temporary copy of a large model ({exc.strerror or exc})",
                              file=source, fix="free space in the temporary folder or set TMPDIR") from None
         except Exception as exc:
+            tmp = self._tmp.name if self._tmp is not None else None
+            self._drop_tmp()
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            if tmp:  # the user knows their model, not our temporary copy of it
+                msg = msg.replace(f"{tmp}/model.onnx", "the model").replace(tmp, "<temporary folder>")
             raise ModelError(f"onnxruntime cannot load the model: {msg}", file=source,
                              fix="check the opset/ops are supported by onnxruntime") from None
         self.output_names = [o.name for o in self.sess.get_outputs()]
         self._slots: dict[int, tuple | None] = {}
         self.input_names = [i.name for i in self.sess.get_inputs()]
+
+    def __del__(self) -> None:
+        # explicit cleanup of the side files: the TemporaryDirectory's own finalizer would print a
+        # ResourceWarning when a run ends with an error while sessions are still referenced
+        try:
+            self._drop_tmp()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
+
+    def _drop_tmp(self) -> None:
+        """Remove the side-file folder now (a failed session must not leave it to the garbage collector)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def run(self, feed: dict[str, np.ndarray], slot: int | None = None) -> dict[str, np.ndarray]:
         """Run one sample; returns every output by name.

@@ -78,8 +78,9 @@ class SimBackend(Backend):
         sample order, so the result equals a sequential pass and the first bad sample in order is reported.
         Tensors in `absmax_of` also get their per-channel (last axis) max |x| over finite values into `absmax`.
         """
-        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]),
-                          threads=self.threads, source=graph.path, optimize_all=optimize_all)
+        # no copy of the model: its float weights go from the graph to a side file onnxruntime maps
+        sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer], graph.light_view().model),
+                          threads=self.threads, source=graph.path, optimize_all=optimize_all, weights=graph.weight)
 
         def values(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             vals = sess.run(sample)
@@ -170,7 +171,7 @@ class SimBackend(Backend):
         want.update(o for n in mask_apply(graph) for o in graph.node_by_name[n].output if o)
         for node in graph.nodes:
             scale = node.op_type in ("Mul", "Div") and any(graph.is_constant(i) for i in node.input if i)
-            if node.op_type == "Concat" or scale:
+            if node.op_type in ("Concat", "Split") or scale:  # Split parts: profile range rules (clip_sigmoid_inputs)
                 want.update(t for t in [*node.input, *node.output] if t and not graph.is_constant(t))
         order = [i.name for i in graph.inputs] + graph.activation_tensors()
         return [t for t in order if t in want]
@@ -196,17 +197,20 @@ class SimBackend(Backend):
 
     # ---------------------------------------------------------------- models
     def quantized_model(self, graph: ModelGraph, config: QuantConfig,
-                        outputs: Sequence[str] | None = None) -> onnx.ModelProto:
-        """The fake-quantized ONNX model (cumulative: every op quantized per `config`)."""
+                        outputs: Sequence[str] | None = None, weightless: bool = False) -> onnx.ModelProto:
+        """The fake-quantized ONNX model (cumulative: every op quantized per `config`). `weightless`: the
+        graph's large float weights as placeholders, for an OrtSession given `weights=graph.weight`."""
         sp = self.plan(graph, config)
-        return build_quantized(graph, self.quant_ops(graph), sp, self.profile,
+        return build_quantized(graph.light_view() if weightless else graph, self.quant_ops(graph), sp, self.profile,
                                list(outputs) if outputs is not None else None)
 
-    def analysis_model(self, graph: ModelGraph, config: QuantConfig,
-                       tensors: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
-        """Float graph + isolated quantized clone of each op, exposing `tensors` and their twins."""
+    def analysis_model(self, graph: ModelGraph, config: QuantConfig, tensors: Sequence[str],
+                       weightless: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
+        """Float graph + isolated quantized clone of each op, exposing `tensors` and their twins
+        (`weightless` as in `quantized_model`)."""
         sp = self.plan(graph, config)
-        return build_analysis(graph, self.quant_ops(graph), sp, self.profile, list(tensors))
+        return build_analysis(graph.light_view() if weightless else graph, self.quant_ops(graph), sp, self.profile,
+                              list(tensors))
 
     def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
         """A cached onnxruntime session of the quantized model with the given outputs."""

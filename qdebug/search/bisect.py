@@ -6,8 +6,9 @@ Steps (docs/bisect.md):
    read from the one-pass comparison when the backend shows intermediates, else by binary search over
    truncated graphs (about log2 N backend runs);
 3. rank ops by sensitivity from the one-pass comparison (hazard, jump, isolated error);
-4. binary search for the shortest ranked prefix meeting the target, then greedy pruning of members
-   that are not needed, then a verification run. Evaluations are cached by precision map.
+4. binary search for the shortest ranked prefix meeting the target, a second one for the shortest passing
+   window ending there, then pruning inside the window within the evaluation bound, then a verification
+   run. Evaluations are cached by precision map.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ class EvalRecord:
     promoted: tuple[str, ...]
     score: Score
     seconds: float
+    per_op: dict[str, Precision] | None = None  # the precision of each promoted op (None: all at the search's)
 
     def to_record(self, precision: Precision) -> Evaluation:
         """The evaluation as a result record (values rounded for JSON)."""
-        return Evaluation(self.id, self.purpose, list(self.promoted), {k: precision.value for k in self.promoted},
+        per = self.per_op or {}
+        return Evaluation(self.id, self.purpose, list(self.promoted),
+                          {k: per.get(k, precision).value for k in self.promoted},
                           {k: _j(v) for k, v in self.score.values.items()}, self.score.passed, _j(self.score.margin),
                           round(self.seconds, 3))
 
@@ -83,9 +87,16 @@ class PromotionSearch:
         self.cache: dict[str, EvalRecord] = {}
         self.records: list[EvalRecord] = []
         self.progress = progress
+        # (config, promoted ops) -> config: the remedy search re-ranges promoted ops for the wider type
+        self.widen: Callable[[QuantConfig, Sequence[str]], QuantConfig] | None = None
+        self.per_op: dict[str, Precision] = {}  # promoted ops at another precision (the fp16 fallback's int16 ops)
+
+    def prec_of(self, op: str) -> Precision:
+        return self.per_op.get(op, self.precision)
 
     def config_for(self, promoted: Sequence[str]) -> QuantConfig:
-        return self.base.with_overrides({k: self.precision for k in promoted})
+        cfg = self.base.with_overrides({k: self.prec_of(k) for k in promoted})
+        return self.widen(cfg, promoted) if self.widen is not None and promoted else cfg
 
     def evaluate(self, promoted: Sequence[str], purpose: str) -> EvalRecord:
         """Evaluate a promotion set once; repeated sets come from the cache (no configuration runs twice)."""
@@ -98,7 +109,8 @@ class PromotionSearch:
             self.progress(f"{purpose}: {len(promoted)} op(s) promoted")
         t0 = time.perf_counter()
         score = self.evaluator.evaluate(cfg)
-        rec = EvalRecord(len(self.records) + 1, purpose, promoted, score, time.perf_counter() - t0)
+        rec = EvalRecord(len(self.records) + 1, purpose, promoted, score, time.perf_counter() - t0,
+                         {k: self.prec_of(k) for k in promoted})
         self.cache[key] = rec
         self.records.append(rec)
         return rec
@@ -110,6 +122,7 @@ class PromotionSearch:
         promoting everything misses the target (a vendor toolkit's all-int16 build is not always its best).
         """
         t0 = time.perf_counter()
+        n0 = len(self.records)  # the remedy search shares this log: count only this run's evaluations
         base = self.evaluate([], "baseline")
         if base.score.passed:
             return SearchResult(True, [], base.score, base.score, base, "target met without promoting any op",
@@ -144,15 +157,38 @@ class PromotionSearch:
                 hi = mid
             else:
                 lo = mid
-        chosen = list(ranked[:hi])
-        for member in reversed(list(chosen)):
+        # window: the largest start s such that ranked[s:hi] still passes (ops before s are not needed); worth
+        # its ceil(log2 hi) probes only when the prefix is longer than that plus one
+        L = max(1, (max(len(ranked), 1) - 1).bit_length())
+        window = hi - 1 > (hi - 1).bit_length() + 1
+        s_lo, s_hi = 0, (hi if window else 0)  # window(s_lo) passes; the empty window (s_hi = hi) fails
+        while s_hi - s_lo > 1:
+            mid = (s_lo + s_hi) // 2
+            if self.evaluate(ranked[mid:hi], "window").score.passed:
+                s_lo = mid
+            else:
+                s_hi = mid
+        chosen = list(ranked[s_lo:hi])
+        # prune inside the window, lowest score first (its two ends last: each was needed by a bisection), and
+        # only while one more evaluation keeps the count within 2*ceil(log2 N) + |set| + 2 whatever it returns
+        order = (list(reversed(chosen[1:-1])) + chosen[-1:] + chosen[:1]) if window else list(reversed(chosen))
+        bound_fixed = 2 * L + 2
+        untried = 0
+        for k, member in enumerate(order):
             if len(chosen) == 1:
                 break
             trial = [m for m in chosen if m != member]
+            if self.config_for(trial).key() not in self.cache and \
+                    len(self.records) - n0 + 1 > bound_fixed + len(chosen) - 1:
+                untried = len(order) - k
+                break
             if self.evaluate(trial, "prune").score.passed:
                 chosen = trial
         final = self.evaluate(chosen, "final")
         msg = f"target met by promoting {len(chosen)} op(s) to {self.precision.value}"
+        if untried:
+            msg += (f" (the set may not be minimal: {untried} member(s) were not tried for removal, pruning stopped "
+                    "at the evaluation bound)")
         if len(chosen) > max(3, len(ranked) // 4):
             msg += (f"; that is {len(chosen)} of {len(ranked)} ops: the error is spread over the network rather "
                     "than concentrated in a few ops, so a mixed-precision patch is a poor fit — consider 16-bit "

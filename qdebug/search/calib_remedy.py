@@ -69,8 +69,9 @@ def collect(graph: ModelGraph, tensors: Sequence[str], samples: Sequence[dict[st
     """Two streamed float passes over `samples`: min/max, then a BINS-bin histogram per tensor."""
     cal = PercentileCalibrator(99.99)
     tensors = list(dict.fromkeys(tensors))
-    sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]), source=graph.path,
-                      optimize_all=True)
+    # basic optimization only: ENABLE_ALL fuses across exposed Split outputs and onnxruntime then rejects the
+    # model ("Duplicate definition of name"), seen on a real YOLOv8n
+    sess = OrtSession(graph.with_outputs([t for t in tensors if t in graph.producer]), source=graph.path)
     for p in range(2):
         for s in samples:
             vals = {**sess.run(s), **s}
@@ -91,6 +92,7 @@ def method_ranges(cal: Calibrator, bits: int) -> dict[str, dict[str, tuple[float
     methods += [(name, cls()) for name, cls in CALIBRATORS.items() if name not in ("minmax", "percentile")]
     for name, c in methods:
         c.lo, c.hi, c.hist = cal.lo, cal.hi, cal.hist  # type: ignore[attr-defined]
+        c.signed_hist = True  # type: ignore[attr-defined]  (entropy folds the shared [lo, hi] histogram to |x|)
         for t, r in c.ranges(bits).items():
             out.setdefault(t, {})[name] = r
     return out
@@ -109,14 +111,16 @@ def expected_error(cal: Calibrator, tensor: str, p: QParams) -> float:
 
 def choose(graph: ModelGraph, points: Sequence[tuple[str, str, str]], base: QuantConfig,
            current: dict[str, tuple[float, float]], samples: Sequence[dict[str, np.ndarray]],
-           ) -> tuple[list[RangeChoice], list[RangeChoice]]:
-    """(best, unclipped): per point the method with the smallest expected error, and per point the plain
-    min/max range where the current range clips; each keeps only points whose error drops enough."""
+           ) -> tuple[list[RangeChoice], list[RangeChoice], list[RangeChoice]]:
+    """(best, unclipped, wide): per point the method with the smallest expected error, and per point the plain
+    min/max range where the current range clips (best and unclipped keep only points whose 8-bit error drops
+    enough); `wide` is the min/max range of every point, whatever the 8-bit error: the range a promoted
+    (int16) op takes, where rounding no longer argues for clipping."""
     bits = base.scheme.activation.bits or 8
     sym = base.scheme.symmetric_activations
     cal = collect(graph, [t for _, t, _ in points], samples)
     ranges = method_ranges(cal, bits)
-    best, unclipped = [], []
+    best, unclipped, wide = [], [], []
     for key, t, op in points:
         if t not in ranges or t not in cal.lo:
             continue
@@ -142,17 +146,20 @@ def choose(graph: ModelGraph, points: Sequence[tuple[str, str, str]], base: Quan
         e_mm = expected_error(cal, t, params_from_range(mm[0], mm[1], bits, symmetric=sym))
         if clips and e_mm < MIN_GAIN * e_old:
             unclipped.append(RangeChoice(key, t, op, "minmax", (lo0, hi0), mm, e_old, e_mm))
+        # every point: a promoted op also drops a clipping range the calibration remedy may have chosen
+        wide.append(RangeChoice(key, t, op, "minmax (16-bit)", (lo0, hi0), mm, e_old, e_mm))
     order = {p[0]: i for i, p in enumerate(points)}
     for lst in (best, unclipped):  # largest relative error drop first, then the op's sensitivity rank
         lst.sort(key=lambda c: (-math.log(max(c.err_old, 1e-30) / max(c.err_new, 1e-30)), order[c.key]))
-    return best, unclipped
+    return best, unclipped, wide
 
 
-def apply(base: QuantConfig, choices: Sequence[RangeChoice]) -> QuantConfig:
-    """`base` with the chosen ranges pinned as activation parameters (at the scheme's activation bits)."""
+def apply(base: QuantConfig, choices: Sequence[RangeChoice], bits: int | None = None) -> QuantConfig:
+    """`base` with the chosen ranges pinned as activation parameters (at `bits`, default the scheme's
+    activation bits; promoted ops' ranges at 16, so no 8-bit grid rounding narrows them)."""
     if not choices:
         return base
-    bits = base.scheme.activation.bits or 8
+    bits = bits or base.scheme.activation.bits or 8
     sym = base.scheme.symmetric_activations
     act = dict(base.act_params)
     for c in choices:

@@ -7,8 +7,9 @@ candidate plan is one end-to-end evaluation through the same Evaluator; evaluati
 config's hash, so no plan runs twice.
 
 Evaluation budget: baseline 1 + split S (0/1) + calibration V·(1+S) + ⌈log2 (M+1)⌉ (V ≤ 2 variants,
-M changed tensors; the prefix bisection runs once) + precision 2⌈log2 N⌉ + |set| + 2 (+1 diagnosis,
-outside the count, when nothing meets the target).
+M changed tensors; the prefix bisection runs once) + precision 2⌈log2 N⌉ + |set| + 2 (2⌈log2 N⌉ + 2|set| + 4
+when every op at int16 misses and the set is searched at fp16, members tried back at int16) (+1 diagnosis,
+outside the count, when nothing meets the target). Promoted int16 ops take their unclipped min/max range.
 """
 
 from __future__ import annotations
@@ -72,17 +73,25 @@ class RemedySearch:
     """Calibration, head split and precision in cost order, every plan verified by the evaluator."""
 
     def __init__(self, evaluator: Evaluator, base: QuantConfig, precision: Precision,
-                 calib_choices: tuple[list[RangeChoice], list[RangeChoice]], split: HeadSplit | None,
+                 calib_choices: tuple[list[RangeChoice], ...], split: HeadSplit | None,
                  split_reason: str = "", progress: Callable[[str], None] | None = None,
-                 notes: Sequence[str] = (), all_ops: Sequence[str] = (), calib_samples: int = 0) -> None:
+                 notes: Sequence[str] = (), all_ops: Sequence[str] = (), calib_samples: int = 0,
+                 fp16_fallback: bool = True) -> None:
         self.base = base
         self.all_ops = list(all_ops)
         self.calib_samples = calib_samples
         self.precision = precision
+        self.fp16_fallback = fp16_fallback  # int16 misses -> search at fp16, members back to int16 per op
         self.split = split
         self.promo = PromotionSearch(evaluator, base, precision, progress=progress)  # shared cache and log
         self.info = RemedySearchInfo(skipped={} if split else {"split": split_reason}, notes=list(notes))
-        best, unclipped = calib_choices
+        best, unclipped = calib_choices[:2]
+        # promoted (int16) ops take their unclipped min/max range: at 16 bits rounding no longer argues for
+        # clipping; fp16 has no range to set
+        self.wide: dict[str, list[RangeChoice]] = {}
+        for c in (calib_choices[2] if len(calib_choices) > 2 and precision == Precision.INT16 else []):
+            self.wide.setdefault(c.op, []).append(c)
+        self.promo.widen = self._widen if self.wide else None
         self.variants: list[tuple[str, list[RangeChoice]]] = []
         if best:
             self.variants.append(("per-tensor best", best))
@@ -96,11 +105,20 @@ class RemedySearch:
 
     # ------------------------------------------------------------ evaluation
     def config(self, plan: Plan) -> QuantConfig:
-        """The QuantConfig of a plan (ranges pinned, tail at fp32, promoted ops at the promote precision)."""
+        """The QuantConfig of a plan (ranges pinned, tail at fp32, promoted ops at the promote precision with
+        their 16-bit ranges)."""
         cfg = calib_remedy.apply(self.base, plan.calib)
         if plan.split and self.split:
             cfg = cfg.with_overrides({n: Precision.FP32 for n in self.split.tail})
-        return cfg.with_overrides({k: self.precision for k in plan.promoted})
+        cfg = cfg.with_overrides({k: self.promo.prec_of(k) for k in plan.promoted})
+        return self._widen(cfg, plan.promoted) if plan.promoted and self.wide else cfg
+
+    def wide_choices(self, promoted: Sequence[str]) -> list[RangeChoice]:
+        """The min/max ranges the int16-promoted ops' quantization points take (fp16 has no range)."""
+        return [c for k in promoted if self.promo.prec_of(k) == Precision.INT16 for c in self.wide.get(k, [])]
+
+    def _widen(self, cfg: QuantConfig, promoted: Sequence[str]) -> QuantConfig:
+        return calib_remedy.apply(cfg, self.wide_choices(promoted), bits=16)
 
     def evaluate(self, plan: Plan, purpose: str) -> EvalRecord:
         """One cached end-to-end evaluation of a plan; logged as a trial."""
@@ -177,9 +195,15 @@ class RemedySearch:
         cands = [k for k in ranked if k not in pinned and k not in tail]
         self.promo.base = self.config(combo)
         n0 = len(self.promo.records)
-        res = self.promo.run(cands, priority=sum(1 for k in cands if k in hazard_ops))
+        priority = sum(1 for k in cands if k in hazard_ops)
+        res = self.promo.run(cands, priority=priority)
+        L = max(1, log2_ceil(len(cands)))
+        self.info.precision_bound = 2 * L + len(res.promoted) + 2
+        if not res.met and self.precision == Precision.INT16 and self.fp16_fallback:
+            res = self._fp16_per_op(cands, priority, res)
+            if self.precision == Precision.FP16:  # the fallback met: its search + the per-op int16 trials
+                self.info.precision_bound = 2 * L + 2 * len(res.promoted) + 4
         self.info.precision_evaluations = len(self.promo.records) - n0
-        self.info.precision_bound = 2 * max(1, log2_ceil(len(cands))) + len(res.promoted) + 2
         self._log_new_trials(combo)
         self.promo.base = self.base
         if res.met:
@@ -187,13 +211,37 @@ class RemedySearch:
             if len(plan.calib) > 1:  # the calibration part may shrink now that some ops are promoted
                 name = "per-tensor best" if self.variants and list(plan.calib) == self.variants[0][1] else "unclipped"
                 plan = self._min_calib(list(plan.calib), plan.split, plan.promoted, name)
-            what = [f"promoting {len(plan.promoted)} op(s) to {self.precision.value}"]
+            n16 = sum(1 for k in plan.promoted if self.promo.prec_of(k) == Precision.INT16)
+            what = [f"promoting {len(plan.promoted)} op(s) to {self.precision.value}" if not self.promo.per_op else
+                    f"promoting {len(plan.promoted)} op(s) ({n16} to int16, {len(plan.promoted) - n16} to fp16)"]
             if plan.split:
                 what.insert(0, "the head split")
             if plan.calib:
                 what.insert(0, f"re-calibrating {len(plan.calib)} tensor(s)")
             return self._finish(plan, base_rec, ranked, t0, "target met by " + " + ".join(what), res)
         return self._fail(base_rec, combo, res, ranked, pinned, t0)
+
+    def _fp16_per_op(self, cands: list[str], priority: int, res16: SearchResult) -> SearchResult:
+        """Every candidate at int16 misses: search at fp16 (the baseline is cached, all-fp16 is one new
+        evaluation), then try each member of the set back at int16, lowest score first (int16 is the cheaper
+        type); a member stays fp16 only when int16 fails for it. Keeps the int16 result when fp16 misses too."""
+        self.promo.precision = Precision.FP16
+        res = self.promo.run(cands, priority=priority)
+        if not res.met:
+            self.promo.precision = Precision.INT16
+            self.info.notes.append("every candidate at fp16 misses the target too")
+            return res16
+        self.precision = Precision.FP16
+        rank = {k: i for i, k in enumerate(cands)}
+        for k in sorted(res.promoted, key=lambda k: -rank[k]):
+            self.promo.per_op[k] = Precision.INT16
+            if not self.promo.evaluate(res.promoted, "int16 per op").score.passed:
+                del self.promo.per_op[k]
+        final = self.promo.evaluate(res.promoted, "final")
+        res.after, res.best = final.score, final
+        self.info.notes.append(f"every candidate at int16 missed: the set was searched at fp16, then "
+                               f"{len(self.promo.per_op)} of its {len(res.promoted)} op(s) went back to int16")
+        return res
 
     def _passing(self, rec: EvalRecord) -> int:
         """How many target clauses an evaluation meets (breaks ties of the worst margin)."""
@@ -207,7 +255,9 @@ class RemedySearch:
             p = Plan(combo.calib, combo.split, rec.promoted)
             label = " + ".join([x for x in (f"calibration {len(combo.calib)} tensor(s)" if combo.calib else "",
                                             "head split" if combo.split else "") if x]
-                               + [f"{len(rec.promoted)} op(s) at {self.precision.value} ({rec.purpose})"])
+                               + [f"{len(rec.promoted)} op(s) at "
+                                  f"{'/'.join(sorted({v.value for v in rec.per_op.values()})) if rec.per_op else self.precision.value}"
+                                  f" ({rec.purpose})"])
             self.plans[rec.id] = p
             self.info.trials.append(PlanTrial(rec.id, label, p.cost(self.split), rec.score.passed,
                                               json_float(rec.score.margin),
@@ -255,6 +305,14 @@ class RemedySearch:
                 changed, detail = list(self.split.tail), {"boundary": self.split.boundary, "reason": self.split.reason}
             else:
                 changed, detail = list(plan.promoted), {"precision": self.precision.value}
+                if self.promo.per_op:  # per-op types (the fp16 fallback's members back at int16)
+                    detail["per_op"] = {k: self.promo.prec_of(k).value for k in plan.promoted
+                                        if self.promo.prec_of(k) != self.precision}
+                calib = {c.key: c.new for c in plan.calib}
+                wide = [c for c in self.wide_choices(plan.promoted)
+                        if not _same_range(calib.get(c.key, c.old), c.new)]  # the range in effect before
+                if wide:  # written into the vendor file with the precision (formats with write_ranges)
+                    detail["ranges"] = {c.key: c.to_json() for c in wide}
             out.append(Remedy(kind, len(changed), UNITS[kind], changed,
                               {k: json_float(v) for k, v in (prev.score.values if prev else {}).items()},
                               {k: json_float(v) for k, v in (rec.score.values if rec else {}).items()}, detail))
@@ -308,6 +366,11 @@ class RemedySearch:
         return self.base.with_overrides({k: Precision.FP32 for k in self.all_ops})
 
 
+def _same_range(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Equal up to float noise (the simulator's range and the remedy's min/max come from separate passes)."""
+    return all(abs(x - y) <= 1e-6 * (abs(x) + abs(y) + 1e-12) for x, y in zip(a, b, strict=True))
+
+
 def config_from_remedies(base: QuantConfig, remedies: Sequence[Remedy], precision: Precision) -> QuantConfig:
     """The QuantConfig a plan's Remedy records describe (ranges pinned, tail at fp32, ops promoted)."""
     cfg = base
@@ -319,5 +382,10 @@ def config_from_remedies(base: QuantConfig, remedies: Sequence[Remedy], precisio
         elif r.kind == "split":
             cfg = cfg.with_overrides({n: Precision.FP32 for n in r.changed})
         else:
-            cfg = cfg.with_overrides({k: precision for k in r.changed})
+            prec = Precision(r.detail["precision"]) if "precision" in r.detail else precision
+            per = {k: Precision(v) for k, v in r.detail.get("per_op", {}).items()}
+            cfg = cfg.with_overrides({k: per.get(k, prec) for k in r.changed})
+            cfg = calib_remedy.apply(cfg, [RangeChoice(k, v["tensor"], v["op"], v["method"], tuple(v["old"]),
+                                                       tuple(v["new"]), 0.0, 0.0)
+                                           for k, v in r.detail.get("ranges", {}).items()], bits=16)
     return cfg

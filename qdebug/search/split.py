@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.graph.model import ModelGraph, node_reads
 from qdebug.runners.session import OrtSession
@@ -78,7 +78,7 @@ def find_decode_tail(g: ModelGraph, hazards: Iterable[tuple[str, str]]) -> tuple
                 p = g.producer.get(t)
                 if p is None or p.name in tail or g.is_constant(t) or p.op_type not in DECODE_OPS:
                     continue
-                if all(c.name in tail for o in p.output if o for c in g.consumers.get(o, [])) \
+                if all(c.name in tail or _shape_only(g, c) for o in p.output if o for c in g.consumers.get(o, [])) \
                         and not any(o in {x.name for x in g.outputs} for o in p.output):
                     frontier.add(p.name)
     if len(tail) > MAX_TAIL_FRACTION * len(g.nodes):
@@ -93,6 +93,10 @@ def find_decode_tail(g: ModelGraph, hazards: Iterable[tuple[str, str]]) -> tuple
                 continue
             if g.is_constant(t):
                 p = g.producer.get(t)
+                if p is not None and _reads_inputs(g, t):
+                    if g.const_value(t) is None:  # not foldable here: the NPU part hands it over
+                        boundary.append(t)
+                    continue  # folded from static shapes (Shape of a feature map): written as a value by split_models
                 if p is not None and p.name not in consts:
                     consts.extend(x for x in _const_ancestors(g, t) if x not in consts)
                 continue
@@ -113,6 +117,17 @@ def _descendants(g: ModelGraph, names: Iterable[str]) -> set[str]:
         for o in g.node_by_name[n].output:
             stack.extend(c.name for c in g.consumers.get(o, []))
     return out
+
+
+def _shape_only(g: ModelGraph, node: onnx.NodeProto) -> bool:
+    """A consumer that reads only a tensor's shape (Shape, or anything whose outputs fold to constants)."""
+    return node.op_type == "Shape" or all(g.is_constant(o) for o in node.output if o)
+
+
+def _reads_inputs(g: ModelGraph, t: str) -> bool:
+    """True when a constant-foldable tensor is computed from a graph input (e.g. the Shape of a feature map)."""
+    needed, _ = g.ancestors([t])
+    return any(i.name in needed for i in g.inputs)
 
 
 def _const_ancestors(g: ModelGraph, t: str) -> list[str]:
@@ -137,6 +152,11 @@ def split_models(g: ModelGraph, sp: HeadSplit) -> tuple[onnx.ModelProto, onnx.Mo
     inits = [t for t in g.model.graph.initializer if t.name in reads]
     del gp.initializer[:]
     gp.initializer.extend(inits)
+    produced = {o for n in gp.node for o in n.output} | {t.name for t in inits} | set(sp.boundary)
+    for t in sorted(reads - produced):  # constants folded from static shapes: their values, not their producers
+        v = g.const_value(t)
+        if v is not None:
+            gp.initializer.append(numpy_helper.from_array(np.asarray(v), t))
     del gp.sparse_initializer[:]
     del gp.input[:]
     for t in sp.boundary:
