@@ -1,6 +1,7 @@
 """Fidelity of the built-in simulator against rknn-toolkit2, side by side in one run (`bench_rknn.py --fidelity`).
 
     python benchmarks/rknn_fidelity.py --zoo nudenet-320n --samples 8            # a real model, natural photos
+    python benchmarks/rknn_fidelity.py --zoo nudenet-320n --photo-size 640,480   # the same photos letterboxed
     python benchmarks/rknn_fidelity.py --zoo ppocr4-det --size 320,320 --samples 8
     python benchmarks/rknn_fidelity.py MODEL.onnx --data DIR --samples 8 -- --size 320,320 --mean ... --std ...
 
@@ -45,9 +46,12 @@ def small_inputs(out: Path, size: int, n: int) -> tuple[Path, Path]:
     return model, images
 
 
-def zoo_inputs(key: str, out: Path, n: int, size: tuple[int, int] | None, models: Path | None) -> tuple:
+def zoo_inputs(key: str, out: Path, n: int, size: tuple[int, int] | None, models: Path | None,
+               photo_size: tuple[int, int] | None = None) -> tuple:
     """A real model of bench_zoo's list (under `models`, else fetched into the zoo cache), `n` natural-photo
-    inputs for it (scikit-image's photos, bench_zoo.photo_set/text_set) and its compare options."""
+    inputs for it (scikit-image's photos, bench_zoo.photo_set/text_set; photo models get full-frame views at the
+    network size unless `photo_size` (W, H) asks for another, e.g. 640x480 to test letterboxing) and its
+    compare options."""
     from bench_zoo import CACHE, ZOO, fetch, fetch_photos, locate, photo_set, text_set
 
     m = next((z for z in ZOO if z.key == key), None)
@@ -57,13 +61,14 @@ def zoo_inputs(key: str, out: Path, n: int, size: tuple[int, int] | None, models
     photos = fetch_photos()
     if path is None or photos is None or m.data not in ("images", "text_page", "text_lines"):
         raise SystemExit(f"{key}: model or photos not available (use --models DIR; needs the scikit-image wheel)")
-    data = out / f"data_{key}"
+    hw = size or m.size
+    wh = photo_size or ((hw[1], hw[0]) if hw else (640, 480))
+    data = out / (f"data_{key}_{wh[0]}x{wh[1]}" if m.data == "images" else f"data_{key}")
     if len(list(data.glob("*.png"))) < n:
         if m.data == "images":
-            photo_set(photos, data, n, (640, 480))
+            photo_set(photos, data, n, wh)
         else:
             text_set(photos, data, n, m.data)
-    hw = size or m.size
     cli = list(m.cli)
     if "--conf" in cli:  # a task option; compare runs without --task here
         del cli[cli.index("--conf"):cli.index("--conf") + 2]
@@ -137,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", help="a bench_zoo model key (nudenet-320n, ppocr4-det, ...) fed scikit-image's photos")
     ap.add_argument("--models", type=Path, default=None, help="folder holding the zoo's extracted .onnx files")
     ap.add_argument("--size", default=None, help="H,W for dynamic inputs (a zoo model's own size otherwise)")
+    ap.add_argument("--photo-size", default=None, help="W,H of the photo views (default: the network size)")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "rknn" / "fidelity")
     args = ap.parse_args(argv)
     size = tuple(int(v) for v in args.size.split(",")) if args.size else None
     if args.zoo:
-        model, data, zextra = zoo_inputs(args.zoo, args.out, args.samples, size, args.models)
+        psize = tuple(int(v) for v in args.photo_size.split(",")) if args.photo_size else None
+        model, data, zextra = zoo_inputs(args.zoo, args.out, args.samples, size, args.models, psize)
         extra = zextra + extra
     elif args.model and args.data:
         model, data = args.model, args.data

@@ -256,3 +256,23 @@ def test_float_rounding_is_not_a_reordering():
     assert not _same_values_reordered(f, f + rng.normal(0, 2e-5, f.size))  # rounding: same values, same order
     assert _same_values_reordered(f, f[::-1].copy())  # a transposed dump: same values, other order
     assert not _same_values_reordered(f, f * 0.5)  # other values
+
+
+def test_hardsigmoid_input_is_its_linear_region_as_the_toolkit_records():
+    """Every HardSigmoid input of PP-OCRv4 det: the toolkit quantizes it on [-beta/alpha, (1-beta)/alpha]
+    (observed ranges up to -69.5..60.0); alpha 1/6 gives +-3, alpha 0.2 gives +-2.5."""
+    rows = [ln.split() for ln in (RKNN / "ppocr4_det_hardsigmoid_ranges.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert len(rows) == 10
+    for name, alpha, beta, t, omin, omax, tmin, tmax in rows:
+        node = helper.make_node("HardSigmoid", [t], ["y"], name=name, alpha=float(alpha), beta=float(beta))
+        conv = helper.make_node("Conv", ["x", "w"], [t], name="conv")
+        g = _model([conv, node], [_vi("x", [1, 1, 2, 2])], [_vi("y", None)], [_w("w", np.ones((1, 1, 1, 1)))])
+        ops = build_quant_ops(g, fuse=True)
+        ranges = {t: (float(omin), float(omax))}
+        rk = get_profile("rknn")
+        got = clip_sigmoid_inputs(g, ops, ranges, rk.sigmoid_input_clip, rk.hardsigmoid_input_clip)[t]
+        assert got == pytest.approx((float(tmin), float(tmax)), abs=1e-6), name
+        generic = get_profile("generic")
+        assert clip_sigmoid_inputs(g, ops, ranges, generic.sigmoid_input_clip,
+                                   generic.hardsigmoid_input_clip)[t] == ranges[t]

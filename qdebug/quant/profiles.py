@@ -28,6 +28,8 @@ class Profile:
     sigmoid_input_clip: c > 0 = the range a standalone Sigmoid reads is clamped to [-c, c] and the clamp is
                     carried up to the Concat inputs and sliced tensors that feed it (rknn-toolkit2: c = 7,
                     read from its step-1 .quantization.cfg, docs/rknn.md); 0 = calibrated like any tensor.
+    hardsigmoid_input_clip: a HardSigmoid's input is clamped the same way to its linear region
+                    [-beta/alpha, (1-beta)/alpha] (rknn-toolkit2: [-2.5, 2.5] for alpha 0.2, [-3, 3] for 1/6).
     asymmetric_weights: weights get a zero point per channel (rknn-toolkit2's simulator reproduces to 86-98 dB
                     only with asymmetric per-channel int8 weights); False = the scheme's choice (symmetric).
     """
@@ -42,6 +44,7 @@ class Profile:
     softmax_input_bits: int = 8
     embedding_weights: str = "row"
     sigmoid_input_clip: float = 0.0
+    hardsigmoid_input_clip: bool = False
     asymmetric_weights: bool = False
     description: str = ""
 
@@ -63,9 +66,10 @@ register_profile(Profile(
     description="QDQ at every ONNX op boundary, like onnxruntime quantize_static (overstates NPU error)"))
 register_profile(Profile(
     "rknn", quantize_at="output", fuse=True, int16_weight_bits=16, softmax_output="calib",
-    embedding_weights="tensor", sigmoid_input_clip=7.0, asymmetric_weights=True,
+    embedding_weights="tensor", sigmoid_input_clip=7.0, hardsigmoid_input_clip=True,
+    asymmetric_weights=True,
     description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams, "
-                "Sigmoid inputs clamped to [-7, 7], asymmetric per-channel weights"))
+                "Sigmoid inputs clamped to [-7, 7] (HardSigmoid: its linear region), asymmetric per-channel weights"))
 register_profile(Profile(
     "hisi", quantize_at="input", fuse=True, int16_weight_bits=8, softmax_output="calib",
     embedding_weights="tensor",

@@ -85,7 +85,7 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
     """Decide precision and parameters for every quant point from the config, vendor params and ranges."""
     sp = SimPlan()
     sym = cfg.scheme.symmetric_activations
-    ranges = clip_sigmoid_inputs(g, ops, ranges, profile.sigmoid_input_clip)
+    ranges = clip_sigmoid_inputs(g, ops, ranges, profile.sigmoid_input_clip, profile.hardsigmoid_input_clip)
     wide = _softmax_feeds(g, ops) if profile.softmax_input_bits > 8 else set()
     for op in ops:
         if op.kind in ("passthrough", "const"):
@@ -131,11 +131,12 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
 
 
 def clip_sigmoid_inputs(g: ModelGraph, ops: list[QuantOp], ranges: dict[str, tuple[float, float]],
-                        clip: float) -> dict[str, tuple[float, float]]:
-    """Ranges with a standalone Sigmoid's input clamped to [-clip, clip] (the profile's sigmoid_input_clip), the
-    clamp carried upward as rknn-toolkit2 does: a passthrough's input gets the union of its outputs' ranges, a
-    Concat's inputs are narrowed to the Concat's range. A copy; `ranges` is left as it is."""
-    if clip <= 0:
+                        clip: float, hard: bool = False) -> dict[str, tuple[float, float]]:
+    """Ranges with a standalone Sigmoid's input clamped to [-clip, clip] (the profile's sigmoid_input_clip) and,
+    with `hard`, a HardSigmoid's input to its linear region [-beta/alpha, (1-beta)/alpha]; the clamp carried
+    upward as rknn-toolkit2 does: a passthrough's input gets the union of its outputs' ranges, a Concat's inputs
+    are narrowed to the Concat's range. A copy; `ranges` is left as it is."""
+    if clip <= 0 and not hard:
         return ranges
     out = dict(ranges)
     groups = group_of(ops)
@@ -162,9 +163,21 @@ def clip_sigmoid_inputs(g: ModelGraph, ops: list[QuantOp], ranges: dict[str, tup
                 narrow(i, *new, depth + 1)
 
     for op in ops:
-        if op.kind == "compute" and op.op_type == "Sigmoid":
-            for _, _, t in op.inputs:
-                narrow(t, -clip, clip, 0)
+        if op.kind != "compute" or op.op_type not in ("Sigmoid", "HardSigmoid"):
+            continue
+        lo, hi = -clip, clip
+        if op.op_type == "HardSigmoid":
+            if not hard:
+                continue
+            attrs = {a.name: a.f for a in g.node_by_name[op.nodes[0]].attribute}
+            alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+            if alpha <= 0:
+                continue
+            lo, hi = -beta / alpha, (1.0 - beta) / alpha  # its linear region: flat outside
+        elif clip <= 0:
+            continue
+        for _, _, t in op.inputs:
+            narrow(t, lo, hi, 0)
     return out
 
 
