@@ -116,6 +116,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         res = run_bisect(graph, ds, cfg, backend, target, prec, args.cut_search, calib, log=log,
                          cut_threshold=args.cut_threshold, eval_backend=judge, evaluator=evaluator or tev,
                          remedies=args.remedies, pinned=pinned)
+        search_builds = getattr(judge, "build_kinds", None)
+        search_builds = dict(search_builds) if search_builds is not None else None  # the search's share
         final_cfg = config_from_remedies(cfg, res.result.remedies, prec)
         changed = final_cfg.key() != cfg.key()
         if decoder is not None and evaluator is not None:
@@ -135,6 +137,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 step1 = judge.hybrid_cfg(graph, [o.name for o in graph.outputs])["cfg"]
                 step1_cfg = (step1, open(step1).read())
             res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
+            if search_builds is not None:  # the search's builds against the issue's bound 2*ceil(log2 N)+|set|+2
+                res.quant.judge["search_builds"] = {"total": sum(search_builds.values()), **search_builds,
+                                                    "bound": res.counts.bound}
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
@@ -151,6 +156,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     _exports(graph, res, prec)
     if not args.quiet:
         render_bisect(res, console)
+        _render_builds(res, console)
         render_remedies(res, console)
         if res.detection is not None:
             render_detection(res.detection, console)
@@ -168,6 +174,21 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         paths = write_report(doc, args.report, explain(doc, why_ops(doc)))
         console.print(mk("wrote {} and {}", paths["md"], paths["html"]))
     return 0 if res.result.met else 1
+
+
+def _render_builds(res: BisectResult, console) -> None:
+    """The toolkit's build count against the search's bound (rknn judge only)."""
+    sb = (res.quant.judge or {}).get("search_builds")
+    if not sb:
+        return
+    parts = ", ".join(f"{sb[k]} {k.replace('_', ' ')}" for k in ("evaluation", "step1", "crashed", "isolation")
+                      if sb.get(k))
+    console.print(mk("{} toolkit builds for the search ({}; bound {} evaluations + step 1), {} in all",
+                     sb["total"], parts, sb["bound"], res.quant.judge.get("builds")))
+    f16 = (res.quant.judge or {}).get("float16_instead")
+    if f16:
+        console.print("[yellow]no int16 kernel in the toolkit (rknn profile), written as float16 where promoted:[/] "
+                      + mk("{}", "; ".join(f16)))
 
 
 def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log, evaluator=None) -> None:
@@ -188,6 +209,7 @@ def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log, evalua
             atomic_write(args.output, text, protect=args.run_inputs)
         custom = RknnQuantCfg.parse(text, patched).custom
         missed = [f"not applied by the toolkit: {k} ({v})" for k, v in rk.not_applied.items() if k in custom]
+        missed += [f"written as float16, not int16: {k} ({v})" for k, v in rk.float16_instead.items() if k in nodes]
         res.patched_file = PatchedFile(
             path=args.output, source=original, format="rknn", changed=sorted(custom),
             notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)", *missed],

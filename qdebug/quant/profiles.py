@@ -5,6 +5,7 @@ See docs/simulator.md for how each profile maps to what the vendor compilers do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qdebug.errors import QDebugError
@@ -32,6 +33,9 @@ class Profile:
                     [-beta/alpha, (1-beta)/alpha] (rknn-toolkit2: [-2.5, 2.5] for alpha 0.2, [-3, 3] for 1/6).
     asymmetric_weights: weights get a zero point per channel (rknn-toolkit2's simulator reproduces to 86-98 dB
                     only with asymmetric per-channel int8 weights); False = the scheme's choice (symmetric).
+    int16_unsupported: op patterns the vendor toolkit cannot build at int16, "OpType" or "OpType@const0" (input 0
+                    is a constant); a promotion of such an op is written as float16 instead, before any build
+                    (rknn-toolkit2 2.5.0: Sub(constant, x) has no int16 kernel, docs/rknn.md).
     """
 
     name: str
@@ -46,6 +50,7 @@ class Profile:
     sigmoid_input_clip: float = 0.0
     hardsigmoid_input_clip: bool = False
     asymmetric_weights: bool = False
+    int16_unsupported: frozenset[str] = frozenset()
     description: str = ""
 
 
@@ -67,7 +72,7 @@ register_profile(Profile(
 register_profile(Profile(
     "rknn", quantize_at="output", fuse=True, int16_weight_bits=16, softmax_output="calib",
     embedding_weights="tensor", sigmoid_input_clip=7.0, hardsigmoid_input_clip=True,
-    asymmetric_weights=True,
+    asymmetric_weights=True, int16_unsupported=frozenset({"Sub@const0"}),
     description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams, "
                 "Sigmoid inputs clamped to [-7, 7] (HardSigmoid: its linear region), asymmetric per-channel weights"))
 register_profile(Profile(
@@ -77,6 +82,19 @@ register_profile(Profile(
                            "Log", "Tanh", "ReduceMean", "ReduceSum", "Reciprocal", "Erf",
                            "LayerNormalization", "RMSNormalization", "Gelu"}),
     description="HiSilicon ATC: layers quantize their inputs (S8/S16 records); eltwise/activation in F16"))
+
+
+def int16_unsupported(profile: Profile, op_type: str, const_inputs: Sequence[bool]) -> str | None:
+    """The profile's pattern that rules out int16 for this op (None when int16 is fine); `const_inputs[k]` says
+    whether input k is a constant (shape math included), so the rule needs no graph."""
+    for pat in sorted(profile.int16_unsupported):
+        op, _, where = pat.partition("@")
+        if op != op_type:
+            continue
+        if not where or (where.startswith("const") and int(where[5:]) < len(const_inputs)
+                         and const_inputs[int(where[5:])]):
+            return pat
+    return None
 
 
 def get_profile(name: str) -> Profile:

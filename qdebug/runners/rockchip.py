@@ -26,6 +26,7 @@ import onnx
 from qdebug.errors import QDebugError
 from qdebug.graph.fusion import QuantOp, build_quant_ops
 from qdebug.graph.model import ModelGraph
+from qdebug.quant.profiles import get_profile, int16_unsupported
 from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.runners.base import Backend, register_backend
 
@@ -47,6 +48,9 @@ CUSTOM_KEY = "custom_quantize_layers"
 # an override key `rknn-cfg:<tensor>` is a cfg tensor key written verbatim (not an ONNX node to map)
 RAW = "rknn-cfg:"
 RAW_VALUES = {Precision.INT8: "int8", Precision.INT16: "int16", Precision.FP16: "float16", Precision.FP32: "float32"}
+# what each toolkit build was for: an evaluation (plain or hybrid step 2 + simulator), an evaluation build that
+# crashed (retried without the culprit), a crash-isolation probe, hybrid step 1 (normal / proposal=True), analysis
+BUILD_KINDS = ("evaluation", "crashed", "isolation", "step1", "step1_proposal", "analysis")
 UNSUPPORTED = re.compile(r"unsupported tensor dtype in (?P<op>\w+), tensor name is: (?P<tensor>\S+)")
 
 
@@ -213,9 +217,11 @@ class RknnBackend(Backend):
         self._models: dict[str, str] = {}
         self._hybrid: dict[str, dict] = {}
         self.builds = 0  # every toolkit build (plain, hybrid step 1, step 2, accuracy_analysis): the one count
+        self.build_kinds: dict[str, int] = {}  # the same builds by kind (BUILD_KINDS); sums to `builds`
         self._ops: dict[int, list[QuantOp]] = {}
         self.unpromotable: dict[str, str] = {}  # op -> toolkit message (e.g. int16 Sub with a constant)
         self.not_applied: dict[str, str] = {}  # cfg key -> what the toolkit built instead (read back after step 2)
+        self.float16_instead: dict[str, str] = {}  # op -> why its int16 promotion is written as float16
         self.log = lambda msg: sys.stderr.write(f"qdebug: {msg}\n")
 
     @property
@@ -247,6 +253,33 @@ class RknnBackend(Backend):
         elif not getattr(self, "_told", False):
             self._told = True
             self.log(f"kept the rknn-toolkit2 run folder {wd} (--keep-work)")
+
+    def _count(self, kind: str) -> None:
+        """One toolkit build of the given kind (BUILD_KINDS), counted once in `builds` and once by kind."""
+        self.builds += 1
+        self.build_kinds[kind] = self.build_kinds.get(kind, 0) + 1
+
+    def _recount(self, old: str, new: str) -> None:
+        """A build counted as `old` turned out to be `new` (an evaluation build that crashed)."""
+        self.build_kinds[old] -= 1
+        self.build_kinds[new] = self.build_kinds.get(new, 0) + 1
+
+    def int16_blocked(self, graph: ModelGraph, key: str) -> str | None:
+        """Why the toolkit cannot build this op (an override key) at int16, from the rknn profile's
+        `int16_unsupported` patterns; None when nothing rules it out. Known before any build."""
+        profile = get_profile("rknn")
+        if not profile.int16_unsupported:
+            return None
+        op = next((o for o in self.quant_ops(graph) if o.key == key), None)
+        for name in (op.nodes if op is not None else [key]):
+            node = graph.node_by_name.get(name)
+            if node is None:
+                continue
+            pat = int16_unsupported(profile, node.op_type, [bool(i) and graph.is_constant(i) for i in node.input])
+            if pat:
+                return (f"{node.op_type} {name} matches the rknn profile's int16_unsupported '{pat}' "
+                        "(no int16 kernel in rknn-toolkit2): written as float16")
+        return None
 
     # ----------------------------------------------------------------- data
     def _to_toolkit(self, x: np.ndarray) -> np.ndarray:
@@ -302,7 +335,7 @@ class RknnBackend(Backend):
         """hybrid_quantization_step1 once per (model, outputs); returns {'base', 'cfg'} paths."""
         key = f"{self._model_path(graph)}|{','.join(outputs)}|{proposal}"
         if key not in self._hybrid:
-            self.builds += 1
+            self._count("step1_proposal" if proposal else "step1")
             self._hybrid[key] = self.worker.call("hybrid_step1", **self._base_req(graph, outputs), proposal=proposal)
         return self._hybrid[key]
 
@@ -340,6 +373,11 @@ class RknnBackend(Backend):
                               fix=f"use tensor names the toolkit lists{suggest(unknown[0], cfg.params)}")
         if not promoted and not raw:
             return None
+        for k in sorted(promoted):  # toolkit rules known before any build: int16 -> float16 for these ops
+            why = self.int16_blocked(graph, k) if promoted[k] == Precision.INT16 else None
+            if why:
+                promoted[k] = Precision.FP16
+                self.float16_instead[k] = why
         for prec in (Precision.INT16, Precision.FP16, Precision.FP32):
             nodes = sorted(k for k, p in promoted.items() if p == prec)
             if nodes:
@@ -365,48 +403,54 @@ class RknnBackend(Backend):
             yield {o: vals[o] for o in outputs if o in vals}
 
     def _simulate(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str]) -> dict:
-        """Build + simulate; an op the toolkit cannot run at the promoted dtype is dropped and remembered."""
+        """Build + simulate; an op the toolkit cannot run at the promoted dtype is dropped and remembered.
+
+        Ops the rknn profile rules out at int16 are written as float16 before the build (patched_cfg); an
+        unknown crash that names a tensor blames the promoted op of that type next to it (no extra build), one
+        that names nothing is isolated by a binary search over the promoted set (ceil(log2 |set|) builds).
+        """
         overrides = {k: v for k, v in config.overrides.items() if k not in self.unpromotable}
         for _ in range(8):
             req = self._build_request(graph, replace(config, overrides=overrides), outputs)
             patched = "cfg" in req
-            self.builds += 1
+            self._count("evaluation")
             try:
                 resp = self.worker.call("simulate", **req, inputs=inputs)
                 if patched:
                     self._read_back(graph, req["cfg"], resp)
                 return resp
             except ToolkitError as exc:
-                m = UNSUPPORTED.search(exc.problem)
-                culprit = None
-                if m and patched:
-                    from qdebug.graph.fusion import group_of
-                    from qdebug.runners.rknn_results import onnx_name
-
-                    t = onnx_name(m.group("tensor"))
-                    groups = group_of(self.quant_ops(graph))
-                    near = list(graph.consumers.get(t, [])) + ([graph.producer[t]] if t in graph.producer else [])
-                    for node in near:
-                        op = groups.get(node.name)
-                        hit = next((k for k in overrides if k == node.name or (op is not None and k == op.key)),
-                                   None)
-                        if hit:
-                            culprit = hit
-                            break
-                if culprit is None and patched:
-                    promoted = [k for k, v in overrides.items() if v != config.scheme.activation]
-                    bad = self._find_culprits(graph, config, outputs, inputs[:1], promoted)
-                    if not bad:
-                        raise
-                    for k in bad:
-                        self.unpromotable[k] = f"the toolkit crashes when it is promoted: {exc.problem[:160]}"
-                        overrides.pop(k, None)
-                    continue
-                if culprit is None:
+                self._recount("evaluation", "crashed")
+                if not patched:
                     raise
-                self.unpromotable[culprit] = m.group(0)  # type: ignore[union-attr]
-                overrides.pop(culprit)
+                m = UNSUPPORTED.search(exc.problem)
+                culprit = self._named_culprit(graph, overrides, m.group("op"), m.group("tensor")) if m else None
+                if culprit is not None:
+                    self.unpromotable[culprit] = m.group(0)  # type: ignore[union-attr]
+                else:
+                    promoted = [k for k, v in overrides.items() if v != config.scheme.activation]
+                    culprit = self._find_culprit(graph, config, outputs, inputs[:1], promoted)
+                    if culprit is None:
+                        raise
+                    self.unpromotable[culprit] = f"the toolkit crashes when it is promoted: {exc.problem[:160]}"
+                overrides.pop(culprit, None)
         raise ToolkitError("too many ops the toolkit cannot promote", fix="rerun with --keep-work")
+
+    def _named_culprit(self, graph: ModelGraph, overrides: dict, op_type: str, tensor: str) -> str | None:
+        """The promoted op of type `op_type` that reads or writes the tensor the toolkit's message names."""
+        from qdebug.graph.fusion import group_of
+        from qdebug.runners.rknn_results import onnx_name
+
+        t = onnx_name(tensor)
+        groups = group_of(self.quant_ops(graph))
+        near = list(graph.consumers.get(t, [])) + ([graph.producer[t]] if t in graph.producer else [])
+        near.sort(key=lambda n: n.op_type != op_type)  # the op type the message names first
+        for node in near:
+            op = groups.get(node.name)
+            hit = next((k for k in overrides if k == node.name or (op is not None and k == op.key)), None)
+            if hit:
+                return hit
+        return None
 
     def _read_back(self, graph: ModelGraph, cfg_path: str, resp: dict) -> None:
         """After step 2: every requested cfg entry the toolkit did not build at the requested dtype goes into
@@ -441,31 +485,35 @@ class RknnBackend(Backend):
                                   outputs)
         if "cfg" not in req:
             return False
-        self.builds += 1
+        self._count("isolation")
         try:
             self.worker.call("simulate", **req, inputs=inputs)
             return False
         except ToolkitError:
             return True
 
-    def _find_culprits(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str],
-                       keys: list[str]) -> list[str]:
-        """Group testing over the promoted ops: the ones whose promotion alone makes the toolkit fail."""
+    def _find_culprit(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str], inputs: list[str],
+                      keys: list[str]) -> str | None:
+        """Binary search for the shortest crashing prefix of the promoted ops (the whole set crashed): its last
+        op is needed for the crash. ceil(log2 |keys|) builds (one more when only the whole set is left to blame);
+        None when there is nothing to blame."""
         if not keys:
-            return []
-        if len(keys) == 1:
-            return keys if self._crashes(graph, config, outputs, inputs, keys) else []
-        half = len(keys) // 2
-        out: list[str] = []
-        for part in (keys[:half], keys[half:]):
-            if self._crashes(graph, config, outputs, inputs, part):
-                out += self._find_culprits(graph, config, outputs, inputs, part)
-        return out
+            return None
+        lo, hi = 0, len(keys)  # keys[:lo] builds (nothing promoted builds), keys[:hi] crashes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._crashes(graph, config, outputs, inputs, keys[:mid]):
+                hi = mid
+            else:
+                lo = mid
+        if hi == len(keys) and not self._crashes(graph, config, outputs, inputs, keys):
+            return None  # no prefix crashed and the whole set no longer does: not a promotion's fault
+        return keys[hi - 1]
 
     def accuracy_analysis(self, graph: ModelGraph, sample: dict[str, np.ndarray]) -> dict:
         """Run the toolkit's per-tensor analysis on one sample; returns the worker's file paths."""
         inputs = self._save_samples([sample], f"aa_{len(os.listdir(self.workdir))}")
-        self.builds += 1
+        self._count("analysis")
         return self.worker.call("accuracy_analysis", **self._base_req(graph, [o.name for o in graph.outputs]),
                                 inputs=inputs)
 
@@ -475,4 +523,6 @@ class RknnBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "profile": "rknn", "platform": self.platform, "python": self.python,
                 "quantized_algorithm": self.algorithm, "unpromotable": dict(self.unpromotable),
-                "not_applied": dict(self.not_applied), "builds": self.builds}
+                "not_applied": dict(self.not_applied), "float16_instead": dict(self.float16_instead),
+                "builds": self.builds, "builds_by_kind": {k: self.build_kinds[k] for k in BUILD_KINDS
+                                                          if self.build_kinds.get(k)}}
