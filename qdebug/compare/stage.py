@@ -37,7 +37,7 @@ from qdebug.results.compare import (
     TensorRow,
 )
 from qdebug.results.values import SNR_INF, Metrics, json_float
-from qdebug.runners.session import OrtSession, give_back_memory
+from qdebug.runners.session import OrtSession, WeightFile, give_back_memory
 from qdebug.runners.sim import SimBackend
 from qdebug.workers import ANALYSIS_THREADS, ordered_map, pool
 
@@ -47,6 +47,9 @@ ENGINES = ("auto", "in-graph", "arrays")  # where the metric sums are taken (doc
 # optimizers that cannot change a number (they merge equal computations or fold constants with the same
 # kernels) but take half the fused session's creation time on its ~5,000 nodes (0.6 -> 0.36 s, bench model)
 FUSED_SKIP = ("CommonSubexpressionElimination", "ConstantFolding", "ConstantSharing")
+# one sample's exposed float + isolated values at least this large: the array path never holds them together
+# with the quantized values (the isolated ones are summed and dropped first; a slower, sequential loop)
+SPLIT_BYTES = 256 << 20
 
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
 
@@ -104,14 +107,16 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     own = type(backend).analysis_model is SimBackend.analysis_model and \
         type(backend).quantized_model is SimBackend.quantized_model
     light = {"weightless": True} if own else {}
-    wp = graph.weight
+    wp = backend.weights(graph, config) if own else graph.weight
+    store = WeightFile() if own else None  # one side file for every session's weights (each written once)
     amodel, iso_map = backend.analysis_model(graph, config, exposed, **light)
     for i in inputs:
         if "iso::" + i in iso_map.values():
             amodel.graph.output.append(helper.make_tensor_value_info("iso::" + i, TensorProto.FLOAT, None))
     asess: OrtSession | None = None
     if not shapes:  # the array path for sure: its analysis session now, before the next model is built
-        asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp)
+        asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp,
+                           store=store)
         amodel = None
         give_back_memory()
     qmodel = backend.quantized_model(graph, config, exposed, **light)
@@ -129,11 +134,13 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         try:
             # the cumulative chain's placeholders carry cum:: names in the fused model
             def fused_wp(n: str) -> np.ndarray | None:
-                return graph.weight(n.removeprefix(CUM))
+                return wp(n.removeprefix(CUM))
 
             sess = OrtSession(lay.model, threads=backend.threads, source=graph.path, model_order=True,
-                              disabled_optimizers=FUSED_SKIP, weights=fused_wp)
+                              disabled_optimizers=FUSED_SKIP, weights=fused_wp, store=store)
             engine = "in-graph"
+            if own:
+                backend.spill_weights(graph, config, store)
         except ModelError as exc:  # onnxruntime refuses the fused model: the array path still works
             fallback = f"metric sums taken on exposed arrays (slower): the in-graph model was refused: {exc.problem}"
     if engine == "in-graph":
@@ -150,11 +157,14 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         # one session after the other, each model dropped once its session holds what it needs; the two run
         # side by side on the shared workers (qdebug.workers)
         if asess is None:
-            asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp)
+            asess = OrtSession(amodel, threads=backend.threads or ANALYSIS_THREADS, source=graph.path, weights=wp,
+                               store=store)
         del amodel
         qsess = replay() if replay is not None else OrtSession(qmodel, threads=backend.threads, source=graph.path,
-                                                              weights=wp)
+                                                              weights=wp, store=store)
         del qmodel
+        if own:  # the sessions hold what they need: the plan's weights go to a mapped file meanwhile
+            backend.spill_weights(graph, config, store)
         give_back_memory()
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -179,20 +189,39 @@ def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: Com
     set of reused output arrays: overlapping sample k's metrics with sample k+1's runs was faster per image
     but needed a second set (+0.7 GB and ~190 k more page faults, which cost more than it saved below ~20
     images: docs/benchmarks.md).
+
+    The first sample, and every sample when its float + isolated values reach SPLIT_BYTES (a BERT-base-size
+    model), goes in halves instead: the analysis run, its sums, its isolated values dropped, then the
+    cumulative run and its sums (runs unbound, so dropped values go back to onnxruntime's arena): the same
+    sums, about a third less memory.
     """
     ex = pool()
     it = iter(dataset)
     sample = next(it, None)
     k = 0
+    split = True  # decided on the first sample's size
+    iso_names = set(acc.iso_map.values())
     while sample is not None:
-        fut_f, fut_q = ex.submit(asess.run, sample, 0), ex.submit(qsess.run, sample, 0)
-        upcoming = next(it, None)
-        fvals = fut_f.result()
-        fvals.update(sample)
-        qvals = fut_q.result()
+        if split:
+            fut_f = ex.submit(asess.run, sample)
+            upcoming = next(it, None)
+            fvals = fut_f.result()
+            fvals.update(sample)
+            if k == 0:
+                split = sum(v.nbytes for v in fvals.values() if isinstance(v, np.ndarray)) >= SPLIT_BYTES
+            acc.collect(acc.submit_float(fvals, names[k]))
+            for n in iso_names:
+                fvals.pop(n, None)
+            qvals = qsess.run(sample)
+        else:
+            fut_f, fut_q = ex.submit(asess.run, sample, 0), ex.submit(qsess.run, sample, 0)
+            upcoming = next(it, None)
+            fvals = fut_f.result()
+            fvals.update(sample)
+            qvals = fut_q.result()
         for i in inputs:
             qvals[i] = qvals.pop(i + "::q", sample[i])
-        pending = acc.submit(fvals, qvals, names[k])
+        pending = acc.submit_quant(fvals, qvals, names[k]) if split or k == 0 else acc.submit(fvals, qvals, names[k])
         if on_sample is not None:
             on_sample(k, fvals, qvals)
         acc.collect(pending)

@@ -53,6 +53,7 @@ class CompareAccumulator:
         self.samples = 0
         self.threads = METRIC_THREADS
         self._resolved = False
+        self._held: dict = {}  # tensor or (tensor, part) -> float statistics kept from submit_float for submit_quant
 
     def _resolve_parts(self, fvals: dict[str, np.ndarray]) -> None:
         resolve_parts(self.g, self.parts, fvals)
@@ -68,21 +69,36 @@ class CompareAccumulator:
         Tensors are independent, so they are spread over `self.threads` shares, largest first (numpy
         releases the GIL). The caller may run other work (the next sample's sessions) meanwhile.
         """
+        return self._submit(fvals, qvals, sample, True, True)
+
+    def submit_float(self, fvals: dict[str, np.ndarray], sample: str = "?") -> Pending:
+        """First half of a sample whose runs are not held at once: the float statistics and isolated errors
+        (the float tensors' statistics are kept for `submit_quant`). Collect it before the second half;
+        the two halves add exactly what `submit` adds."""
+        return self._submit(fvals, {}, sample, True, False)
+
+    def submit_quant(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray], sample: str = "?") -> Pending:
+        """Second half (after `submit_float` of the same sample was collected): the cumulative errors."""
+        return self._submit(fvals, qvals, sample, False, True)
+
+    def _submit(self, fvals: dict[str, np.ndarray], qvals: dict[str, np.ndarray], sample: str, iso: bool,
+                cum: bool) -> Pending:
         if not self._resolved:
             self._resolve_parts(fvals)
-        self.samples += 1
+        if iso:
+            self.samples += 1
         work: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         for t in self.tensors:
             x = fvals.get(t)
             if x is None:
                 continue
             if x.size == 0:
-                if t not in self.zero_size:
+                if iso and t not in self.zero_size:
                     self.zero_size.append(t)
                 continue
             self.shapes.setdefault(t, tuple(x.shape))
-            iso_name = self.iso_map.get(t)
-            work.append((t, x, qvals.get(t), fvals.get(iso_name) if iso_name else None))
+            iso_name = self.iso_map.get(t) if iso else None
+            work.append((t, x, qvals.get(t) if cum else None, fvals.get(iso_name) if iso_name else None))
         if self.threads <= 1 or len(work) < 2:
             shares = [work]
         else:
@@ -92,7 +108,7 @@ class CompareAccumulator:
                 k = loads.index(min(loads))
                 shares[k].append(item)
                 loads[k] += item[1].size
-        futures = [pool().submit(self._update_many, share) for share in shares if share]
+        futures = [pool().submit(self._update_many, share, iso, cum) for share in shares if share]
         return Pending(sample, [t for t, *_ in work], [t for t, _, y, _ in work if y is not None], futures)
 
     def collect(self, pending: Pending) -> None:
@@ -109,26 +125,41 @@ class CompareAccumulator:
             if not math.isfinite(self.cum[t].sdd) and t not in self.nonfinite_quant:
                 self.nonfinite_quant.append(t)
 
-    def _update_many(self, work: list) -> list[tuple[str, str]]:
+    def _update_many(self, work: list, iso: bool = True, cum: bool = True) -> list[tuple[str, str]]:
+        """Add a share of tensors; without `cum` the float statistics are kept for the cumulative half, which
+        (without `iso`) takes them instead of computing them again, and skips tensors the first half refused."""
         bad = []
+        held = self._held
         for t, x, y, yi in work:
-            xs = XStats(x)
-            if not (math.isfinite(xs.xmin) and math.isfinite(xs.xmax)):
-                bad.append((t, "NaN" if math.isnan(xs.xmin) or math.isnan(xs.xmax) else "Inf"))
-                continue
+            if iso:
+                xs = XStats(x)
+                if not (math.isfinite(xs.xmin) and math.isfinite(xs.xmax)):
+                    bad.append((t, "NaN" if math.isnan(xs.xmin) or math.isnan(xs.xmax) else "Inf"))
+                    continue
+                if not cum:
+                    held[t] = xs
+            else:
+                xs = held.pop(t, None)
+                if xs is None:  # NaN/Inf in the float tensor: left out of this sample's sums
+                    continue
             if y is not None:
                 self.cum[t].update(x, y, xs)
-            if yi is not None:
-                self.iso[t].update(x, yi, xs)
-            else:
-                self.iso[t].update_identical(x, xs)
+            if iso:
+                if yi is not None:
+                    self.iso[t].update(x, yi, xs)
+                else:
+                    self.iso[t].update_identical(x, xs)
             for s in self.parts.get(t, []):
                 if s.stop <= s.start:
                     continue
                 xp = s.slice(x)
-                xps = XStats(xp)
+                xps = XStats(xp) if iso else held.pop((t, s.name))
+                if iso and not cum:
+                    held[(t, s.name)] = xps
                 if y is not None:
                     self.part_cum[(t, s.name)].update(xp, s.slice(y), xps)
+                if not iso:
+                    continue
                 if yi is not None:
                     self.part_iso[(t, s.name)].update(xp, s.slice(yi), xps)
                 else:

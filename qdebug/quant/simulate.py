@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.graph.fusion import QuantOp, group_of, weight_input
-from qdebug.graph.model import ModelGraph, node_reads, toposort
+from qdebug.graph.model import SHARED_LOCATION, SHARED_MIN_BYTES, ModelGraph, node_reads, toposort
 from qdebug.quant.profiles import Profile
 from qdebug.quant.scheme import (
     Precision,
@@ -243,14 +244,36 @@ def _plan_weight(g: ModelGraph, node: onnx.NodeProto, cfg: QuantConfig, profile:
                                       4: np.ones_like(w, dtype=np.float32)}
 
 
-class _Emitter:
-    """Accumulates nodes and initializers while rewriting the graph."""
+_WEIGHT_HINT = re.compile(r"w(\d*)::(.+)\Z", re.S)  # the emitter's hint of a plan weight: w::node, w<slot>::node
 
-    def __init__(self) -> None:
+
+def plan_weight(sp: SimPlan, name: str) -> np.ndarray | None:
+    """The plan's array behind an emitter constant `qdebug::c<n>::w[slot]::<node>` (None for other names):
+    what an OrtSession needs for the placeholders of a model built with `placeholders=True`."""
+    if not name.startswith("qdebug::c"):
+        return None
+    m = _WEIGHT_HINT.match(name.split("::", 2)[-1])
+    if m is None:
+        return None
+    slot, node = m.groups()
+    if not slot:
+        return sp.weights.get(node)
+    return sp.const_inputs.get(node, {}).get(int(slot))
+
+
+class _Emitter:
+    """Accumulates nodes and initializers while rewriting the graph.
+
+    `placeholders`: fake-quantized weights of SHARED_MIN_BYTES or more become placeholders (name, type, shape)
+    whose data `plan_weight` finds in the plan: the model never holds a second copy of them.
+    """
+
+    def __init__(self, placeholders: bool = False) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
         self._n = 0
         self._consts: dict[tuple, str] = {}
+        self.placeholders = placeholders
 
     def const(self, value: np.ndarray, hint: str) -> str:
         arr = np.asarray(value, dtype=np.float32)
@@ -260,7 +283,15 @@ class _Emitter:
             return self._consts[key]
         self._n += 1
         name = f"qdebug::c{self._n}::{hint}"
-        self.inits.append(numpy_helper.from_array(arr, name))
+        if self.placeholders and _WEIGHT_HINT.match(hint) and arr.nbytes >= SHARED_MIN_BYTES:
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=arr.shape,
+                            data_location=TensorProto.EXTERNAL)
+            for k, v in (("location", SHARED_LOCATION), ("offset", "0")):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            self.inits.append(t)
+        else:
+            self.inits.append(numpy_helper.from_array(arr, name))
         self._consts[key] = name
         return name
 
@@ -418,10 +449,11 @@ def _input_ops(ops: list[QuantOp]) -> list[QuantOp]:
 
 
 def build_quantized(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Profile,
-                    outputs: list[str] | None = None) -> onnx.ModelProto:
+                    outputs: list[str] | None = None, placeholders: bool = False) -> onnx.ModelProto:
     """The cumulative model: every op quantized per the plan. Tensor names keep their meaning
-    (the value downstream ops see), so `outputs` may name any activation of the float graph."""
-    em = _Emitter()
+    (the value downstream ops see), so `outputs` may name any activation of the float graph.
+    `placeholders`: the plan's large weights as placeholders (`_Emitter`, `plan_weight`)."""
+    em = _Emitter(placeholders)
     alias: dict[str, str] = {}
     for op in _input_ops(ops):
         p = sp.precision.get(op.key, Precision.FP32)
@@ -460,13 +492,14 @@ def build_quantized(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Pro
 
 
 def build_analysis(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Profile,
-                   tensors: list[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+                   tensors: list[str], placeholders: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Float graph plus an isolated quantized clone of every op fed by float tensors.
 
     Returns the model (exposing `tensors` and their isolated twins) and the map tensor -> isolated name.
     One run of this model gives the float value and the isolated ("single") error of every op.
+    `placeholders` as in `build_quantized`.
     """
-    em = _Emitter()
+    em = _Emitter(placeholders)
     for node in g.nodes:
         em.nodes.append(copy.deepcopy(node))
     iso: dict[str, str] = {}
@@ -513,7 +546,7 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
     del gr.node[:]
     gr.node.extend(nodes)
     declared = {i.name for i in gr.input}  # old exports list initializers as inputs: keep those (else required)
-    inits = [t for t in gr.initializer if t.name in needed or t.name in declared]
-    del gr.initializer[:]
-    gr.initializer.extend(inits)
+    # dropped in place, from the end: a list of kept tensors re-extended would copy every weight once more
+    for k in reversed([k for k, t in enumerate(gr.initializer) if t.name not in needed and t.name not in declared]):
+        del gr.initializer[k]
     return model

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import os
 import tempfile
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -38,17 +41,79 @@ def _shared_arena() -> bool:
 Weights = Callable[[str], "np.ndarray | None"]  # initializer name -> its array (placeholders' data)
 
 
-def _save_external(model: onnx.ModelProto, folder: str, weights: Weights | None = None) -> str:
+class WeightFile:
+    """One side file shared by the sessions of a run: each placeholder's array is written once (the float
+    weights read by both the analysis and the cumulative model, the fake-quantized ones by the isolated clones
+    and the cumulative model), and can be mapped back (`mapped`) in place of the array. A placeholder name
+    must mean the same values in every model given the same WeightFile (one run's weight lookup)."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="qdebug-weights-", ignore_cleanup_errors=True)
+        self.folder = self._tmp.name
+        self._fh = open(os.path.join(self.folder, "weights.bin"), "wb")  # noqa: SIM115 - open while sessions add
+        self._where: dict[int, tuple[weakref.ref, int, int]] = {}  # id(array) -> (array, offset, length)
+        self._named: dict[tuple, tuple[int, int]] = {}  # (name, dtype, shape) -> (offset, length)
+        self._names = itertools.count()
+        self._mm: mmap.mmap | None = None
+
+    def __del__(self) -> None:
+        # explicit cleanup (see OrtSession.__del__); mappings of the file (spilled weights) outlive its name
+        try:
+            self._fh.close()
+            self._tmp.cleanup()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
+
+    def place(self, name: str, a: np.ndarray) -> tuple[int, int]:
+        """(offset, length) of placeholder `name`'s bytes `a` in the file, written now unless this array or this
+        name was written before (the graph's float weights come as a fresh array at every request)."""
+        got = self._where.get(id(a))
+        if got is not None and got[0]() is a:
+            return got[1], got[2]
+        named = self._named.get((name, a.dtype.str, a.shape))
+        if named is not None:
+            return named
+        data = memoryview(np.ascontiguousarray(a)).cast("B")
+        fh = self._fh
+        fh.write(b"\0" * (-fh.tell() % 4096))  # page-aligned, so onnxruntime may map it
+        off = fh.tell()
+        fh.write(data)
+        fh.flush()
+        self._where[id(a)] = (weakref.ref(a), off, len(data))
+        self._named[(name, a.dtype.str, a.shape)] = (off, len(data))
+        return off, len(data)
+
+    def model_path(self) -> str:
+        """A new model file name beside the side file (onnxruntime resolves `weights.bin` from the model's folder)."""
+        return os.path.join(self.folder, f"model{next(self._names)}.onnx")
+
+    def mapped(self, a: np.ndarray) -> np.ndarray | None:
+        """`a` read back from the file through a read-only mapping (the same bytes), None if it was not written."""
+        got = self._where.get(id(a))
+        if got is None or got[0]() is not a:
+            return None
+        if self._mm is None or len(self._mm) < got[1] + got[2]:  # (re)mapped once the file holds it
+            with open(os.path.join(self.folder, "weights.bin"), "rb") as fh:
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(self._mm, dtype=a.dtype, count=a.size, offset=got[1]).reshape(a.shape)
+
+
+def _save_external(model: onnx.ModelProto, folder: str, weights: Weights | None = None,
+                   store: WeightFile | None = None) -> str:
     """Write `model` into `folder` with the bytes of its large initializers in one side file, leaving `model`
     untouched (onnx.save_model with external data rewrites the tensors in place); returns the model's path.
-    Placeholders (graph.model.weightless) take their bytes from `weights`.
+    Placeholders (graph.model.weightless) take their bytes from `weights`; with `store`, they go to its shared
+    side file (written once per array) and the model beside it.
 
     onnxruntime maps the side file instead of holding a copy of each weight (only pre-packed MatMul weights
     get one), and protobuf never has to serialize a model of 2 GB or more in one piece.
     """
     light = onnx.ModelProto()
     copy_model_fields(model, light, {"initializer"})
-    with open(os.path.join(folder, "weights.bin"), "wb") as fh:
+    side = "weights.bin" if store is None else f"{os.path.basename(store.model_path())}.bin"
+    if store is not None:
+        folder = store.folder
+    with open(os.path.join(folder, side), "wb") as fh:
         for t in model.graph.initializer:
             data: bytes | memoryview | None = None
             if is_placeholder(t):
@@ -57,26 +122,32 @@ def _save_external(model: onnx.ModelProto, folder: str, weights: Weights | None 
                 if a is None or a.dtype != want or tuple(a.shape) != tuple(t.dims):
                     raise ModelError(f"no weights for initializer '{t.name}' of a rewritten model",
                                      fix="report this as a qdebug bug (the session was built without its weights)")
+                if store is not None:
+                    _external(light.graph.initializer.add(), t, "weights.bin", *store.place(t.name, a))
+                    continue
                 data = memoryview(np.ascontiguousarray(a)).cast("B")
             elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
                 data = t.raw_data  # one tensor's copy at a time
             if data is None:
                 light.graph.initializer.add().CopyFrom(t)
                 continue
-            ext = light.graph.initializer.add()
-            ext.name, ext.data_type = t.name, t.data_type
-            ext.dims.extend(t.dims)
-            ext.data_location = onnx.TensorProto.EXTERNAL
             fh.write(b"\0" * (-fh.tell() % 4096))  # page-aligned, so onnxruntime may map it
-            for key, value in (("location", "weights.bin"), ("offset", str(fh.tell())),
-                               ("length", str(len(data)))):
-                entry = ext.external_data.add()
-                entry.key, entry.value = key, value
+            _external(light.graph.initializer.add(), t, side, fh.tell(), len(data))
             fh.write(data)
-    path = os.path.join(folder, "model.onnx")
+    path = os.path.join(folder, "model.onnx") if store is None else os.path.join(folder, side[:-4])
     with open(path, "wb") as fh:
         fh.write(light.SerializeToString())
     return path
+
+
+def _external(ext: onnx.TensorProto, t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make `ext` the external-data twin of `t`: its bytes at `offset` in `location`, beside the model."""
+    ext.name, ext.data_type = t.name, t.data_type
+    ext.dims.extend(t.dims)
+    ext.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = ext.external_data.add()
+        entry.key, entry.value = key, value
 
 
 def give_back_memory() -> None:
@@ -105,13 +176,14 @@ class OrtSession:
     `run` may be called from several threads at once (onnxruntime sessions are thread-safe). A model of
     `inline_limit` bytes or more, or any model given `weights` (the arrays of its placeholders), goes through a
     temporary folder with its weights in a side file that onnxruntime maps: the same numbers, and the session
-    holds no copy of the weights besides the pre-packed MatMul ones.
+    holds no copy of the weights besides the pre-packed MatMul ones. With `store`, the placeholders' arrays go
+    to that WeightFile, shared with the other sessions of the run (each array written once).
     """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int = 0, source: str | None = None,
                  optimize_all: bool = False, model_order: bool = False,
                  disabled_optimizers: tuple[str, ...] = (), inline_limit: int = PROTO_LIMIT,
-                 weights: Weights | None = None) -> None:
+                 weights: Weights | None = None, store: WeightFile | None = None) -> None:
         so = ort.SessionOptions()
         # BASIC keeps fake-quantized graphs bit-stable; float-only passes (calibration) may use every fusion
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_all
@@ -131,10 +203,13 @@ class OrtSession:
         if _shared_arena():
             so.add_session_config_entry("session.use_env_allocators", "1")
         self._tmp: tempfile.TemporaryDirectory | None = None  # kept while the session may read its files
+        self._store = store if weights is not None else None  # likewise
         try:
             # ByteSize serializes the whole model once more: the data size decides instead
             if weights is None and (_data_size(model) < inline_limit // 2 or model.ByteSize() < inline_limit):
                 src: bytes | str = model.SerializeToString()
+            elif self._store is not None:
+                src = _save_external(model, self._store.folder, weights, self._store)
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="qdebug-model-")
                 src = _save_external(model, self._tmp.name, weights)
@@ -145,7 +220,7 @@ class OrtSession:
             raise ModelError(f"cannot write the temporary copy of a large model ({exc.strerror or exc})",
                              file=source, fix="free space in the temporary folder or set TMPDIR") from None
         except Exception as exc:
-            tmp = self._tmp.name if self._tmp is not None else None
+            tmp = self._tmp.name if self._tmp is not None else self._store.folder if self._store else None
             self._drop_tmp()
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             if tmp:  # the user knows their model, not our temporary copy of it

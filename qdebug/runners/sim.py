@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import mmap
+import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -11,13 +13,13 @@ import onnx
 from qdebug.graph.families import mask_apply
 from qdebug.graph.fusion import QuantOp, build_quant_ops
 from qdebug.graph.hazards import norm_inputs
-from qdebug.graph.model import ModelGraph
+from qdebug.graph.model import SHARED_MIN_BYTES, ModelGraph
 from qdebug.quant.calibrate import Calibrator, make_calibrator
 from qdebug.quant.profiles import Profile, get_profile
 from qdebug.quant.scheme import QuantConfig
-from qdebug.quant.simulate import SimPlan, build_analysis, build_quantized, plan
+from qdebug.quant.simulate import SimPlan, build_analysis, build_quantized, plan, plan_weight
 from qdebug.runners.base import Backend, register_backend
-from qdebug.runners.session import OrtSession
+from qdebug.runners.session import OrtSession, WeightFile, Weights
 from qdebug.workers import WORKERS, ordered_map
 
 
@@ -199,10 +201,11 @@ class SimBackend(Backend):
     def quantized_model(self, graph: ModelGraph, config: QuantConfig,
                         outputs: Sequence[str] | None = None, weightless: bool = False) -> onnx.ModelProto:
         """The fake-quantized ONNX model (cumulative: every op quantized per `config`). `weightless`: the
-        graph's large float weights as placeholders, for an OrtSession given `weights=graph.weight`."""
+        graph's large float weights and the plan's fake-quantized ones as placeholders, for an OrtSession given
+        `weights=self.weights(graph, config)`."""
         sp = self.plan(graph, config)
         return build_quantized(graph.light_view() if weightless else graph, self.quant_ops(graph), sp, self.profile,
-                               list(outputs) if outputs is not None else None)
+                               list(outputs) if outputs is not None else None, placeholders=weightless)
 
     def analysis_model(self, graph: ModelGraph, config: QuantConfig, tensors: Sequence[str],
                        weightless: bool = False) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -210,7 +213,50 @@ class SimBackend(Backend):
         (`weightless` as in `quantized_model`)."""
         sp = self.plan(graph, config)
         return build_analysis(graph.light_view() if weightless else graph, self.quant_ops(graph), sp, self.profile,
-                              list(tensors))
+                              list(tensors), placeholders=weightless)
+
+    def weights(self, graph: ModelGraph, config: QuantConfig) -> Weights:
+        """The arrays behind the placeholders of `weightless` models: the plan's fake-quantized weights, else
+        the graph's float ones (neither copied)."""
+        sp = self.plan(graph, config)
+
+        def lookup(name: str) -> np.ndarray | None:
+            a = plan_weight(sp, name)
+            return a if a is not None else graph.weight(name)
+
+        return lookup
+
+    def spill_weights(self, graph: ModelGraph, config: QuantConfig, store: WeightFile | None = None) -> None:
+        """Move the plan's large fake-quantized weights into a mapped temporary file (deleted at once; the
+        mapping keeps it until the arrays go): the same bytes, read back only when a later session needs them.
+
+        Called once the sessions hold what they need, so the weights are not kept in memory beside them.
+        Best effort: with no room in the temporary folder they stay in memory. With `store` (the sessions' shared
+        side file), the weights it already holds are mapped from it, not written again.
+        """
+        sp = self.plan(graph, config)
+        big = [(k, a) for k, a in sp.weights.items() if a.nbytes >= SHARED_MIN_BYTES and a.flags.owndata]
+        if store is not None:
+            for k, a in big:
+                m = store.mapped(a)
+                if m is not None:
+                    sp.weights[k] = m
+            big = [(k, a) for k, a in big if sp.weights[k] is a]
+        if not big:
+            return
+        try:
+            with tempfile.TemporaryFile(prefix="qdebug-plan-") as fh:
+                offsets = []
+                for _, a in big:
+                    fh.write(b"\0" * (-fh.tell() % 64))  # numpy-aligned
+                    offsets.append(fh.tell())
+                    fh.write(memoryview(np.ascontiguousarray(a)).cast("B"))
+                fh.flush()
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # no space or no mmap: keep them in memory
+            return
+        for (k, a), off in zip(big, offsets, strict=True):
+            sp.weights[k] = np.frombuffer(mm, dtype=a.dtype, count=a.size, offset=off).reshape(a.shape)
 
     def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
         """A cached onnxruntime session of the quantized model with the given outputs."""
