@@ -122,3 +122,16 @@ def write_results(out: Path, benchmark: str, started: _dt.datetime, fields: dict
            "machine": machine_info(), "git": git_state(), **fields}
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     print(f"\nwrote {out / 'results.json'}", file=sys.stderr)
+
+
+def pass_seconds(sess, samples: list) -> float:
+    """Wall time of one onnxruntime pass over the samples, best of two after a warm-up run."""
+    names = [i.name for i in sess.get_inputs()]
+    sess.run(None, {k: samples[0][k] for k in names})
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        for s in samples:
+            sess.run(None, {k: s[k] for k in names})
+        best = min(best, time.perf_counter() - t)
+    return best

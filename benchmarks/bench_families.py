@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import HERE, ROOT, peak_rss_mb, write_results
+from _common import HERE, ROOT, pass_seconds, peak_rss_mb, write_results
 
 RESULT_TAG = "FAMILY_RESULT "
 BERT_BASE = dict(layers=12, hidden=768, heads=12, ffn=3072, vocab=30522, seq=128, positions=512)
@@ -138,17 +138,6 @@ def prepare(key: str, out: Path, n: int) -> tuple[Path, Path, tuple[str, ...], s
 
 
 # ===================================================================== child
-def _pass_s(sess, samples: list) -> float:
-    """Wall time of one pass over the samples, best of two after a warm-up run."""
-    names = [i.name for i in sess.get_inputs()]
-    sess.run(None, {k: samples[0][k] for k in names})
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        for s in samples:
-            sess.run(None, {k: s[k] for k in names})
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def child(model: Path, data: Path, n: int, cli: list[str], task: str | None, js: Path) -> dict:
@@ -177,12 +166,12 @@ def child(model: Path, data: Path, n: int, cli: list[str], task: str | None, js:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     fsess = ort.InferenceSession(st.graph.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    res["float_pass_s"] = _pass_s(fsess, samples)
+    res["float_pass_s"] = pass_seconds(fsess, samples)
     del fsess
     st.backend.prepare(st.graph, st.config, samples)
     qsess = ort.InferenceSession(st.backend.quantized_model(st.graph, st.config).SerializeToString(), so,
                                  providers=["CPUExecutionProvider"])
-    res["quant_pass_s"] = _pass_s(qsess, samples)
+    res["quant_pass_s"] = pass_seconds(qsess, samples)
     res["ratio"] = res["compare_s"] / max(res["float_pass_s"] + res["quant_pass_s"], 1e-9)
     return res
 

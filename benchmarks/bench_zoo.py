@@ -33,7 +33,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import HERE, ROOT, peak_rss_mb, write_results
+from _common import HERE, ROOT, pass_seconds, peak_rss_mb, write_results
 
 CACHE = Path.home() / ".cache" / "qdebug" / "zoo"
 RESULT_TAG = "ZOO_RESULT "
@@ -317,17 +317,6 @@ def _argv(m: ZooModel, model: Path, data: Path, n: int, task: str | None) -> lis
     return argv
 
 
-def _pass_s(sess, samples: list) -> float:
-    """Wall time of one pass over the samples, best of two after a warm-up run."""
-    names = [i.name for i in sess.get_inputs()]
-    sess.run(None, {k: samples[0][k] for k in names})
-    best = float("inf")
-    for _ in range(2):
-        t = time.perf_counter()
-        for s in samples:
-            sess.run(None, {k: s[k] for k in names})
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def child(m: ZooModel, model: Path, data: Path, n: int, out: Path) -> dict:
@@ -376,8 +365,8 @@ def child(m: ZooModel, model: Path, data: Path, n: int, out: Path) -> dict:
     st.backend.prepare(st.graph, st.config, samples)
     qmodel = st.backend.quantized_model(st.graph, st.config)
     qsess = ort.InferenceSession(qmodel.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    res["float_pass_s"] = _pass_s(fsess, samples)
-    res["quant_pass_s"] = _pass_s(qsess, samples)
+    res["float_pass_s"] = pass_seconds(fsess, samples)
+    res["quant_pass_s"] = pass_seconds(qsess, samples)
     res["ratio"] = res["compare_s"] / max(res["float_pass_s"] + res["quant_pass_s"], 1e-9)
     return res
 

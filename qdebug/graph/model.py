@@ -163,18 +163,24 @@ def sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
     return dense
 
 
+def copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto,
+                skip: set[str]) -> None:
+    """Copy every set field of `src` into `dst` except those named in `skip` (no deep copy of the rest first)."""
+    for fd, val in src.ListFields():
+        if fd.name in skip:
+            continue
+        if hasattr(val, "extend"):  # a repeated field
+            getattr(dst, fd.name).extend(val)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(val)
+        else:
+            setattr(dst, fd.name, val)
+
+
 def copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto, graph_skip: set[str]) -> None:
     """Copy every set field of `src` into the empty `dst`, except the graph fields named in `graph_skip`."""
-    for s, d, skip in ((src, dst, {"graph"}), (src.graph, dst.graph, graph_skip)):
-        for fd, val in s.ListFields():
-            if fd.name in skip:
-                continue
-            if hasattr(val, "extend"):  # a repeated field
-                getattr(d, fd.name).extend(val)
-            elif fd.message_type is not None:
-                getattr(d, fd.name).CopyFrom(val)
-            else:
-                setattr(d, fd.name, val)
+    copy_fields(src, dst, {"graph"})
+    copy_fields(src.graph, dst.graph, graph_skip)
 
 
 def sharable(t: TensorProto) -> bool:

@@ -19,7 +19,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.graph.fusion import QuantOp, group_of, weight_input
-from qdebug.graph.model import SHARED_LOCATION, SHARED_MIN_BYTES, ModelGraph, node_reads, toposort
+from qdebug.graph.model import (
+    SHARED_LOCATION,
+    SHARED_MIN_BYTES,
+    ModelGraph,
+    copy_fields,
+    node_reads,
+    toposort,
+)
 from qdebug.quant.profiles import Profile
 from qdebug.quant.scheme import (
     Precision,
@@ -403,28 +410,14 @@ def _emit_op(g: ModelGraph, op: QuantOp, sp: SimPlan, profile: Profile, em: _Emi
         rename.update({o: (prefix + o if prefix else o) for o in member_outs})
 
 
-def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto,
-                 skip: set[str]) -> None:
-    """Copy every set field of `src` into `dst` except those named in `skip`."""
-    for f, v in src.ListFields():
-        if f.name in skip:
-            continue
-        if hasattr(v, "extend"):  # a repeated field
-            getattr(dst, f.name).extend(v)
-        elif f.message_type is not None:
-            getattr(dst, f.name).CopyFrom(v)
-        else:
-            setattr(dst, f.name, v)
-
-
 def _finish(g: ModelGraph, em: _Emitter, outputs: list[str], base: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """The rewritten model: `em`'s nodes and initializers plus the original initializers they read (only
     those: copying every float weight into a model that reads the quantized ones would double its memory)."""
     src = base if base is not None else g.model
     m = onnx.ModelProto()
-    _copy_fields(src, m, {"graph"})
+    copy_fields(src, m, {"graph"})
     gr = m.graph
-    _copy_fields(src.graph, gr, {"node", "initializer", "value_info", "output"})
+    copy_fields(src.graph, gr, {"node", "initializer", "value_info", "output"})
     read = {i for n in em.nodes for i in node_reads(n)} | {i.name for i in src.graph.input}
     gr.initializer.extend(t for t in src.graph.initializer if t.name in read)
     gr.node.extend(em.nodes)

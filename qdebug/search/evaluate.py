@@ -89,3 +89,30 @@ class TensorTargetEvaluator(Evaluator):
 
     def part_names(self) -> dict[str, list[str]]:
         return part_names(self.parts)
+
+
+class MixedTargetEvaluator(Evaluator):
+    """Base of the task evaluators: task clauses scored by the subclass, a target's tensor clauses scored on the
+    same quantized run by a TensorTargetEvaluator it keeps. Subclasses set graph, samples and backend."""
+
+    graph: ModelGraph
+    samples: list[dict[str, np.ndarray]]
+    backend: Backend
+    _target: Target | None = None
+    _tensor_ev: TensorTargetEvaluator | None = None
+
+    @property
+    def target(self) -> Target:  # type: ignore[override]
+        if self._target is None:
+            raise RuntimeError(f"{type(self).__name__}.target is not set")
+        return self._target
+
+    @target.setter
+    def target(self, target: Target) -> None:
+        self.check_target(target)
+        self._target = target
+        self._tensor_ev = TensorTargetEvaluator(self.graph, self.samples, self.backend, target) \
+            if target.tensors() else None
+
+    def check_target(self, target: Target) -> None:
+        """Refuse a target this evaluator cannot score (before any run); the default accepts every target."""

@@ -24,7 +24,7 @@ from qdebug.metrics.stats import TensorStats
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
-from qdebug.search.evaluate import Evaluator, Score, TensorTargetEvaluator
+from qdebug.search.evaluate import MixedTargetEvaluator, Score
 from qdebug.search.target import Target
 from qdebug.tasks import INSTANCE_METRICS, LABEL_METRICS, TASK_METRICS
 from qdebug.tasks.agreement import IOU_THRS, Agreement, agreement
@@ -75,7 +75,7 @@ def _prepare(graph: ModelGraph, backend: Backend, config: QuantConfig, samples: 
         backend.prepare(graph, config, samples)
 
 
-class DetectionEvaluator(Evaluator):
+class DetectionEvaluator(MixedTargetEvaluator):
     """Scores a QuantConfig by detection agreement with the float model (and true mAP with labels)."""
 
     task_metrics = TASK_METRICS
@@ -100,21 +100,13 @@ class DetectionEvaluator(Evaluator):
         if not sum(len(d) for d in self.reference):
             self.warnings.append(f"the float model has no detection above --conf {decoder.conf:g} on any sample: "
                                  "agreement metrics are undefined (lower --conf or check the preprocessing)")
-        self._tensor_ev: TensorTargetEvaluator | None = None
-        self._target: Target | None = None
         self.last: Agreement | None = None
         self.seconds = 0.0
         if target is not None:
             self.target = target
 
-    @property
-    def target(self) -> Target:  # type: ignore[override]
-        if self._target is None:
-            raise RuntimeError("DetectionEvaluator.target is not set")
-        return self._target
-
-    @target.setter
-    def target(self, target: Target) -> None:
+    def check_target(self, target: Target) -> None:
+        """True mAP needs labels; mask/OKS metrics need a segment/pose head."""
         need = [m for m in target.task_metrics() if m in LABEL_METRICS]
         if need and self.labels is None:
             raise QDebugError(f"target uses {', '.join(need)} (true mAP against labels) but no --labels were given",
@@ -126,9 +118,6 @@ class DetectionEvaluator(Evaluator):
                 raise QDebugError(f"target uses {m}, which needs a {kind} head, but --task {self.decoder.name} "
                                   f"decoded a {head} head", where="--target",
                                   fix="use map50_95_vs_float, or check the model outputs / --nc / --kpt-shape")
-        self._target = target
-        self._tensor_ev = TensorTargetEvaluator(self.graph, self.samples, self.backend, target) \
-            if target.tensors() else None
 
     def evaluate(self, config: QuantConfig) -> Score:
         """Run the quantized model per `config`, decode, score task clauses (and tensor clauses on the same run)."""

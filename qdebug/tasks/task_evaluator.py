@@ -22,7 +22,7 @@ from qdebug.quant.scheme import QuantConfig
 from qdebug.results.task import TaskResult, TaskRun
 from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
-from qdebug.search.evaluate import Evaluator, Score, TensorTargetEvaluator
+from qdebug.search.evaluate import MixedTargetEvaluator, Score
 from qdebug.search.target import Target
 from qdebug.tasks.scoring import TaskScorer
 from qdebug.workers import ordered_map
@@ -51,7 +51,7 @@ def score_run(scorer: TaskScorer, reference: Sequence[np.ndarray], quantized: Se
     return scorer.result()
 
 
-class TaskEvaluator(Evaluator):
+class TaskEvaluator(MixedTargetEvaluator):
     """Scores a QuantConfig by the task metrics of one output against the float model's (bisect --task)."""
 
     def __init__(self, graph: ModelGraph, dataset: Dataset, backend: Backend, scorer: TaskScorer,
@@ -64,24 +64,10 @@ class TaskEvaluator(Evaluator):
         self.names = dataset.names()
         self.output = bind_scorer(graph, scorer, len(self.samples))
         self.reference = float_outputs(graph, self.samples, self.output)
-        self._tensor_ev: TensorTargetEvaluator | None = None
-        self._target: Target | None = None
         self.last: TaskRun | None = None
         self.seconds = 0.0
         if target is not None:
             self.target = target
-
-    @property
-    def target(self) -> Target:  # type: ignore[override]
-        if self._target is None:
-            raise RuntimeError("TaskEvaluator.target is not set")
-        return self._target
-
-    @target.setter
-    def target(self, target: Target) -> None:
-        self._target = target
-        self._tensor_ev = TensorTargetEvaluator(self.graph, self.samples, self.backend, target) \
-            if target.tensors() else None
 
     def run(self, config: QuantConfig) -> TaskRun:
         """The task scores of one precision map (no target needed)."""
