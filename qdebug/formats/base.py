@@ -72,6 +72,13 @@ class VendorFile(ABC):
     def to_config(self, graph: ModelGraph, base: QuantConfig) -> tuple[QuantConfig, MappingReport]:
         """The simulator config that reproduces this file's quantization on `graph`."""
 
+    def start_config(self, base: QuantConfig, prefix: str) -> QuantConfig:
+        """A copy of `base` with its own override and parameter maps, for `to_config` to pin this file's values
+        into; its source names the file (`prefix:path`)."""
+        return QuantConfig(scheme=base.scheme, overrides=dict(base.overrides), act_params=dict(base.act_params),
+                           weight_params=dict(base.weight_params), compute_fp16=base.compute_fp16,
+                           source=f"{prefix}:{self.path}" if self.path else prefix)
+
     @abstractmethod
     def promote(self, layers: list[str], dtype: Precision, graph: ModelGraph | None = None,
                 donor: VendorFile | None = None) -> PromotionResult:

@@ -119,9 +119,7 @@ class CalibTable(VendorFile):
         return self.text
 
     def to_config(self, graph: ModelGraph, base: QuantConfig) -> tuple[QuantConfig, MappingReport]:
-        cfg = QuantConfig(scheme=base.scheme, overrides=dict(base.overrides), act_params=dict(base.act_params),
-                          weight_params=dict(base.weight_params), compute_fp16=base.compute_fp16,
-                          source=f"table:{self.path}" if self.path else "table")
+        cfg = self.start_config(base, "table")
         rep = MappingReport()
         known = set(graph.producer) | {i.name for i in graph.inputs}
         bits = base.scheme.activation.bits or 8

@@ -107,9 +107,7 @@ class Rknn1QuantizeLayers(VendorFile):
         return self.text
 
     def to_config(self, graph: ModelGraph, base: QuantConfig) -> tuple[QuantConfig, MappingReport]:
-        cfg = QuantConfig(scheme=base.scheme, overrides=dict(base.overrides), act_params=dict(base.act_params),
-                          weight_params=dict(base.weight_params), compute_fp16=base.compute_fp16,
-                          source=f"rknn1:{self.path}" if self.path else "rknn1")
+        cfg = self.start_config(base, "rknn1")
         rep = MappingReport(notes=["rknn-toolkit v1 files carry precisions only; activation ranges are "
                                    "calibrated by qdebug"])
         for key, val in self.layers.items():

@@ -70,9 +70,7 @@ class RknnQuantCfg(VendorFile):
 
     # ------------------------------------------------------------ simulate
     def to_config(self, graph: ModelGraph, base: QuantConfig) -> tuple[QuantConfig, MappingReport]:
-        cfg = QuantConfig(scheme=base.scheme, overrides=dict(base.overrides), act_params=dict(base.act_params),
-                          weight_params=dict(base.weight_params), compute_fp16=base.compute_fp16,
-                          source=f"rknn:{self.path}" if self.path else "rknn")
+        cfg = self.start_config(base, "rknn")
         rep = MappingReport()
         ops = build_quant_ops(graph, fuse=get_profile(self.profile).fuse)
         groups = group_of(ops)
