@@ -19,7 +19,7 @@ def atomic_write(path: str | Path, data: str | bytes, *, protect: tuple[str | Pa
         for q in protect:
             if not q or not Path(q).exists():
                 continue
-            if (p.exists() and os.path.samefile(p, q)) or (Path(q).is_dir() and _inside(p, Path(q))):
+            if touches(p, Path(q)):
                 raise QDebugError("refusing to overwrite an input file of this run", file=str(p),
                                   fix="give an output path outside the model, data and vendor files")
         return _write(p, data)
@@ -38,12 +38,22 @@ def _why(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else exc.__class__.__name__
 
 
-def _inside(p: Path, folder: Path) -> bool:
+def same_path(a: Path, b: Path) -> bool:
+    """`a` and `b` name the same file: by name, through a symlink, or as hard links."""
     try:
-        p.resolve().relative_to(folder.resolve())
-    except ValueError:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, ValueError):
         return False
-    return True
+
+
+def touches(p: Path, src: Path) -> bool:
+    """Writing `p` would touch the input `src`: the same file, or a path inside the folder `src`."""
+    try:
+        return same_path(p, src) or (src.is_dir() and p.resolve().is_relative_to(src.resolve()))
+    except (OSError, ValueError):
+        return False
 
 
 def _sweep(p: Path) -> None:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from qdebug.errors import QDebugError
+from qdebug.fileio import same_path, touches
 
 OUTPUT_DESTS = ("output", "json", "report", "draw", "setup_rknn")  # argparse dests that name outputs
 _NOT_PATHS = ("func", "command_line", "cmd", "target", "cut_threshold", "override", "run_inputs")
@@ -40,22 +41,6 @@ def _exists(p: str) -> bool:
         return False
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except (OSError, ValueError):
-        return False
-
-
-def _inside(p: Path, folder: Path) -> bool:
-    try:
-        return folder.is_dir() and p.resolve().is_relative_to(folder.resolve())
-    except (OSError, ValueError):
-        return False
-
-
 def check_outputs(args: argparse.Namespace, inputs: tuple[str, ...]) -> None:
     """Refuse, before any work, an output that is an input, lies inside an input folder, or repeats another output."""
     given = [(f"--{k.replace('_', '-')}" if k != "output" else "-o", v) for k in OUTPUT_DESTS
@@ -71,12 +56,12 @@ def check_outputs(args: argparse.Namespace, inputs: tuple[str, ...]) -> None:
     for opt, p in outs:
         for src in inputs:
             q = Path(src)
-            if _same(p, q) or _inside(p, q):
+            if touches(p, q):
                 raise QDebugError(f"refusing to overwrite an input of this run ({src}) with {opt}", file=str(p),
                                   fix="give an output path outside the model, data and vendor files")
     for i, (opt, p) in enumerate(outs):
         for opt2, p2 in outs[i + 1:]:
-            if _same(p, p2):
+            if same_path(p, p2):
                 raise QDebugError(f"{opt} and {opt2} name the same file", file=str(p),
                                   fix=f"give {opt2} a different path")
 
