@@ -292,6 +292,7 @@ OPTION_CASES = [
     Case("promote-dtype-empty", BISECT + ("--promote-dtype", ""), names=("--promote-dtype",)),
     Case("bisect-o-without-calib", BISECT + ("-o", "<t>/out.txt"), names=("-o",)),
     Case("bisect-format-bogus", BISECT + ("-o", "<t>/out.txt", "--format", "bogus"), names=("--format",)),
+    Case("bisect-format-without-calib", BISECT + ("-o", "<t>/out.txt", "--format", "hisi"), names=("--format", "--calib")),
     Case("cut-search-bogus", BISECT + ("--cut-search", "binary"), names=("--cut-search",)),
 ]
 

@@ -82,6 +82,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if args.format not in FORMATS:
             raise QDebugError(f"unknown format '{args.format}'", where="--format",
                               fix=f"use one of {', '.join(sorted(FORMATS))}")
+        if args.output and args.backend != "rknn" and not args.remedies:  # only the toolkit writes its own file
+            raise QDebugError(f"--format {args.format} needs the vendor's file to patch", where="--format",
+                              fix=f"pass --calib {args.format}:FILE")
     if getattr(args, "quantized_dumps", None):
         raise QDebugError("recorded dumps cannot be re-run with promoted ops", where="--quantized-dumps",
                           fix="pass --quantized Q.ONNX (the QDQ model) to bisect")
@@ -149,7 +152,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         from qdebug.cli.remedy_outputs import write_plan
 
         write_plan(args, graph, ds, res, prec, step1_cfg)
-    elif (args.calib or args.format) and args.backend != "rknn":
+    elif args.calib and args.backend != "rknn":
         _vendor_outputs(args, graph, res, prec)
     if args.quantized and args.output:
         _qdq_output(args, backend, graph, cfg, res, prec)
@@ -233,7 +236,7 @@ def _exports(graph, res: BisectResult, prec) -> None:
 
 def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
     from qdebug.fileio import atomic_write
-    from qdebug.formats.base import FORMATS, load_vendor_file
+    from qdebug.formats.base import load_vendor_file
 
     nodes = res.result.set
     res.patched_file = None
@@ -242,16 +245,7 @@ def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
                           soft_wrap=True)
     if not nodes or not args.output:
         return
-    if args.calib:
-        vf = load_vendor_file(args.calib)
-    else:
-        import qdebug.formats  # noqa: F401
-
-        if args.format not in FORMATS:
-            raise QDebugError(f"unknown format '{args.format}'", where="--format",
-                              fix=f"use one of {', '.join(sorted(FORMATS))}")
-        raise QDebugError(f"--format {args.format} needs the vendor's file to patch", where="--format",
-                          fix=f"pass --calib {args.format}:FILE")
+    vf = load_vendor_file(args.calib)  # a --format without --calib was refused before the search
     pr = vf.promote(nodes, prec, graph=graph)
     atomic_write(args.output, pr.text, protect=(*args.run_inputs, vf.path or ""))
     res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=pr.changed,
