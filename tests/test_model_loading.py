@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from qdebug.cli import main
+from qdebug.graph.fusion import build_quant_ops
 from qdebug.graph.model import ModelGraph
 from qdebug.quant.scheme import QuantConfig
 from qdebug.runners.session import OrtSession
@@ -493,3 +494,15 @@ def test_constant_after_its_consumer_in_the_file(tmp_path, capsys):
     assert rc == 0, err
     assert path.read_bytes() == raw
     _check_float_ranges(json.loads(out.read_text()), attention_model(17), [{"x": x} for x in xs], ["y", "y2"])
+
+
+def test_backend_caches_never_mix_graphs():
+    """Truncation search builds and frees many sub-graphs; a freed graph's id() is reused by the next one, so a
+    cache keyed by id() handed a sub-graph another one's fused ops (KeyError on a weight it does not hold)."""
+    g = ModelGraph(attention_model(17))
+    b = SimBackend("generic")
+    for node in g.nodes:
+        sub = g.truncate([o for o in node.output if o])
+        want = [(op.key, tuple(op.weighted)) for op in build_quant_ops(sub, fuse=True)]
+        assert [(op.key, tuple(op.weighted)) for op in b.quant_ops(sub)] == want
+        del sub

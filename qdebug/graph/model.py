@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.errors import ModelError, QDebugError
+
+_SERIAL = itertools.count()  # ModelGraph.uid: a cache key never reused (id() of a freed graph is)
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 SHAPE_OPS = ("Shape", "Size")  # outputs depend on the input's shape only, never on its values
@@ -227,6 +230,7 @@ class ModelGraph:
     """An ONNX model plus producer/consumer maps and a topological node order (node names made unique)."""
 
     def __init__(self, model: onnx.ModelProto, path: str | None = None) -> None:
+        self.uid = next(_SERIAL)  # key for the backends' per-graph caches (truncation builds and drops many graphs)
         self.path = path
         self.model = model
         g = model.graph

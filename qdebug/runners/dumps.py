@@ -177,7 +177,7 @@ class DumpsBackend(SimBackend):
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
         """Ops whose outputs were dumped count as quantized ("compute"); the rest as passthrough."""
-        key = id(graph)
+        key = graph.uid
         if key not in self._ops:
             ops = [QuantOp(i.name, [], "Input", "input" if i.name in self.files else "float", [i.name], index=-1)
                    for i in graph.inputs]

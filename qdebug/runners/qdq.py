@@ -390,7 +390,7 @@ class QdqBackend(SimBackend):
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
         """One QuantOp per float node: "compute" where the QDQ model quantizes it, else "passthrough"."""
-        key = id(graph)
+        key = graph.uid
         if key in self._ops:
             return self._ops[key]
         m = self.match
@@ -448,7 +448,7 @@ class QdqBackend(SimBackend):
         return model, iso
 
     def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
-        key = (id(graph), tuple(sorted(self._keys(graph, config)[0])), tuple(outputs))
+        key = (graph.uid, tuple(sorted(self._keys(graph, config)[0])), tuple(outputs))
         if key not in self._sessions:
             if len(self._sessions) > 8:
                 self._sessions.pop(next(iter(self._sessions)))

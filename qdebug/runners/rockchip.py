@@ -310,7 +310,7 @@ class RknnBackend(Backend):
         self.calib_paths = self._save_samples(samples, "calib")
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
-        key = id(graph)
+        key = graph.uid
         if key not in self._ops:
             self._ops[key] = build_quant_ops(graph, fuse=True)
         return self._ops[key]

@@ -180,7 +180,7 @@ class SimBackend(Backend):
 
     def quant_ops(self, graph: ModelGraph) -> list[QuantOp]:
         """The fused quantization units of `graph` under this profile (cached)."""
-        key = id(graph)
+        key = graph.uid
         if key not in self._ops:
             self._ops[key] = build_quant_ops(graph, fuse=self.profile.fuse)
         return self._ops[key]
@@ -260,7 +260,7 @@ class SimBackend(Backend):
 
     def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
         """A cached onnxruntime session of the quantized model with the given outputs."""
-        key = (id(graph), config.key(), tuple(outputs))
+        key = (graph.uid, config.key(), tuple(outputs))
         if key not in self._sessions:
             if len(self._sessions) > 8:
                 self._sessions.pop(next(iter(self._sessions)))
