@@ -104,8 +104,7 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
     # the simulator's own models hold placeholders for the graph's float weights, and every session gets its
     # weights through a side file onnxruntime maps (runners.session): neither the models, their serialized
     # bytes nor the sessions hold another copy of every weight (docs/benchmarks.md, model families)
-    own = type(backend).analysis_model is SimBackend.analysis_model and \
-        type(backend).quantized_model is SimBackend.quantized_model
+    own = getattr(backend, "weightless_models", False)
     light = {"weightless": True} if own else {}
     wp = backend.weights(graph, config) if own else graph.weight
     store = WeightFile() if own else None  # one side file for every session's weights (each written once)

@@ -39,6 +39,16 @@ class SimBackend(Backend):
 
     name = "sim"
     intermediates = True
+    # builds its models with weight placeholders when asked (`weightless=True`) and resolves them through
+    # `weights()`: compare then keeps one copy of every weight (docs/benchmarks.md, model families)
+    weightless_models = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # a subclass that builds its own models keeps the capability only if it says so itself
+        super().__init_subclass__(**kwargs)
+        if "weightless_models" not in cls.__dict__ and any(
+                m in cls.__dict__ for m in ("analysis_model", "quantized_model", "weights")):
+            cls.weightless_models = False
 
     def __init__(self, profile: str | Profile = "generic", threads: int = 0) -> None:
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile)
