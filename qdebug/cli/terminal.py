@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
     from qdebug.results.bisect import BisectResult
     from qdebug.results.compare import CompareResult, TensorRow
-    from qdebug.results.detection import DetectionResult
+    from qdebug.results.detection import DetectionResult, DetectionRun
+    from qdebug.results.task import TaskRun
     from qdebug.results.vendor import VendorComparison
 
 
@@ -421,11 +422,12 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     """Print the detection-agreement section of a compare/bisect result."""
     d = det.decoder
     th = det.thresholds
-    judge = (getattr(det, "extra", None) or {}).get("judge")  # which simulator's outputs were decoded
+    judge = det.judge or (getattr(det, "extra", None) or {}).get("judge")  # whose outputs were decoded
+    tk = det.toolkit
     console.print(mk("[bold]Detection verdict[/]{} ({}, {} layout, conf {}, NMS IoU {}; float detections are the "
-                     "reference, matched at IoU ≥ {})", f" of the {judge}" if judge else "", det.task, d.get("layout"),
-                     f"{th['conf']:g}", f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
-    sides = [("quantized", det.quantized)] + ([("promoted", det.promoted)] if det.promoted else [])
+                     "reference, matched at IoU ≥ {})", f" of the {judge}" if judge and tk is None else "", det.task,
+                     d.get("layout"), f"{th['conf']:g}", f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
+    sides = run_sides(det.quantized, det.promoted, tk, judge, console)
     tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "dets", "mAP50-95", "mAP50", "AR", "lost", "added", "flips", "IoU", "Δscore"):
         tbl.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
@@ -452,7 +454,7 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     rows = [r for r in det.quantized.per_class if r["float"]]
     if len(rows) > 1:
         rows.sort(key=lambda r: (r["ap50_95"] if r["ap50_95"] is not None else 1.0, -r["float"]))
-        console.print(mk("Per class (quantized; worst {} of {} classes by AP50-95)", min(classes, len(rows)),
+        console.print(mk("Per class ({}; worst {} of {} classes by AP50-95)", sides[0][0], min(classes, len(rows)),
                          len(rows)))
         ct = Table(header_style="bold", box=box.SIMPLE_HEAD)
         for col in ("class", "float", "quantized", "AP50-95", "AP50", "lost", "added"):
@@ -466,7 +468,7 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
         console.print(mk("[bold]True mAP[/] against {} labels ({} images, {} objects; COCO protocol, pycocotools)",
                          lab["format"], lab["images"], lab["objects"]))
         lt = Table(header_style="bold", box=box.SIMPLE_HEAD)
-        runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
+        runs = [k for k in ("float", "quantized", "toolkit", "promoted") if k in lab["map50_95"]]
         lt.add_column("metric")
         for k in runs:
             lt.add_column(k, justify="right")
@@ -475,6 +477,18 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
         console.print(lt)
     for w in det.warnings:
         console.print(mk("[yellow]warning:[/] {}", w))
+
+
+def run_sides(quantized: DetectionRun | TaskRun, promoted: DetectionRun | TaskRun | None,
+              toolkit: DetectionRun | TaskRun | None, judge: str | None,
+              console: Console) -> list[tuple[str, DetectionRun | TaskRun]]:
+    """(row label, run) of a verdict table; with a vendor toolkit's run the rows are labelled by simulator
+    (short labels keep the table within 80 columns; one line says which simulator each label is)."""
+    if toolkit is None:
+        return [("quantized", quantized)] + ([("promoted", promoted)] if promoted else [])
+    console.print(mk("  [dim]rows:[/] built-in = {}", judge or "built-in simulator"))
+    console.print(mk("        toolkit  = {}, its own final outputs", toolkit.judge or "vendor toolkit"))
+    return [("built-in", quantized), ("toolkit", toolkit)] + ([("promoted", promoted)] if promoted else [])
 
 
 def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
@@ -488,7 +502,7 @@ def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
     tbl.add_column("run", no_wrap=True)
     for m in names:
         tbl.add_column(METRIC_LABELS.get(m, m), justify="right", no_wrap=True)
-    runs = [("quantized", task.quantized)] + ([("promoted", task.promoted)] if task.promoted else [])
+    runs = run_sides(task.quantized, task.promoted, task.toolkit, task.judge, console)
     for label, run in runs:
         tbl.add_row(label, *(format_metric(m, run.metrics.get(m), "-") for m in names))
     console.print(tbl)

@@ -2,11 +2,13 @@
 
 Final outputs come from the vendor simulator on every sample; per-tensor results come from the
 toolkit's accuracy_analysis dumps on the first K samples (our metrics computed from the dumps, the
-toolkit's own table parsed beside them). Tensors the toolkit fused away are listed.
+toolkit's own table parsed beside them). Tensors the toolkit fused away are listed. `on_sample` hands each
+sample's float and toolkit outputs to the caller (the CLI scores the task verdict on them, as for the built-in run).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,12 @@ FLOAT_DEVIATION_DB = 60.0
 
 
 def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: RknnBackend, compare: CompareResult,
-                 calib: Dataset | None = None, analysis_samples: int = 1) -> dict:
-    """The `vendor` section of a compare document; also annotates compare['tensors'][i]['vendor']."""
+                 calib: Dataset | None = None, analysis_samples: int = 1,
+                 on_sample: Callable[[int, dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
+                 ) -> VendorComparison:
+    """The `vendor` section of a compare result; also sets each compared tensor's `vendor` entry.
+
+    `on_sample(k, float_outputs, toolkit_outputs)` is called per sample (toolkit outputs in the float shapes)."""
     samples = list(dataset)
     rk.prepare(graph, config, list(calib) if calib is not None else samples)
     outs = [o.name for o in graph.outputs]
@@ -37,7 +43,9 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
     refs = float_references(graph, samples, outs, parts)
     stats = {o: TensorStats() for o in outs}
     pstats: dict[tuple[str, str], TensorStats] = {}
-    for f, q in zip(refs, rk.run(graph, config, samples, outs), strict=True):
+    for k, (f, q) in enumerate(zip(refs, rk.run(graph, config, samples, outs), strict=True)):
+        if on_sample is not None:
+            on_sample(k, f, {o: as_float_shape(q[o], f[o]) for o in outs if o in q})
         for o in outs:
             stats[o].update(f[o], q[o])
             for p in parts.get(o, []):
@@ -108,6 +116,18 @@ def rknn_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, rk: R
                             min(analysis_samples, len(samples)), outputs, len(table),
                             fused_away(graph.activation_tensors(), rows_all) if rows_all else [],
                             disagreements[:50], rk.builds, median_gap(disagreements), float_dev[:50])
+
+
+def as_float_shape(q: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """A toolkit output in the ONNX output's shape when only the shape differs (it may drop or add unit axes)."""
+    q = np.asarray(q)
+    return q.reshape(f.shape) if q.shape != f.shape and q.size == f.size else q
+
+
+def judge_label(vendor: VendorComparison) -> str:
+    """How verdicts name the toolkit run, e.g. "rknn-toolkit2 2.5.0 (rk3588)"."""
+    name = {"rknn": "rknn-toolkit2"}.get(vendor.backend, vendor.backend)
+    return " ".join(x for x in (name, vendor.toolkit) if x) + (f" ({vendor.platform})" if vendor.platform else "")
 
 
 def _same_values_reordered(f: np.ndarray, g: np.ndarray) -> bool:

@@ -1,5 +1,9 @@
 """Typed `qdebug.detection/1` section: the task verdict (detections lost, mAP vs float) of a run.
 
+Under `compare --backend rknn`, `judge` names the simulator whose outputs `quantized` decodes (the built-in
+one) and `toolkit` holds the same verdict computed on the vendor toolkit's own final outputs (`toolkit.judge`
+names it), so both simulators' verdicts sit side by side.
+
 Segment and pose heads add optional metrics to each run's `metrics` (absent for plain detect heads):
 MASK_METRICS for segment heads, POSE_METRICS for pose heads; `decoder.head` names the head. The JSON
 schema of the section is `schemas/detection-1.json`.
@@ -26,6 +30,7 @@ class DetectionRun(Record):
     counts: dict[str, Any] = field(default_factory=dict)
     per_class: list[dict[str, Any]] = field(default_factory=list)
     overrides: dict[str, str] | None = field(default=None, metadata=OMIT)
+    judge: str | None = field(default=None, metadata=OMIT)  # the simulator whose outputs this run decodes
 
     def instance_metrics(self) -> dict[str, float | None]:
         """The mask/keypoint metrics this run carries (empty for a plain detect head)."""
@@ -44,6 +49,8 @@ class DetectionResult(Record):
     float: dict[str, Any] = field(default_factory=dict)
     quantized: DetectionRun = field(default_factory=DetectionRun)
     promoted: DetectionRun | None = None
+    toolkit: DetectionRun | None = field(default=None, metadata=OMIT)  # the vendor toolkit's outputs, scored alike
+    judge: str | None = field(default=None, metadata=OMIT)  # the simulator whose outputs `quantized` decodes
     labels: dict[str, Any] | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
     worst_images: list[str] = field(default_factory=list)

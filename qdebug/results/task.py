@@ -1,7 +1,8 @@
 """Typed `qdebug.task/1` section: the verdict of a non-detection task (classify, embedding, ctc) of a run.
 
 The float model's outputs are the reference; each quantized run (and, after bisect, the promoted one) is
-scored against them with the task's metrics (docs/tasks.md). Schema: schemas/task-1.json.
+scored against them with the task's metrics (docs/tasks.md). Under `compare --backend rknn`, `judge` names the
+simulator of `quantized` and `toolkit` scores the vendor toolkit's own outputs the same way. Schema: schemas/task-1.json.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TaskRun(Record):
     metrics: dict[str, float | None] = field(default_factory=dict)
     per_sample: list[dict[str, Any]] = field(default_factory=list)
     overrides: dict[str, str] | None = field(default=None, metadata=OMIT)
+    judge: str | None = field(default=None, metadata=OMIT)  # the simulator whose outputs this run scores
 
     def worst(self, n: int = 3, floor: float = 1e-4) -> list[dict[str, Any]]:
         """The `n` samples that moved most from float (largest `severity`; rows at or below `floor` left out)."""
@@ -42,6 +44,8 @@ class TaskResult(Record):
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     quantized: TaskRun = field(default_factory=TaskRun)
     promoted: TaskRun | None = None
+    toolkit: TaskRun | None = field(default=None, metadata=OMIT)  # the vendor toolkit's outputs, scored alike
+    judge: str | None = field(default=None, metadata=OMIT)  # the simulator whose outputs `quantized` scores
     warnings: list[str] = field(default_factory=list)
     seconds: float | None = None
 

@@ -61,9 +61,16 @@ class Detections:
                    masks=None if masks is None else list(masks), keypoints=kp)
 
     def to_json(self) -> list[dict]:
-        """One dict per detection (box rounded to 0.01 px)."""
-        return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": int(c)}
-                for b, s, c in zip(self.boxes, self.scores, self.classes, strict=True)]
+        """One dict per detection (box rounded to 0.01 px); segment heads add `mask` (CropMask.to_json), pose
+        heads `keypoints` [[x, y, visibility], ...], so pictures can be drawn from the JSON alone."""
+        out = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": int(c)}
+               for b, s, c in zip(self.boxes, self.scores, self.classes, strict=True)]
+        for k, row in enumerate(out):
+            if self.masks is not None:
+                row["mask"] = self.masks[k].to_json()
+            if self.keypoints is not None:
+                row["keypoints"] = [[round(float(v), 2) for v in p] for p in self.keypoints[k]]
+        return out
 
 
 @dataclass

@@ -148,16 +148,20 @@ class DetectionCollector:
     """Decodes float and quantized outputs sample by sample inside a compare loop (no extra inference).
 
     Call `add(k, float_values, quant_values)` with the k-th sample's tensors (extra tensors are ignored).
+    With `reference` (another collector's float detections, e.g. compare's for the vendor toolkit's run) the
+    float outputs are not decoded again.
     """
 
-    def __init__(self, graph: ModelGraph, dataset: Dataset, decoder: Decoder) -> None:
+    def __init__(self, graph: ModelGraph, dataset: Dataset, decoder: Decoder,
+                 reference: list[Detections] | None = None) -> None:
         self.graph = graph
         self.dataset = dataset
         self.decoder = decoder
         self.outputs = decoder_outputs(graph, decoder)
         self.input_hw = network_hw(dataset)
         self.names = dataset.names()
-        self.float_dets: list[Detections] = []
+        self.reference = reference
+        self.float_dets: list[Detections] = reference if reference is not None else []
         self.quant_dets: list[Detections] = []
         self.seconds = 0.0
 
@@ -165,7 +169,8 @@ class DetectionCollector:
         """Decode the graph outputs of one sample (float and quantized)."""
         t0 = time.perf_counter()
         lb = self.dataset.letterbox.get(self.names[index]) if self.dataset.kind == "images" else None
-        self.float_dets.append(self.decoder.decode({k: float_values[k] for k in self.outputs}, self.input_hw, lb))
+        if self.reference is None:
+            self.float_dets.append(self.decoder.decode({k: float_values[k] for k in self.outputs}, self.input_hw, lb))
         self.quant_dets.append(self.decoder.decode({k: quant_values[k] for k in self.outputs}, self.input_hw, lb))
         self.seconds += time.perf_counter() - t0
 
@@ -235,7 +240,11 @@ class DetectionRun:
         for r in self.worst_images(n):
             k = idx[r["image"]]
             path = self.metas[k].path
+            lb = self.metas[k].letterbox  # where the network input sits on the image (to draw masks)
             out.append({"image": r["image"], "path": str(path) if path else None,
+                        "input_hw": list(self.input_hw), "letterbox": None if lb is None else
+                        {"scale": lb.scale, "pad_x": lb.pad_x, "pad_y": lb.pad_y, "orig_w": lb.orig_w,
+                         "orig_h": lb.orig_h},
                         "float": self.float_dets[k].to_json(), "quantized": self.quant_dets[k].to_json(),
                         "promoted": self.promoted_dets[k].to_json() if self.promoted_dets else None})
         return out
@@ -247,8 +256,10 @@ class DetectionRun:
         return rows[:n]
 
     def draw(self, out_dir: str | Path, n: int = 3, promoted: bool = False) -> list[Path]:
-        """Pictures of the `n` worst images (float green, quantized red dashed); needs image inputs."""
+        """Pictures of the `n` worst images (float green, quantized red dashed; masks and keypoints of
+        segment/pose heads too); needs image inputs."""
         from qdebug.tasks.draw import draw_detections
+        from qdebug.tasks.draw_instances import Placement
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -261,9 +272,11 @@ class DetectionRun:
             if meta.path is None:
                 continue
             png = out / f"detections_{Path(meta.name).stem}{'_promoted' if promoted else ''}.png"
+            res = (self.decoder.info.get("masks") or {}).get("resolution")  # segment heads: the mask grid
+            place = Placement(self.input_hw, (int(res[0]), int(res[1])) if res else None, meta.letterbox)
             draw_detections(meta.path, self.float_dets[k], test[k], png, names=self.names,
                             match_iou=self.quant.match_iou,
-                            label="promoted" if promoted else "quantized")
+                            label="promoted" if promoted else "quantized", placement=place)
             paths.append(png)
         return paths
 
@@ -305,7 +318,7 @@ def run_detection(graph: ModelGraph, dataset: Dataset, backend: Backend, config:
     metas = image_metas(dataset)
     hw = network_hw(dataset)
     labels = resolve_labels(labels, metas, hw)
-    if collector is not None and len(collector.float_dets) == len(metas):
+    if collector is not None and len(collector.float_dets) == len(collector.quant_dets) == len(metas):
         fd, qd = collector.float_dets, collector.quant_dets
     else:
         samples = samples or list(dataset)

@@ -33,6 +33,24 @@ class CropMask:
         """Wrap a full-frame binary mask (tests, hand-made masks)."""
         return cls(0, 0, np.asarray(mask, dtype=bool))
 
+    def to_json(self) -> dict:
+        """Placement, size and the row-major run lengths of the bits (first run: unset pixels), for pictures
+        drawn from a saved JSON."""
+        flat = self.bits.ravel()
+        bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+        runs = np.diff(bounds).astype(int).tolist()
+        if flat.size and flat[0]:
+            runs = [0, *runs]
+        h, w = self.bits.shape
+        return {"y0": self.y0, "x0": self.x0, "h": int(h), "w": int(w), "runs": runs}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CropMask:
+        """The mask `to_json` wrote."""
+        runs = [int(r) for r in data["runs"]]
+        bits = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+        return cls(int(data["y0"]), int(data["x0"]), bits.reshape(int(data["h"]), int(data["w"])))
+
     def full(self, hw: tuple[int, int]) -> np.ndarray:
         """The mask pasted into an all-false [h, w] frame (clipped to the frame)."""
         out = np.zeros(hw, dtype=bool)

@@ -43,13 +43,39 @@ def _promoted(det: DetectionResult) -> DetectionRun | None:
     return det.promoted if isinstance(det.promoted, DetectionRun) else None
 
 
+def _toolkit(det: DetectionResult) -> DetectionRun | None:
+    return det.toolkit if isinstance(det.toolkit, DetectionRun) else None
+
+
+def run_label(name: str, judge: str | None, toolkit_present: bool) -> str:
+    """A run's row label: with a vendor toolkit's run beside it, each run is labelled by its simulator."""
+    if not toolkit_present or name not in ("quantized", "toolkit"):
+        return name
+    if name == "quantized":
+        judge = judge or "built-in simulator"
+        return judge if judge.startswith("built-in") else f"built-in: {judge}"
+    return f"toolkit: {judge or 'vendor toolkit'}"
+
+
 def _det_runs(det: DetectionResult) -> list[tuple[str, DetectionRun]]:
-    """(label, side) of the quantized and, when present, the promoted run."""
+    """(label, side) of the quantized, the vendor toolkit's (compare --backend rknn) and the promoted run."""
     runs = [("quantized", det.quantized)]
+    tk = _toolkit(det)
+    if tk is not None:
+        runs.append(("toolkit", tk))
     p = _promoted(det)
     if p is not None:
         runs.append(("promoted", p))
     return runs
+
+
+def _label(det: DetectionResult, name: str) -> str:
+    """Row label of a run of the detection tables."""
+    if name == "promoted":
+        return _promoted_label(det)
+    tk = _toolkit(det)
+    judge = (tk.judge if tk else None) if name == "toolkit" else det.judge
+    return run_label(name, judge, tk is not None)
 
 
 def _promoted_label(det: DetectionResult) -> str:
@@ -83,10 +109,17 @@ def detection_headline(ctx: Ctx) -> Inline | None:
         body = il("mAP50-95 vs float ", _map_span(qm.get("map50_95_vs_float"), ".2f"),
                   f" (mAP50 {f_det(qm.get('map50_vs_float'), '.2f')}); {f_pct(qm.get('lost_frac'))} lost{floats}, "
                   f"{qc.get('added', '–')} added")
+    tk = _toolkit(det)
+    if tk is not None:  # the same verdict on the vendor toolkit's own outputs, beside the built-in one
+        tm = tk.metrics or {}
+        body = il(_label(det, "quantized"), ": ", body, "; ", _label(det, "toolkit"), ": mAP50-95 vs float ",
+                  _map_span(tm.get("map50_95_vs_float"), ".2f"),
+                  f" (mAP50 {f_det(tm.get('map50_vs_float'), '.2f')}); {f_pct(tm.get('lost_frac'))} lost, "
+                  f"{(tk.counts or {}).get('added', '–')} added")
     lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
         vals = lab["map50_95"]
-        runs = [k for k in ("float", "quantized", "promoted") if k in vals]
+        runs = [k for k in ("float", "quantized", "toolkit", "promoted") if k in vals]
         body = il(body, "; true mAP50-95 ", ", ".join(f"{k} {f_det(vals[k])}" for k in runs))
     return il(what, body, " (", Span("link", "details", "#detection-verdict"), ")")
 
@@ -121,7 +154,7 @@ def detection(ctx: Ctx) -> list[Block]:
     for name, side in _det_runs(det):
         m, cnt = side.metrics or {}, side.counts or {}
         lost = cnt.get("lost")
-        label = _promoted_label(det) if name == "promoted" else name
+        label = _label(det, name)
         iou, shift = num(cnt.get("mean_iou")), num(cnt.get("mean_score_shift"))
         rows.append([il(label), il(str(side.detections)), il(_map_span(m.get("map50_95_vs_float"))),
                      il(f_det(m.get("map50_vs_float"))), il(f_det(m.get("recall_vs_float"))),
@@ -133,16 +166,19 @@ def detection(ctx: Ctx) -> list[Block]:
                        good("≥ 0.9"), " fine, ", bad("< 0.7"), " broken); lost: float detections without a "
                        "match, added: quantized detections without one (IoU ≥ 0.5); flips: lost to a box of another "
                        "class; mean IoU and Δscore (quantized − float confidence) over matched pairs.")))
+    if _toolkit(det) is not None:
+        out.append(Para(il("The toolkit row decodes the vendor toolkit's own final outputs with the same decoder and "
+                           "scores them against the same float detections as the built-in simulator's row.")))
     out += _instances(det)
     lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
-        runs = [k for k in ("float", "quantized", "promoted") if k in lab["map50_95"]]
+        runs = [k for k in ("float", "quantized", "toolkit", "promoted") if k in lab["map50_95"]]
         out.append(Para(il(b("True mAP"), f" against {lab.get('format', '?')} labels ", c(str(lab.get("source", "?"))),
                            f" ({lab.get('images', '?')} labelled images, {lab.get('objects', '?')} objects; COCO "
                            "protocol, pycocotools):")))
         lrows = [[il(title), *(il(f_det((lab.get(m) or {}).get(k))) for k in runs)]
                  for m, title in (("map50_95", "mAP50-95"), ("map50", "mAP50"), ("recall", "AR@100"))]
-        out.append(Table(["metric", *[_promoted_label(det) if k == "promoted" else k for k in runs]], lrows,
+        out.append(Table(["metric", *[_label(det, k) if k != "float" else k for k in runs]], lrows,
                          "l" + "r" * len(runs)))
     out += _det_per_class(det)
     warns = [w for w in det.warnings or [] if isinstance(w, str)]
@@ -170,7 +206,7 @@ def _instances(det: DetectionResult) -> list[Block]:
         cols += [("mask_map50_95_vs_float", "mask mAP50-95", ".3f"), ("mask_iou_mean", "mean mask IoU", ".3f")]
     if any(k in im for _, im in runs for k in POSE_METRICS):
         cols += [("oks_map_vs_float", "OKS mAP50-95", ".3f"), ("kpt_err_px", "keypoint error (px)", ".2f")]
-    rows = [[il(_promoted_label(det) if name == "promoted" else name),
+    rows = [[il(_label(det, name)),
              *(il(_map_span(im.get(k)) if k.endswith("_vs_float") else f_det(im.get(k), spec)) for k, _, spec in cols)]
             for name, im in runs]
     d = det.decoder or {}

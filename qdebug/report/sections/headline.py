@@ -34,12 +34,12 @@ from qdebug.report.context import (
     vendor_refs,
 )
 from qdebug.report.format import f_bound, f_cos, f_det, f_metric, f_snr
-from qdebug.report.sections.detection import detection_headline
+from qdebug.report.sections.detection import detection_headline, run_label
 from qdebug.report.sections.task import task_section
 from qdebug.results.compare import COMPARE_SCHEMA, CompareResult, QuantInfo, SampleInfo
 from qdebug.results.detection import MASK_METRICS, POSE_METRICS, DetectionRun
 from qdebug.results.runspec import RunSpec
-from qdebug.results.task import METRIC_LABELS, format_metric
+from qdebug.results.task import METRIC_LABELS, TaskRun, format_metric
 
 # the mask/keypoint metrics of segment/pose heads as the headline names and prints them
 INSTANCE_LABELS = {"mask_map50_95_vs_float": ("mask mAP50-95 vs float", ".3f"),
@@ -208,6 +208,11 @@ def task_headline(ctx: Ctx) -> Inline | None:
         p = t.promoted.metrics if t.promoted is not None else None
         vals = [il(METRIC_LABELS.get(m, m), " ", format_metric(m, t.quantized.metrics.get(m)),
                    f" → {format_metric(m, p.get(m))}" if p is not None else "") for m in names]
+        tk = t.toolkit if isinstance(t.toolkit, TaskRun) else None
+        if tk is not None:  # the vendor toolkit's outputs scored the same way, each run named by its simulator
+            tvals = [il(METRIC_LABELS.get(m, m), " ", format_metric(m, tk.metrics.get(m))) for m in names]
+            vals = [il(run_label("quantized", t.judge, True), ": ", join(vals, ", "), "; ",
+                       run_label("toolkit", tk.judge, True), ": ", join(tvals, ", "))]
         return il(b("Task verdict"), f" ({t.task or '?'} on ", c(t.output or "?"), f", {t.quantized.samples} "
                   "samples, the float model's outputs as reference): ", join(vals, ", "),
                   " after promotion" if p is not None else "", " (", Span("link", "details", "#task-verdict"), ")")
@@ -221,6 +226,13 @@ def task_headline(ctx: Ctx) -> Inline | None:
     vals = [il(INSTANCE_LABELS[k][0], " ", f_det(q.get(k), INSTANCE_LABELS[k][1]),
                f" → {f_det(p.get(k), INSTANCE_LABELS[k][1])}" if p is not None else "",
                " px" if k == "kpt_err_px" else "") for k in keys]
+    tk = det.toolkit if isinstance(det.toolkit, DetectionRun) else None
+    if tk is not None:  # the vendor toolkit's outputs decoded the same way, each run named by its simulator
+        t = tk.metrics or {}
+        tvals = [il(INSTANCE_LABELS[k][0], " ", f_det(t.get(k), INSTANCE_LABELS[k][1]),
+                    " px" if k == "kpt_err_px" else "") for k in keys]
+        vals = [il(run_label("quantized", det.judge, True), ": ", join(vals, ", "), "; ",
+                   run_label("toolkit", tk.judge, True), ": ", join(tvals, ", "))]
     what = "Masks" if head == "segment" else "Keypoints"
     return il(b(what), f" ({head} head, against the float model's): ", join(vals, ", "),
               " after promotion" if p is not None else "", " (", Span("link", "details", "#detection-verdict"), ")")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from qdebug.report.blocks import Block, Bullets, Heading, Inline, Para, Table, b, c, il
 from qdebug.report.context import Ctx
+from qdebug.report.sections.detection import run_label
 from qdebug.results.task import METRIC_LABELS, TaskResult, TaskRun, describe_row, format_metric
 
 # what each task's metrics mean, in one sentence (docs/tasks.md has the definitions)
@@ -25,6 +26,17 @@ def task_section(ctx: Ctx) -> TaskResult | None:
     return t if isinstance(t, TaskResult) and isinstance(t.quantized, TaskRun) else None
 
 
+def task_runs(t: TaskResult) -> list[tuple[str, TaskRun]]:
+    """(row label, run): quantized, the vendor toolkit's (compare --backend rknn; rows then labelled by
+    simulator) and promoted."""
+    tk = t.toolkit if isinstance(t.toolkit, TaskRun) else None
+    if tk is None:
+        runs = [("quantized", t.quantized)]
+    else:
+        runs = [(run_label("quantized", t.judge, True), t.quantized), (run_label("toolkit", tk.judge, True), tk)]
+    return runs + ([(_label(t), t.promoted)] if t.promoted else [])
+
+
 def _label(t: TaskResult) -> str:
     ov = (t.promoted.overrides if t.promoted else None) or {}
     return f"promoted ({len(ov)} op{'s' * (len(ov) != 1)})" if ov else "promoted"
@@ -42,7 +54,7 @@ def task(ctx: Ctx) -> list[Block]:
                LEGEND.get(t.task, ""))
     out: list[Block] = [Heading(2, "Task verdict"), Para(intro)]
     names = list(t.higher_is_better) or list(t.quantized.metrics)
-    runs = [("quantized", t.quantized)] + ([(_label(t), t.promoted)] if t.promoted else [])
+    runs = task_runs(t)
     rows: list[list[Inline]] = [[il(label), *(il(format_metric(m, r.metrics.get(m))) for m in names)]
                                 for label, r in runs]
     out.append(Table(["run", *(METRIC_LABELS.get(m, m) for m in names)], rows, "l" + "r" * len(names)))
