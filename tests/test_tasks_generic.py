@@ -260,6 +260,10 @@ def test_cli_compare_classify_section(cls_env, capsys):
     assert main(["compare", str(model), "--data", str(data), "--task", "classify", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "Task verdict" in text and "75.0%" in text
+    # the per-sample lines say which run they describe, right above them
+    lines = text.splitlines()
+    k = next(i for i, ln in enumerate(lines) if "→" in ln and ln.startswith("  "))
+    assert lines[k - 1] == "samples that moved most (quantized run):"
     assert max(len(line) for line in text.splitlines() if "top-1" in line or "Task verdict" in line) <= 80
     doc = json.loads(out.read_text())
     t = doc["task"]

@@ -507,7 +507,10 @@ def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
         tbl.add_row(label, *(format_metric(m, run.metrics.get(m), "-") for m in names))
     console.print(tbl)
     console.print(mk("[dim]{}targets: {}[/]", f"{how}; " if how else "", ", ".join(names)))
-    for row in task.quantized.worst(worst):
+    rows = task.quantized.worst(worst)
+    if rows:  # which run these are: with a promoted or toolkit row above, not obvious
+        console.print(mk("samples that moved most ({} run):", runs[0][0] if runs else "quantized"))
+    for row in rows:
         console.print(mk("  {}: {}", row.get("sample", "?"), describe_row(task.task, row)))
     for w in task.warnings:
         console.print(mk("[yellow]warning:[/] {}", w))
