@@ -156,3 +156,16 @@ def test_narrow_console_stacks_full_names(results) -> None:
         assert max(cell_len(ln) for ln in lines) <= 56
         shown = {ln.strip().removeprefix("▶ ") for ln in lines}  # each row under its own full-name line
         assert all(n in shown for n in names), [n for n in names if n not in shown]
+
+
+def test_first_bad_cut_names_the_fused_op(results) -> None:
+    """A cut at a node inside a fused op names the op a user can promote, then the node."""
+    doc = json.loads(json.dumps(results[1]))
+    fused = next(r for r in doc["ranking"] if len(r["nodes"]) > 1)
+    inner = next(n for n in fused["nodes"] if n != fused["op"])
+    doc["first_bad_cut"].update(tensor="t_in", node=inner, op_type="Sigmoid", index=3)
+    text = " ".join(_render(render_bisect, doc, 400))
+    assert f"at {fused['op']} ({fused['op_type']}; node {inner}, Sigmoid, #3)" in text
+    doc["first_bad_cut"].update(node=fused["op"], op_type="Conv")  # the op itself: named once
+    text = " ".join(_render(render_bisect, doc, 400))
+    assert f"at {fused['op']} (Conv, #3)" in text and "; node" not in text

@@ -346,9 +346,13 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
     cut = doc.first_bad_cut
     if cut.tensor:
         part = f".{cut.part}" if cut.part else ""
-        console.print(mk("first bad cut ({}, {} evaluations): [bold red]{}{}[/] at {} ({}, #{}): {} {} fails {}>={}",
-                         cut.path, cut.evaluations, cut.tensor, part, cut.node, cut.op_type, cut.index, cut.metric,
-                         cut.value, cut.metric, f"{cut.bound:g}"))
+        # the tensor may sit inside a fused op: name the op a user can promote, then the node
+        owner = next((r for r in doc.ranking if cut.node in r.nodes and r.op != cut.node), None)
+        where = mk("{} ({}; node {}, {}, #{})", owner.op, owner.op_type, cut.node, cut.op_type, cut.index) \
+            if owner is not None else mk("{} ({}, #{})", cut.node, cut.op_type, cut.index)
+        console.print(mk("first bad cut ({}, {} evaluations): [bold red]{}{}[/] at ", cut.path, cut.evaluations,
+                         cut.tensor, part) + where + mk(": {} {} fails {}>={}", cut.metric, cut.value, cut.metric,
+                                                        f"{cut.bound:g}"))
     else:
         console.print(mk("first bad cut: none (every tensor passes {}>={})", cut.metric, f"{cut.bound:g}"))
     ranking = doc.ranking[:8]
