@@ -169,3 +169,13 @@ def test_first_bad_cut_names_the_fused_op(results) -> None:
     doc["first_bad_cut"].update(node=fused["op"], op_type="Conv")  # the op itself: named once
     text = " ".join(_render(render_bisect, doc, 400))
     assert f"at {fused['op']} (Conv, #3)" in text and "; node" not in text
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_exports_one_line_each(results, width) -> None:
+    doc = json.loads(json.dumps(results[1]))
+    doc["exports"] = {"long": "x" * 300 + "\nmore", "short": "one line"}
+    lines = _render(render_bisect, doc, width)
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("the set for other stacks"))
+    assert lines[k + 1].startswith("  long: xxx") and lines[k + 1].endswith("…") and cell_len(lines[k + 1]) <= width
+    assert lines[k + 2] == "  short: one line"

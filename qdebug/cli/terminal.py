@@ -389,9 +389,15 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
     c = doc.counts
     console.print(mk("{} quantized evaluations (bound {}; naive one-per-op: {}), {} s", c.evaluations, c.bound,
                      c.naive_evaluations, f"{c.total_seconds:.1f}"))
+    if doc.exports:
+        console.print("[dim]the set for other stacks (full text in the JSON's exports):[/]")
     for name, text in (doc.exports or {}).items():
         lines = text.strip().splitlines()
-        console.print(mk("[dim]{}:[/] {}", name, lines[0] if lines else "") + (" ..." if len(lines) > 1 else ""))
+        head = (lines[0] if lines else "") + (" ..." if len(lines) > 1 else "")
+        room = max(console.width - cell_len(name) - 4, 8)  # one line each, also at 80 columns
+        if cell_len(head) > room:
+            head = head[:room - 1] + "…"
+        console.print(mk("  [dim]{}:[/] {}", name, head))
     tp = doc.toolkit_proposal
     if tp:
         for plan in tp.plans or []:  # each plan judged on the same target by the named simulator
