@@ -153,7 +153,8 @@ def test_narrow_console_stacks_full_names(results) -> None:
     for fn, d, names in ((render_compare, res, [t["tensor"] for t in top]),
                          (render_bisect, doc, [r["op"] for r in doc["ranking"][:8]])):
         lines = _render(fn, d, 56)
-        assert max(cell_len(ln) for ln in lines) <= 56
+        copy = tuple(f"  {k}: " for k in d.get("exports") or {})  # one-line exports: whole, for copying
+        assert max(cell_len(ln) for ln in lines if not (copy and ln.startswith(copy))) <= 56
         shown = {ln.strip().removeprefix("▶ ") for ln in lines}  # each row under its own full-name line
         assert all(n in shown for n in names), [n for n in names if n not in shown]
 
@@ -174,8 +175,11 @@ def test_first_bad_cut_names_the_fused_op(results) -> None:
 @pytest.mark.parametrize("width", [80, 160])
 def test_exports_one_line_each(results, width) -> None:
     doc = json.loads(json.dumps(results[1]))
-    doc["exports"] = {"long": "x" * 300 + "\nmore", "short": "one line"}
+    option = "--high_precision_layer=" + ";".join(f"/model.{i}/cv2/conv/Conv" for i in range(12))
+    doc["exports"] = {"long": "x" * 300 + "\nmore", "atc": option, "short": "one line"}
     lines = _render(render_bisect, doc, width)
     k = next(i for i, ln in enumerate(lines) if ln.startswith("the set for other stacks"))
-    assert lines[k + 1].startswith("  long: xxx") and lines[k + 1].endswith("…") and cell_len(lines[k + 1]) <= width
-    assert lines[k + 2] == "  short: one line"
+    assert lines[k + 1].startswith("  long: xxx") and lines[k + 1].endswith("… ... (2 lines)")
+    assert cell_len(lines[k + 1]) <= width
+    assert lines[k + 2] == "  atc: " + option  # one line to copy, however long
+    assert lines[k + 3] == "  short: one line"

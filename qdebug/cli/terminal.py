@@ -390,14 +390,18 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
     console.print(mk("{} quantized evaluations (bound {}; naive one-per-op: {}), {} s", c.evaluations, c.bound,
                      c.naive_evaluations, f"{c.total_seconds:.1f}"))
     if doc.exports:
-        console.print("[dim]the set for other stacks (full text in the JSON's exports):[/]")
+        console.print("[dim]the set for other stacks (every text in full in the JSON's exports):[/]")
     for name, text in (doc.exports or {}).items():
         lines = text.strip().splitlines()
-        head = (lines[0] if lines else "") + (" ..." if len(lines) > 1 else "")
-        room = max(console.width - cell_len(name) - 4, 8)  # one line each, also at 80 columns
+        if len(lines) == 1:  # an option or a list to copy: whole, never cut or folded (the terminal wraps it)
+            console.print(mk("  [dim]{}:[/] {}", name, lines[0]), soft_wrap=True)
+            continue
+        head = lines[0] if lines else ""
+        tail = f" ... ({len(lines)} lines)"
+        room = max(console.width - cell_len(name) - 4 - len(tail), 8)  # a file's first line: one screen line
         if cell_len(head) > room:
             head = head[:room - 1] + "…"
-        console.print(mk("  [dim]{}:[/] {}", name, head))
+        console.print(mk("  [dim]{}:[/] {}{}", name, head, tail))
     tp = doc.toolkit_proposal
     if tp:
         for plan in tp.plans or []:  # each plan judged on the same target by the named simulator
