@@ -282,6 +282,7 @@ def child_bisect(model: Path, images: Path, n: int, target_expr: str, out: Path,
         purposes[e["purpose"]] = purposes.get(e["purpose"], 0) + 1
     row.update({
         "json": str(js), "expression": doc["target"]["expression"], "builds": judge.get("builds"),
+        "search_builds": judge.get("search_builds"), "reused_runs": judge.get("reused_runs", 0),
         "unpromotable": judge.get("unpromotable"), "candidates": c["candidates"], "evaluations": c["evaluations"],
         "bound": c["bound"], "within_bound": c["evaluations"] <= c["bound"],
         "evaluations_by_purpose": purposes, "eval_seconds": [e["seconds"] for e in doc["evaluations"]],
@@ -382,6 +383,11 @@ def _bisect_lines(bis: dict, naive: dict | None) -> list[str]:
     lines.append(f"- toolkit builds {bis['builds']} (step1 included); quantized evaluations "
                  f"{bis['evaluations']} (bound {bis['bound']}: {'within' if bis['within_bound'] else 'EXCEEDED'})"
                  f"; search evaluations by purpose {bis['evaluations_by_purpose']}; N = {bis['candidates']}")
+    sb = bis.get("search_builds")
+    if sb:  # the bound is on the search's toolkit builds (step 1 included, reused runs not built)
+        lines.append(f"- search builds {sb['total']} (bound {sb['bound']}: "
+                     f"{'within' if sb['total'] <= sb['bound'] else 'EXCEEDED'}); runs answered by an identical "
+                     f"earlier run: {bis.get('reused_runs', 0)} in all, {sb.get('reused', 0)} in the search")
     if bis.get("unpromotable"):
         lines.append("- marked unpromotable during the run: " + "; ".join(
             f"{k} ({v[:90]})" for k, v in bis["unpromotable"].items()))

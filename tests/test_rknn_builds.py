@@ -132,10 +132,32 @@ def test_bisect_records_builds_against_the_bound(fake_env, capsys):
     sb = judge["search_builds"]
     assert rc == 0 and "sub" in judge["float16_instead"]
     assert "crashed" not in sb and "isolation" not in sb and judge["unpromotable"] == {}
-    assert sb["evaluation"] == counts["evaluations"] and sb["step1"] == 1 and sb["bound"] == counts["bound"]
-    assert sb["total"] == counts["evaluations"] + 1 <= counts["bound"] + 1 and judge["builds"] == sb["total"]
+    # the baseline evaluation is the full-graph truncation probe (cut y = the graph output) run again: one build
+    # serves both, so the search's builds (evaluations - 1 + step 1) stay within the bound, not one over it
+    assert sb["reused"] == judge["reused_runs"] == 1 and doc["first_bad_cut"]["probes"][0]["tensor"] == "y"
+    assert sb["evaluation"] == counts["evaluations"] - 1 and sb["step1"] == 1 and sb["bound"] == counts["bound"]
+    assert sb["total"] == counts["evaluations"] <= counts["bound"] and judge["builds"] == sb["total"]
     assert sum(judge["builds_by_kind"].values()) == judge["builds"]
-    assert f"{sb['total']} toolkit builds for the search" in capsys.readouterr().out
+    # the reused run scores like a fresh one: the fake's int8 gain 2 gives y' = 2y, SNR 10*log10(1/1) = 0 dB
+    assert doc["evaluations"][0]["purpose"] == "baseline" and doc["evaluations"][0]["values"]["y:snr_db>=40"] == 0.0
+    assert doc["first_bad_cut"]["probes"][0]["value"] == 0.0
+    text = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert f"{sb['total']} toolkit builds for the search" in text and "1 evaluation(s) answered by an identical" in text
+
+
+def test_identical_runs_share_one_build_and_different_inputs_do_not(fake_env):
+    """The same model, cfg, outputs and input bytes twice: one build; other input bytes or another cfg: a build."""
+    g = _chain(fake_env, muls=1, sub_at=1)
+    be, samples = _backend(fake_env, g)
+    y = g.outputs[0].name
+    first = list(be.run(g, QuantConfig(), samples, [y]))
+    again = list(be.run(g, QuantConfig(), [{"x": s["x"].copy()} for s in samples], [y]))
+    assert be.build_kinds == {"evaluation": 1} and be.reused == 1
+    for a, b, s in zip(first, again, samples, strict=True):  # the fake's int8 gain: 2x
+        np.testing.assert_array_equal(a[y], 2 * s["x"]) and np.testing.assert_array_equal(b[y], 2 * s["x"])
+    list(be.run(g, QuantConfig(), [{"x": samples[0]["x"] + 1}], [y]))
+    list(be.run(g, QuantConfig(overrides={"mul0": Precision.INT16}), samples, [y]))
+    assert be.build_kinds == {"evaluation": 3, "step1": 1} and be.reused == 1
 
 
 def test_a_named_tensor_blames_the_op_type_the_message_names(fake_env, monkeypatch):

@@ -192,9 +192,12 @@ def test_proposal_scored_as_written_beside_ours_and_combined(fake_env, monkeypat
     assert plans["qdebug best set"]["entries"] == 1 and "not_applied" in tp and tp["not_applied"] == {}
     assert plans["toolkit proposal"]["values"]["y:snr_db>=20"] == pytest.approx(10 * np.log10(4 / 0.25), abs=0.01)
     assert plans["combined"]["passed"] is False and plans["combined"]["judge"] == "rknn-toolkit2"
-    # one count of builds: step 1, the search's step-2 builds, the proposal's step 1 and its 2 scorings
-    assert doc["quant"]["judge"]["builds"] == doc["counts"]["search_evaluations"] + 2 + 2 + \
-        doc["counts"]["cut_evaluations"]
+    # one count of builds: step 1, the search's step-2 builds, the proposal's step 1 and its 2 scorings, less the
+    # runs identical to an earlier one: the baseline (= the full-graph cut probe) and qdebug's best set (= the
+    # search's all-promoted evaluation, y promoted) are answered without a build
+    judge = doc["quant"]["judge"]
+    assert judge["reused_runs"] == 2 and plans["qdebug best set"]["values"] == doc["evaluations"][1]["values"]
+    assert judge["builds"] == doc["counts"]["search_evaluations"] + 2 + 2 + doc["counts"]["cut_evaluations"] - 2
     text = capsys.readouterr().out
     assert "toolkit proposal (2 entr(ies), judged by rknn-toolkit2)" in text and "combined" in text
 

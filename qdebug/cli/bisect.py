@@ -121,6 +121,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                          remedies=args.remedies, pinned=pinned)
         search_builds = getattr(judge, "build_kinds", None)
         search_builds = dict(search_builds) if search_builds is not None else None  # the search's share
+        search_reused = getattr(judge, "reused", 0)  # evaluations answered by an identical earlier toolkit run
         final_cfg = config_from_remedies(cfg, res.result.remedies, prec)
         changed = final_cfg.key() != cfg.key()
         if decoder is not None and evaluator is not None:
@@ -142,7 +143,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
             if search_builds is not None:  # the search's builds against the bound 2*ceil(log2 N)+|set|+2
                 res.quant.judge["search_builds"] = {"total": sum(search_builds.values()), **search_builds,
-                                                    "bound": res.counts.bound}
+                                                    "bound": res.counts.bound, "reused": search_reused}
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
@@ -186,7 +187,9 @@ def _render_builds(res: BisectResult, console) -> None:
         return
     parts = ", ".join(f"{sb[k]} {k.replace('_', ' ')}" for k in ("evaluation", "step1", "crashed", "isolation")
                       if sb.get(k))
-    console.print(mk("{} toolkit builds for the search ({}; bound {} evaluations + step 1), {} in all",
+    if sb.get("reused"):  # an evaluation identical to an earlier run (the baseline = the full-graph probe)
+        parts += f"; {sb['reused']} evaluation(s) answered by an identical earlier run"
+    console.print(mk("{} toolkit builds for the search ({}; bound {}), {} in all",
                      sb["total"], parts, sb["bound"], res.quant.judge.get("builds")))
     f16 = (res.quant.judge or {}).get("float16_instead")
     if f16:

@@ -36,6 +36,9 @@ class Profile:
     int16_unsupported: op patterns the vendor toolkit cannot build at int16, "OpType" or "OpType@const0" (input 0
                     is a constant); a promotion of such an op is written as float16 instead, before any build
                     (rknn-toolkit2 2.5.0: Sub(constant, x) has no int16 kernel, docs/rknn.md).
+    requantized_passthrough: passthrough op types whose outputs the vendor puts on their own calibrated grid,
+                    rounded again from the input's grid (rknn-toolkit2: each Split part, read from its simulator
+                    dumps, fixtures/text/rknn/nudenet_320n_split_requant.txt); others carry the input's grid.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Profile:
     hardsigmoid_input_clip: bool = False
     asymmetric_weights: bool = False
     int16_unsupported: frozenset[str] = frozenset()
+    requantized_passthrough: frozenset[str] = frozenset()
     description: str = ""
 
 
@@ -72,9 +76,10 @@ register_profile(Profile(
 register_profile(Profile(
     "rknn", quantize_at="output", fuse=True, int16_weight_bits=16, softmax_output="calib",
     embedding_weights="tensor", sigmoid_input_clip=7.0, hardsigmoid_input_clip=True,
-    asymmetric_weights=True, int16_unsupported=frozenset({"Sub@const0"}),
-    description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/Split/Concat keep input qparams, "
-                "Sigmoid inputs clamped to [-7, 7] (HardSigmoid: its linear region), asymmetric per-channel weights"))
+    asymmetric_weights=True, int16_unsupported=frozenset({"Sub@const0"}), requantized_passthrough=frozenset({"Split"}),
+    description="rknn-toolkit2: Conv+SiLU -> exSwish, const Mul folded, Reshape/MaxPool keep input qparams, Split "
+                "parts requantized to their own range, Sigmoid inputs clamped to [-7, 7] (HardSigmoid: its linear "
+                "region), asymmetric per-channel weights"))
 register_profile(Profile(
     "hisi", quantize_at="input", fuse=True, int16_weight_bits=8, softmax_output="calib",
     embedding_weights="tensor",

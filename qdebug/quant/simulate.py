@@ -135,7 +135,33 @@ def plan(g: ModelGraph, ops: list[QuantOp], profile: Profile, cfg: QuantConfig,
         wbits = 8 if p == Precision.INT8 else profile.int16_weight_bits
         for m in op.weighted:
             _plan_weight(g, g.node_by_name[m], cfg, profile, wbits, sp)
+    if profile.requantized_passthrough and profile.quantize_at == "output":
+        _plan_requantized(g, ops, sp, profile, ranges, sym)
     return sp
+
+
+def _plan_requantized(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Profile,
+                      ranges: dict[str, tuple[float, float]], sym: bool) -> None:
+    """Own grids for the outputs of the profile's requantized passthrough ops (rknn: Split parts), at the bits
+    of the quantized op they read from; nothing when that op is float."""
+    groups = group_of(ops)
+    for op in ops:
+        if op.kind != "passthrough" or op.base_type not in profile.requantized_passthrough:
+            continue
+        src, seen = op, 0
+        while src is not None and src.kind == "passthrough" and seen < 64:  # up to the op that set the grid
+            node = g.node_by_name[src.nodes[0]]
+            data = [i for i in node.input if i and not g.is_constant(i)]
+            prod = g.producer.get(data[0]) if data else None
+            src = groups.get(prod.name) if prod is not None else next(
+                (o for o in ops if o.kind == "input" and data and o.key == data[0]), None)
+            seen += 1
+        p = sp.precision.get(src.key) if src is not None else None
+        if p is None or not p.is_int:
+            continue
+        for t in op.outputs:
+            if t in ranges:
+                sp.act[t] = params_from_range(*ranges[t], p.bits or 8, symmetric=sym)
 
 
 def clip_sigmoid_inputs(g: ModelGraph, ops: list[QuantOp], ranges: dict[str, tuple[float, float]],
@@ -476,7 +502,13 @@ def build_quantized(g: ModelGraph, ops: list[QuantOp], sp: SimPlan, profile: Pro
                 nn = copy.deepcopy(g.node_by_name[m])
                 for k, t in enumerate(nn.input):
                     nn.input[k] = alias.get(t, t)
+                # a requantized passthrough (the profile's, e.g. rknn Split parts): each output on its own grid
+                own = [(k, o) for k, o in enumerate(nn.output) if op.kind == "passthrough" and o in sp.act]
+                for k, o in own:
+                    nn.output[k] = o + "::pre"
                 em.nodes.append(nn)
+                for _, o in own:
+                    em.qdq(o + "::pre", o, sp.act[o], _rank(g, o))
             continue
         _emit_op(g, op, sp, profile, em, rename, "", alias)
     outs = outputs if outputs is not None else [o.name for o in g.outputs]
