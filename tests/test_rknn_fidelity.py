@@ -276,3 +276,25 @@ def test_hardsigmoid_input_is_its_linear_region_as_the_toolkit_records():
         generic = get_profile("generic")
         assert clip_sigmoid_inputs(g, ops, ranges, generic.sigmoid_input_clip,
                                    generic.hardsigmoid_input_clip)[t] == ranges[t]
+
+
+@pytest.mark.parametrize(("profile", "flag", "symmetric"), [("generic", [], True), ("generic", ["--asymmetric-weights"],
+                                                                                   False), ("rknn", [], False)])
+def test_scheme_records_the_weights_actually_simulated(tmp_path, profile, flag, symmetric):
+    """The rknn profile always gives weights a zero point: the JSON (and the report built from it) says so."""
+    import json
+
+    import onnx
+
+    from qdebug.cli import main
+
+    x = _vi("x", [1, 2, 4, 4])
+    w = _w("w", np.arange(2 * 2 * 3 * 3, dtype=np.float32).reshape(2, 2, 3, 3) / 10 - 1.0)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])], "t", [x],
+                          [_vi("y", [1, 2, 4, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(1, 2, 4, 4)).astype(np.float32))
+    out = tmp_path / "c.json"
+    assert main(["compare", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "x.npy"), "--profile", profile,
+                 *flag, "-q", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["quant"]["scheme"]["symmetric_weights"] is symmetric

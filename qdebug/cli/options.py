@@ -65,13 +65,17 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, default=None, help="use at most N samples")
     g.add_argument("--calib-data", default=None, help="separate calibration set (default: --data)")
     g.add_argument("--size", type=_size, default=None, help="H,W network input size (for dynamic models)")
-    g.add_argument("--resize", choices=["letterbox", "resize"], default="letterbox")
-    g.add_argument("--color", choices=["rgb", "bgr"], default="rgb")
+    g.add_argument("--resize", choices=["letterbox", "resize"], default="letterbox",
+                   help="images: letterbox (keep the aspect ratio, pad) or resize (stretch) (default letterbox)")
+    g.add_argument("--color", choices=["rgb", "bgr"], default="rgb",
+                   help="images: channel order the model expects (default rgb)")
     g.add_argument("--mean", type=_floats, default=(0.0, 0.0, 0.0), help="per-channel mean in 0..255 units")
     g.add_argument("--std", type=_floats, default=(255.0, 255.0, 255.0),
                    help="per-channel std in 0..255 units (default 255: scale to 0..1)")
-    g.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
-    g.add_argument("--input-dtype", choices=["float32", "uint8"], default=None)
+    g.add_argument("--layout", choices=["nchw", "nhwc"], default=None,
+                   help="images: input layout (default: guessed from the model input shape)")
+    g.add_argument("--input-dtype", choices=["float32", "uint8"], default=None,
+                   help="images: element type fed to the model (default: the model input type)")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,14 @@ class DataOptions:
         return ds, calib
 
 
+QUIET_HELP = "print nothing on the terminal but errors and the files written"
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """The --quiet/-q option of a subcommand (one help text for all)."""
+    p.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
+
+
 # --------------------------------------------------------------------- quantization
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     """Quantization scheme options shared by compare and bisect (the backend options are in this group too)."""
@@ -122,7 +134,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rknn-python", default=None, metavar="PATH",
                    help="python of the rknn-toolkit2 environment (or QDEBUG_RKNN_PYTHON; see qdebug doctor)")
     g.add_argument("--rknn-analysis-samples", type=int, default=1,
-                   help="samples for the toolkit's per-tensor accuracy_analysis (slow: ~1 min each at 640)")
+                   help="samples for the toolkit's per-tensor accuracy_analysis (default 1; slow: ~1 min each at 640)")
     g.add_argument("--keep-work", action="store_true", help="keep the vendor backend's run folder")
     g.add_argument("--quantized", default=None, metavar="Q.ONNX",
                    help="your own QDQ model of the float model (any quantizer) instead of the simulator")
@@ -134,10 +146,13 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", default="generic", help="generic | rknn | hisi | ort (where the NPU quantizes)")
     g.add_argument("--dtype", default="int8", help="default activation precision: int8 | int16")
     g.add_argument("--calibrator", default="minmax", help="minmax | percentile | mse | entropy (KL threshold)")
-    g.add_argument("--percentile", type=float, default=99.99)
+    g.add_argument("--percentile", type=float, default=99.99,
+                   help="percentile calibrator: share of values kept, in percent (default 99.99)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor, not per channel")
-    g.add_argument("--asymmetric-weights", action="store_true")
-    g.add_argument("--symmetric-activations", action="store_true")
+    g.add_argument("--asymmetric-weights", action="store_true",
+                   help="weights with a zero point (default: symmetric, zero point 0)")
+    g.add_argument("--symmetric-activations", action="store_true",
+                   help="activations without a zero point (default: asymmetric, range [min, max])")
     g.add_argument("--override", action="append", default=[], metavar="NODE=PREC",
                    help="per-op precision override, e.g. /model.22/Mul_2=int16 (repeatable)")
     g.add_argument("--overrides", default=None, metavar="JSON", help="file with {node: precision}")
@@ -253,8 +268,13 @@ def build_config(q: QuantOptions, graph: ModelGraph, backend: str = "sim") -> Qu
 
         vf = load_vendor_file(q.calib)
     profile = decide_profile(q.profile, backend, vf)
+    from qdebug.quant.profiles import get_profile
+
+    # a profile whose vendor always gives weights a zero point (rknn) is asymmetric whatever the flag says:
+    # the JSON and the report then describe what is simulated
+    asym = q.asymmetric_weights or get_profile(profile).asymmetric_weights
     scheme = QuantScheme(activation=act, per_channel_weights=not q.per_tensor_weights,
-                         symmetric_weights=not q.asymmetric_weights, symmetric_activations=q.symmetric_activations,
+                         symmetric_weights=not asym, symmetric_activations=q.symmetric_activations,
                          calibrator=q.calibrator, percentile=q.percentile, profile=profile)
     cfg = QuantConfig(scheme=scheme, overrides=overrides)
     if vf is None:
@@ -337,8 +357,8 @@ class BackendOptions:
 
 # --------------------------------------------------------------------- task
 def add_task_args(p: argparse.ArgumentParser, draw: bool = True) -> None:
-    """Add the detection-task option group to a subcommand parser."""
-    g = p.add_argument_group("task (detection verdict)")
+    """Add the task option group (detection, classify, embedding, ctc verdicts) to a subcommand parser."""
+    g = p.add_argument_group("task verdict (detection, classify, embedding, ctc)")
     g.add_argument("--task", default=None, metavar="NAME",
                    help=f"decode detector outputs and score detections: {', '.join(sorted(DECODERS))} "
                         f"(yolo11 = yolov8, yolov7 = yolov5); other tasks: {', '.join(sorted(SCORERS))} "
