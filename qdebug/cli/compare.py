@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qdebug.cli.guard import write_json
-from qdebug.cli.options import Setup, add_data_args, add_quant_args, add_task_args, setup_run
+from qdebug.cli.options import Setup, add_data_args, add_quant_args, add_quiet, add_task_args, setup_run
 from qdebug.cli.terminal import (
     err_console,
     mk,
@@ -33,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(c)
     add_quant_args(c)
     c.add_argument("--json", default=None, help="write the full result (schema qdebug.compare/1)")
-    c.add_argument("--top", type=int, default=15, help="rows in the worst-ops table")
+    c.add_argument("--top", type=int, default=15, help="rows in the worst-ops table (default 15)")
     c.add_argument("--all", action="store_true", help="print every tensor in execution order")
-    c.add_argument("--quiet", "-q", action="store_true")
+    add_quiet(c)
     add_task_args(c)
     c.set_defaults(func=cmd_compare)
 
@@ -54,6 +55,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     graph, ds, calib, cfg = st.graph, st.dataset, st.calib, st.config
     backend, decoder, vendor = st.backend, st.decoder, st.vendor
     collector = DetectionCollector(graph, ds, decoder) if decoder is not None else None
+    drawn: list[Path] = []
     # the vendor toolkit's final outputs get the same verdict: a scorer of their own, float decoded once
     tk_scorer = copy.deepcopy(st.scorer) if vendor is not None and st.scorer is not None else None
     tasks = TaskCollector(graph, ds, st.scorer) if st.scorer is not None else None  # classify/embedding/ctc
@@ -71,8 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         res.detection = DetectionResult.from_json(det.to_json())
         # the verdict's source: compare decodes the built-in simulator's outputs, also under --backend rknn
         res.detection.judge = f"built-in simulator ({st.profile})"
-        for png in det.draw(args.draw) if args.draw else []:
-            console.print(mk("wrote {}", png))
+        drawn = det.draw(args.draw) if args.draw else []  # reported after the run's summary
     if tasks is not None and st.scorer is not None:
         res.task = run_task(graph, ds, backend, cfg, st.scorer, collector=tasks)
         res.task.judge = f"built-in simulator ({st.profile})"
@@ -107,6 +108,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             render_detection(res.detection, console)
         if res.task is not None:
             render_task(res.task, console)
+    for png in drawn:
+        console.print(mk("wrote {}", png))
     if args.json:
         write_json(args.json, res.to_json(), args.run_inputs)
         console.print(mk("wrote {}", args.json))

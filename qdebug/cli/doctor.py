@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("doctor", help="check the environment; --setup-rknn DIR creates the rknn-toolkit2 env")
     d.add_argument("--setup-rknn", metavar="DIR", default=None,
                    help="create rknn-toolkit2's own virtual environment in DIR (about 1.5 GB)")
-    d.add_argument("--rknn-python", default=None, metavar="PATH")
+    d.add_argument("--rknn-python", default=None, metavar="PATH",
+                   help="python of the rknn-toolkit2 environment to check (default: QDEBUG_RKNN_PYTHON, then "
+                        "the one --setup-rknn made)")
     d.set_defaults(func=cmd_doctor)
 
 

@@ -120,9 +120,9 @@ class DataOptions:
 QUIET_HELP = "print nothing on the terminal but errors and the files written"
 
 
-def add_quiet(p: argparse.ArgumentParser) -> None:
-    """The --quiet/-q option of a subcommand (one help text for all)."""
-    p.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
+def add_quiet(p: argparse.ArgumentParser, help: str = QUIET_HELP) -> None:  # noqa: A002 - argparse's name
+    """The --quiet/-q option of a subcommand (the same help text unless the command prints otherwise)."""
+    p.add_argument("--quiet", "-q", action="store_true", help=help)
 
 
 # --------------------------------------------------------------------- quantization

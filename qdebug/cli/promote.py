@@ -13,7 +13,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from qdebug.cli.terminal import mk, out_console
+from qdebug.cli.options import add_quiet
+from qdebug.cli.terminal import hanging, mk, out_console
 from qdebug.errors import QDebugError
 
 
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, metavar="LIST",
                    help="also print the set for other stacks: qtable,horizon,trt,trtexec,ort,nncf,atc,rknn or all")
     p.add_argument("--diff", action="store_true", help="print a unified diff of the changed records")
-    p.add_argument("--quiet", "-q", action="store_true")
+    add_quiet(p, "print nothing but errors (the patched file is still written)")
     p.set_defaults(func=cmd_promote)
 
 
@@ -129,8 +130,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if not res.changed:
         t.add_row("(nothing: already at that precision)", "")
     console.print(t)
-    for note in res.notes:
-        console.print(mk("[yellow]note:[/] {}", note))
+    for note in res.notes:  # wrapped with a hanging indent (the console soft-wraps: diff lines stay whole)
+        console.print(hanging("[yellow]note:[/] ", mk("{}", note)))
     for key, val in res.extra.items():
         console.print(mk("[cyan]{}:[/] {}", key, val))
     if exports:

@@ -1,23 +1,23 @@
 """All terminal output of the CLI: compare, vendor, bisect and detection summaries, and the progress bar.
 
 Tables keep their full layout when it fits the console; on a narrow console they switch to a compact
-layout and shorten op/tensor names, keeping the distinguishing tail (see `fit_names`).
+layout and shorten op/tensor names, keeping the distinguishing parts (cli/names.py).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console
 from rich.markup import escape
-from rich.segment import Segment
 from rich.table import Table
-from rich.text import Text
 
+from qdebug.cli.names import SHORT_NOTE, distinct_elide, elide, fit_names, strip_name  # noqa: F401 (re-exported)
+from qdebug.graph.hazards import HANDLED
 from qdebug.report.format import f_cos, f_det, f_g, f_jump, f_snr
 from qdebug.results.task import METRIC_LABELS, TaskResult, describe_row, format_metric
 from qdebug.results.values import Metrics
@@ -85,11 +85,7 @@ def mk(template: str, *values: object) -> str:
     """
     return template.format(*(escape(str(v)) for v in values))
 
-NAME_PREFIXES = ("/model.", "/")  # exporter prefixes dropped from names on a narrow console (first match)
-NAME_SUFFIX = "_output_0"  # the exporter's tensor suffix: what is left is the producing node's name
-MIN_NAME = 12  # narrowest name column the shortener aims for
 _NO_METRICS = Metrics(None, None, None, None)  # a part without metrics prints as missing
-SHORT_NOTE = "[dim]names shortened to fit: no /model. prefix or _output_0 suffix, … = omitted parts[/]"
 
 
 def progress_factory(console: Console,
@@ -111,93 +107,13 @@ def progress_factory(console: Console,
     return prog, cb
 
 
-# ------------------------------------------------------------------ names on a narrow console
-def strip_name(name: str) -> str:
-    """`name` without the exporter's decoration (a leading /model. or /, a trailing _output_0)."""
-    for p in NAME_PREFIXES:
-        if name.startswith(p) and len(name) > len(p):
-            name = name[len(p):]
-            break
-    if name.endswith(NAME_SUFFIX) and len(name) > len(NAME_SUFFIX):
-        name = name[:-len(NAME_SUFFIX)]
-    return name
-
-
-def elide(name: str, width: int) -> str:
-    """`name` in at most `width` cells: its first path part and as many trailing parts as fit, … between.
-
-    The trailing parts (block, op) tell rows apart, so they win over the first part when not both fit.
-    """
-    if cell_len(name) <= width:
-        return name
-    parts = name.split("/")
-    for k in range(len(parts) - 2, 0, -1):  # trailing parts kept, most first
-        tail = "/".join(parts[-k:])
-        for cand in (f"{parts[0]}/…/{tail}", f"…/{tail}"):
-            if cell_len(cand) <= width:
-                return cand
-    return "…" + name[len(name) - max(width - 1, 1):]
-
-
-def fit_names(console: Console, names: Sequence[str], build: Callable[[list[str] | None, bool], Table],
-              marks: Sequence[str] | None = None) -> tuple[RenderableType, bool]:
-    """The table of `build(cells, compact)` that fits the console, and whether names were shortened.
-
-    `cells` are the name cells (`marks[i]` markup, then the escaped name); None means "leave the name
-    column out". Tried in order: the full layout, the compact one, compact with `strip_name`, each name
-    `elide`d to the width the other columns leave, and, below MIN_NAME, every row under its own name line.
-    """
-    marks = list(marks or [""] * len(names))
-    reserve = [cell_len(Text.from_markup(m).plain) for m in marks]
-
-    def cells(ns: Sequence[str]) -> list[str]:
-        return [m + escape(n) for m, n in zip(marks, ns, strict=True)]
-
-    width = console.width
-    unbounded = console.options.update_width(100_000)
-
-    def fits(t: Table) -> bool:
-        return console.measure(t, options=unbounded).maximum <= width
-
-    for compact in (False, True):
-        t = build(cells(names), compact)
-        if fits(t):
-            return t, False
-    short = [strip_name(n) for n in names]
-    t = build(cells(short), True)
-    if fits(t):
-        return t, True
-    probe = 200
-    others = console.measure(build(["x" * probe] * len(names), True), options=unbounded).maximum - probe
-    avail = width - others
-    if avail >= MIN_NAME:
-        return build(cells([elide(n, avail - r) for n, r in zip(short, reserve, strict=True)]), True), True
-    return _stacked(console, cells(names), build(None, True)), False
-
-
-class _Lines:
-    """Pre-rendered lines of segments (the stacked layout)."""
-
-    def __init__(self, lines: list[list[Segment]]) -> None:
-        self.lines = lines
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for line in self.lines:
-            yield from line
-            yield Segment.line()
-
-
-def _stacked(console: Console, cells: list[str], table: Table) -> RenderableType:
-    """`table` (built without its name column, one line per row) with each row under its own name line."""
-    lines = console.render_lines(table, console.options, pad=False)
-    head = len(lines) - len(cells)
-    if head < 0:
-        return table
-    out = lines[:head]
-    for cell, row in zip(cells, lines[head:], strict=True):
-        out += console.render_lines(Text.from_markup(cell), console.options, pad=False)
-        out.append(row)
-    return _Lines(out)
+def hanging(label: str, text: str) -> Table:
+    """`label` then `text` (both markup), `text` wrapped with a hanging indent under its own first column."""
+    t = Table.grid(padding=0)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
+    t.add_row(label, text)
+    return t
 
 
 def _compact_table(title: str | None = None) -> Table:
@@ -234,11 +150,16 @@ def render_compare(res: CompareResult, console: Console, top: int = 15, show_all
     q = res.quant
     imported = q.backend in ("qdq", "dumps")  # a quantized run made elsewhere: no scheme or calibrator of ours
     src = (getattr(res.spec, "quantized", None) or getattr(res.spec, "quantized_dumps", None)) if res.spec else None
+    cm = getattr(q, "calib_mapping", None)
+    uncovered = len(cm.nodes_without_record) if cm is not None else 0
+    # a vendor file (--calib) decides the ranges; the calibrator only those of ops it has no record for
+    ranges = (mk("ranges from {}", q.calib) + (mk(" ({} op(s) without a record: calibrator {})", uncovered,
+                                                  q.scheme.calibrator) if uncovered else "")) if q.calib else \
+        mk("calibrator {}", q.scheme.calibrator)
     console.print((mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  quantized run imported from {}",
                       res.model.path, res.samples.count, src or q.backend) if imported else
-                   mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  profile [cyan]{}[/] {} calibrator {}",
-                      res.model.path, res.samples.count, q.profile, q.scheme.activation, q.scheme.calibrator))
-                  + (mk("  ·  calib {}", q.calib) if q.calib else "")
+                   mk("[bold]qdebug compare[/] {}  ·  {} samples  ·  profile [cyan]{}[/] {} ", res.model.path,
+                      res.samples.count, q.profile, q.scheme.activation) + ranges)
                   + (mk("  ·  overrides {}", len(q.overrides)) if q.overrides else ""))
     console.print("[dim]SNR = 10·log10(Σx²/Σ(x−y)²), higher is better; jump = SNR lost at this op "
                   "(min input SNR − output SNR)[/]")
@@ -274,13 +195,17 @@ def render_compare(res: CompareResult, console: Console, top: int = 15, show_all
     console.print(tbl)
     if shortened:
         console.print(SHORT_NOTE)
+    handled = [w for w in res.warnings if w.startswith(HANDLED)]
     if res.hazards:
         console.print(mk("[bold yellow]Hazards ({})[/]", len(res.hazards)))
         for h in res.hazards:
-            console.print(mk("  [yellow]⚠ {}[/] [bold]{}[/]: {}", h.kind, h.node, h.message))
-            console.print(mk("    [dim]fix:[/] {}", h.fix))
+            console.print(hanging("  [yellow]⚠[/] ", mk("[yellow]{}[/] [bold]{}[/]: {}", h.kind, h.node, h.message)))
+            console.print(hanging("    ", mk("[dim]fix:[/] {}", h.fix)))
+    for w in handled:  # hazards this run's precision removes (an override, a vendor file, an imported model)
+        console.print(hanging("  [green]✓[/] ", mk("[dim]{}[/]", w)))
     for w in res.warnings:
-        console.print(mk("[yellow]warning:[/] {}", w))
+        if not w.startswith(HANDLED):
+            console.print(hanging("[yellow]warning:[/] ", mk("{}", w)))
     console.print("[bold]Outputs[/]")
     for o in res.outputs:
         c = _shown(o.cumulative)
@@ -353,6 +278,10 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
         console.print(mk("first bad cut ({}, {} evaluations): [bold red]{}{}[/] at ", cut.path, cut.evaluations,
                          cut.tensor, part) + where + mk(": {} {} fails {}>={}", cut.metric, cut.value, cut.metric,
                                                         f"{cut.bound:g}"))
+    elif cut.path == "truncation":  # probes, not every tensor: say what was checked
+        console.print(mk("first bad cut: none found ({} truncation probe(s): {} pass {}>={})", cut.evaluations,
+                         ", ".join(str(p.get("tensor")) for p in cut.probes) or "no cut", cut.metric,
+                         f"{cut.bound:g}"))
     else:
         console.print(mk("first bad cut: none (every tensor passes {}>={})", cut.metric, f"{cut.bound:g}"))
     ranking = doc.ranking[:8]
@@ -387,7 +316,10 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
     for k, v in res.before.items():
         console.print(mk("  {}: {} → {}", k, v, res.after.get(k)))
     c = doc.counts
-    console.print(mk("{} quantized evaluations (bound {}; naive one-per-op: {}), {} s", c.evaluations, c.bound,
+    cut_share = f"{c.search_evaluations} search + {c.cut_evaluations} first-bad-cut probe(s); " \
+        if c.cut_evaluations else ""  # the truncation probes are counted, and their bound is in the bound
+    console.print(mk("{} quantized evaluations ({}bound {}{}; naive one-per-op: {}), {} s", c.evaluations, cut_share,
+                     c.bound, " incl. the cut search's ⌈log2 N⌉+2" if c.cut_evaluations else "",
                      c.naive_evaluations, f"{c.total_seconds:.1f}"))
     if doc.exports:
         console.print("[dim]the set for other stacks (every text in full in the JSON's exports):[/]")
@@ -422,7 +354,8 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
                                                                            for k, v in unp.items()))
     pf = doc.patched_file
     if pf:
-        console.print(mk("patched {} file: [bold]{}[/] (changed: {})", pf.format, pf.path, ", ".join(pf.changed)))
+        console.print(mk("patched {} file: [bold]{}[/] ({})", pf.format, pf.path,
+                         f"changed: {', '.join(pf.changed)}" if pf.changed else "nothing changed"))
         for n in pf.notes:
             console.print(mk("  [yellow]note:[/] {}", n))
 
@@ -432,8 +365,8 @@ def _f(v: float | None, spec: str = ".3f") -> str:
     return f_det(v, spec, ascii=True)
 
 
-def render_detection(det: DetectionResult, console: Console, classes: int = 10) -> None:
-    """Print the detection-agreement section of a compare/bisect result."""
+def render_detection(det: DetectionResult, console: Console, classes: int = 10, promoted: str = "promoted") -> None:
+    """Print the detection-agreement section of a compare/bisect result (`promoted`: the after run's label)."""
     d = det.decoder
     th = det.thresholds
     judge = det.judge or (getattr(det, "extra", None) or {}).get("judge")  # whose outputs were decoded
@@ -441,7 +374,7 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
     console.print(mk("[bold]Detection verdict[/]{} ({}, {} layout, conf {}, NMS IoU {}; float detections are the "
                      "reference, matched at IoU ≥ {})", f" of the {judge}" if judge and tk is None else "", det.task,
                      d.get("layout"), f"{th['conf']:g}", f"{th['nms_iou']:g}", f"{th['match_iou']:g}"))
-    sides = run_sides(det.quantized, det.promoted, tk, judge, console)
+    sides = run_sides(det.quantized, det.promoted, tk, judge, console, promoted)
     tbl = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("run", "dets", "mAP50-95", "mAP50", "AR", "lost", "added", "flips", "IoU", "Δscore"):
         tbl.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
@@ -495,17 +428,17 @@ def render_detection(det: DetectionResult, console: Console, classes: int = 10) 
 
 def run_sides(quantized: DetectionRun | TaskRun, promoted: DetectionRun | TaskRun | None,
               toolkit: DetectionRun | TaskRun | None, judge: str | None,
-              console: Console) -> list[tuple[str, DetectionRun | TaskRun]]:
+              console: Console, label: str = "promoted") -> list[tuple[str, DetectionRun | TaskRun]]:
     """(row label, run) of a verdict table; with a vendor toolkit's run the rows are labelled by simulator
     (short labels keep the table within 80 columns; one line says which simulator each label is)."""
     if toolkit is None:
-        return [("quantized", quantized)] + ([("promoted", promoted)] if promoted else [])
+        return [("quantized", quantized)] + ([(label, promoted)] if promoted else [])
     console.print(mk("  [dim]rows:[/] built-in = {}", judge or "built-in simulator"))
     console.print(mk("        toolkit  = {}, its own final outputs", toolkit.judge or "vendor toolkit"))
-    return [("built-in", quantized), ("toolkit", toolkit)] + ([("promoted", promoted)] if promoted else [])
+    return [("built-in", quantized), ("toolkit", toolkit)] + ([(label, promoted)] if promoted else [])
 
 
-def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
+def render_task(task: TaskResult, console: Console, worst: int = 3, promoted: str = "promoted") -> None:
     """Print the classify/embedding/ctc verdict: one row per run, then the samples that moved most."""
     how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (task.settings or {}).items()
                     if v is not None and k != "layout_given")
@@ -516,7 +449,7 @@ def render_task(task: TaskResult, console: Console, worst: int = 3) -> None:
     tbl.add_column("run", no_wrap=True)
     for m in names:
         tbl.add_column(METRIC_LABELS.get(m, m), justify="right", no_wrap=True)
-    runs = run_sides(task.quantized, task.promoted, task.toolkit, task.judge, console)
+    runs = run_sides(task.quantized, task.promoted, task.toolkit, task.judge, console, promoted)
     for label, run in runs:
         tbl.add_row(label, *(format_metric(m, run.metrics.get(m), "-") for m in names))
     console.print(tbl)

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from qdebug import __version__
 from qdebug.errors import ModelError
 from qdebug.graph.fusion import QuantOp
-from qdebug.graph.hazards import find_hazards
+from qdebug.graph.hazards import judge_hazards
 from qdebug.graph.model import ModelGraph, node_reads
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
@@ -167,7 +167,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
         give_back_memory()
         timing["build_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample)
+        _array_loop(asess, qsess, dataset, acc, inputs, names, progress, on_sample,
+                    missing=set(getattr(backend, "unmatched", None) or ()))
         del asess, qsess
     else:
         del amodel, qmodel, sess
@@ -180,7 +181,8 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
 
 
 def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: CompareAccumulator,
-                inputs: list[str], names: list[str], progress: Progress | None, on_sample: Callable | None) -> None:
+                inputs: list[str], names: list[str], progress: Progress | None, on_sample: Callable | None,
+                missing: set[str] | frozenset[str] = frozenset()) -> None:
     """Run the analysis and cumulative graphs, exposing every activation, and sum the metrics with numpy.
 
     Per sample: the two runs side by side on the workers (the next sample is decoded meanwhile), then the
@@ -193,6 +195,8 @@ def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: Com
     model), goes in halves instead: the analysis run, its sums, its isolated values dropped, then the
     cumulative run and its sums (runs unbound, so dropped values go back to onnxruntime's arena): the same
     sums, about a third less memory.
+
+    `missing`: graph inputs a recorded quantized run lacks (runners.dumps): left out, so "not available".
     """
     ex = pool()
     it = iter(dataset)
@@ -218,8 +222,11 @@ def _array_loop(asess: OrtSession, qsess: OrtSession, dataset: Dataset, acc: Com
             fvals = fut_f.result()
             fvals.update(sample)
             qvals = fut_q.result()
-        for i in inputs:
-            qvals[i] = qvals.pop(i + "::q", sample[i])
+        for i in inputs:  # the quantized input, else a recorded one, else (never quantized) the float sample
+            if i + "::q" in qvals:
+                qvals[i] = qvals.pop(i + "::q")
+            elif i not in qvals and i not in missing:  # a recorded run without it: "not available"
+                qvals[i] = sample[i]
         pending = acc.submit_quant(fvals, qvals, names[k]) if split or k == 0 else acc.submit(fvals, qvals, names[k])
         if on_sample is not None:
             on_sample(k, fvals, qvals)
@@ -274,7 +281,9 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
                 ins = [by_tensor[i].cumulative.snr_db for i in node_reads(node) if i in by_tensor]
                 ins = [v for v in ins if v is not None]
                 in_snr = min(ins) if ins else SNR_INF
-            jump = min(in_snr, JUMP_REF_DB) - cum.snr_db
+            # an exact source (a graph input's float values, inputs above JUMP_REF_DB): the loss is measured from
+            # JUMP_REF_DB and an output above it lost nothing (never a negative artefact such as 60 - 145)
+            jump = min(in_snr, JUMP_REF_DB) - (min(cum.snr_db, JUMP_REF_DB) if in_snr >= JUMP_REF_DB else cum.snr_db)
             for s in parts.get(t, []):  # a Concat: the worst part counts (a crushed score part)
                 src = by_tensor.get(s.source)
                 ps = acc.part_cum[(t, s.name)].result().snr_db
@@ -295,9 +304,13 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     outputs = [OutputRow(o.name, by_tensor[o.name].cumulative, by_tensor[o.name].isolated,
                          [p for p in part_rows if p.tensor == o.name])
                for o in graph.outputs if o.name in by_tensor]
-    hazards = find_hazards(graph, backend.float_minmax, bits=config.scheme.activation.bits or 8,
-                           channel_absmax=getattr(backend, "channel_absmax", None))  # LayerNorm input outliers
+    # judged at the precision each op runs at (overrides, vendor files, an imported model's own)
+    hazards, handled = judge_hazards(graph, backend.float_minmax, _node_bits(ops, sp),
+                                     bits=config.scheme.activation.bits or 8,
+                                     channel_absmax=getattr(backend, "channel_absmax", None),  # LayerNorm outliers
+                                     steps=_imported_steps(backend), estimated=backend.name in ("qdq", "dumps"))
     warnings = list(getattr(backend, "warnings", []))  # e.g. float tensors a --quantized model does not hold
+    warnings += handled
     if sp.unsupported:
         warnings.append(f"{len(sp.unsupported)} op(s) not supported by the simulator were run in float: "
                         + ", ".join(sp.unsupported[:10]))
@@ -321,6 +334,28 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     return CompareResult(COMPARE_SCHEMA, __version__, now_utc(), "", model, samples, quant, results, part_rows,
                          outputs, [HazardRow.from_json(h.to_json()) for h in hazards], warnings,
                          {k: round(v, 3) for k, v in timing.items()}, engine, environment())
+
+
+def _node_bits(ops: list[QuantOp], sp: SimPlan) -> dict[str, int | None]:
+    """Node -> int bits its op runs at in this plan (None: float); nodes of unplanned ops are left out."""
+    out: dict[str, int | None] = {}
+    for op in ops:
+        p = sp.precision.get(op.key)
+        if p is not None:
+            for n in [op.key, *op.nodes]:
+                out[n] = p.bits
+    return out
+
+
+def _imported_steps(backend: SimBackend) -> dict[str, float]:
+    """Float tensor -> int step of an imported QDQ model (`--quantized`: its per-tensor scales); else empty."""
+    m = getattr(backend, "match", None)
+    out: dict[str, float] = {}
+    for t, p in (getattr(m, "pair_of", None) or {}).items():
+        v = m.qgraph.const_value(p.q.input[1]) if len(p.q.input) > 1 else None
+        if v is not None and v.size == 1:
+            out[t] = float(abs(v.reshape(())))
+    return out
 
 
 def now_utc() -> str:

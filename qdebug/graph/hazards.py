@@ -15,6 +15,8 @@ from qdebug.graph.fusion import PASSTHROUGH
 from qdebug.graph.model import ModelGraph
 
 SCORE_OPS = {"Sigmoid", "Softmax", "LogSoftmax"}
+HANDLED = "hazard handled: "  # starts the note (a CompareResult warning) of a hazard the run's precision removes
+INPUT_KINDS = ("softmax_range", "norm_outlier")  # hazards of an op's input tensor, not of its output
 MIN_LEVELS = 16  # fewer int levels than this across the values that matter = a hazard (docs/simulator.md)
 
 
@@ -56,11 +58,57 @@ def _width(r: tuple[float, float]) -> float:
     return hi - lo
 
 
+def judge_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], node_bits: dict[str, int | None],
+                  bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None,
+                  steps: dict[str, float] | None = None, estimated: bool = False) -> tuple[list[Hazard], list[str]]:
+    """The hazards of the precision each node actually runs at, and one note per hazard that run handles.
+
+    `node_bits`: node -> int bits of the run (None = float; missing = `bits`). Each node's hazards are those
+    of its own width (none in float; for an input hazard the narrower of the op and the input's producer);
+    one that fires at `bits` but not at that width is handled.
+    `steps`: known quantization steps of tensors (an imported QDQ model's scales), used in the numbers;
+    `estimated`: the run was made elsewhere, so steps not in `steps` are labelled as the built-in estimate.
+    """
+    widths = {bits} | {b for b in node_bits.values() if b is not None}
+    found = {b: find_hazards(g, ranges, bits=b, channel_absmax=channel_absmax, steps=steps, estimated=estimated)
+             for b in sorted(widths)}
+
+    def width_of(h: Hazard) -> int | None:
+        # an op's input hazard (Softmax, LayerNorm): the input is quantized by its producer (output-side
+        # profiles) or by the op itself (input-side ones), so the narrower of the two counts
+        names = [h.node]
+        if h.kind in INPUT_KINDS:
+            src = g.producer.get(trace_source(g, h.tensor)[0])
+            names += [src.name] if src is not None else []
+        ints = [b for b in (node_bits.get(n, bits) for n in names) if b is not None]
+        return min(ints) if ints else None
+
+    live = [h for b, hs in found.items() for h in hs if width_of(h) == b]
+    kept = {(h.kind, h.node, h.tensor) for h in live}
+    notes: list[str] = []
+    for h in found[bits]:  # a hazard of the default width whose op runs otherwise and is fine there
+        b = width_of(h)
+        if b != bits and (h.kind, h.node, h.tensor) not in kept:
+            notes.append(f"{HANDLED}{h.kind} at {h.node}: " + ("the run keeps it in float" if b is None else
+                                                               f"the run quantizes it at int{b}"))
+    return live, notes
+
+
+def _step_label(t: str, steps: dict[str, float] | None, estimated: bool) -> str:
+    """Where a quoted int step comes from: the imported model's scale, or the built-in estimate."""
+    if steps and t in steps:
+        return " (imported scale)"
+    return " (built-in estimate)" if estimated else ""
+
+
 def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: float = 16.0,
-                 bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None) -> list[Hazard]:
+                 bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None,
+                 steps: dict[str, float] | None = None, estimated: bool = False) -> list[Hazard]:
     """Concat inputs of very different ranges, score tensors merged with coordinates, big constant scales,
     Softmax inputs too wide for int, attention masks added into int tensors, and (given per-channel max |x|
-    of normalization inputs, see norm_inputs) LayerNorm inputs with an outlier channel."""
+    of normalization inputs, see norm_inputs) LayerNorm inputs with an outlier channel. Every check is
+    judged at `bits`; `steps` (tensor -> known int step) replace the width / (2^bits - 1) estimate."""
+    steps = steps or {}
     out: list[Hazard] = []
     masked = mask_add(g, ranges, bits)
     out += softmax_range(g, ranges, bits, skip={h.tensor for h in masked})  # a masked Softmax: reported once
@@ -78,21 +126,25 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
             wt = _width(total)
             if wt <= 0:
                 continue
-            step = wt / levels
+            step = steps.get(node.output[0], wt / levels)
+            label = _step_label(node.output[0], steps, estimated)
             for t in data:
                 w = _width(ranges[t])
-                if w * ratio >= wt:
+                # int8: the ratio rule (16x = 255/16 levels left); wider ints: fewer than MIN_LEVELS levels left
+                if w * ratio >= wt or (bits > 8 and w / step >= MIN_LEVELS):
                     continue
                 src, src_op = trace_source(g, t)
                 lo, hi = ranges[t]
                 nums = {"input_range": [lo, hi], "output_range": list(total), "ratio": round(wt / max(w, 1e-30), 1),
-                        "int8_step": step, "levels_left": round(w / step, 2), "source_op": src_op}
+                        "int8_step": step, "levels_left": round(w / step, 2), "source_op": src_op,
+                        "bits": bits, "step_source": "imported" if node.output[0] in steps else
+                        "estimate" if estimated else "calibrated"}
                 if src_op in SCORE_OPS:
                     out.append(Hazard(
                         "score_concat", node.name, t,
                         f"{src_op} output '{t}' in [{lo:.3g}, {hi:.3g}] is concatenated with data in "
                         f"[{total[0]:.4g}, {total[1]:.4g}] by {node.name}: one int{bits} step of the "
-                        f"concat ({step:.3g}) is {w / max(step, 1e-30):.2f}x the whole score range, so "
+                        f"concat ({step:.3g}{label}) is {step / max(w, 1e-30):.2f}x the whole score range, so "
                         "scores are crushed",
                         f"keep {node.name} at int16/fp16, or end the model before the Concat and "
                         "concatenate boxes and scores on the CPU", nums))
@@ -101,7 +153,7 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
                         "concat_range_mix", node.name, t,
                         f"{node.name} input '{t}' spans [{lo:.3g}, {hi:.3g}], {nums['ratio']}x smaller than "
                         f"the concat output [{total[0]:.4g}, {total[1]:.4g}]; it keeps only "
-                        f"{w / max(step, 1e-30):.1f} of {levels} int{bits} levels",
+                        f"{w / max(step, 1e-30):.1f} of {levels} int{bits} levels (step {step:.3g}{label})",
                         f"keep {node.name} at int16/fp16 or split the output", nums))
         elif node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.output[0] not in masks:
             consts = [(k, g.const_value(i)) for k, i in enumerate(node.input)]
@@ -117,20 +169,21 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
                 if k != 1 or float(abs(v).min()) == 0:
                     continue
                 factor = float(1.0 / abs(v).min())
-            if factor < 4.0:
+            if factor < 4.0 or bits > 8:  # at int16 the rounding error is 257x smaller: what the fix asks for
                 continue
             x = data[0]
             w_in = _width(ranges[x])
-            step_in = w_in / levels
+            step_in = steps.get(x, w_in / levels)
             err_out = step_in * factor / 2
             out.append(Hazard(
                 "scale_amplify", node.name, node.output[0],
                 f"{node.name} multiplies '{x}' (range [{ranges[x][0]:.3g}, {ranges[x][1]:.3g}], "
-                f"int{bits} step {step_in:.3g}) by up to {factor:g}: rounding error of the input grows to "
+                f"int{bits} step {step_in:.3g}{_step_label(x, steps, estimated)}) by up to {factor:g}: rounding error of the input grows to "
                 f"+-{err_out:.3g} at the output",
                 f"promote {node.name} (and the op feeding it) to int16/fp16, or move the scale to the CPU",
                 {"factor": factor, "input_range": list(ranges[x]), "input_step": step_in,
-                 "output_error_bound": err_out}))
+                 "output_error_bound": err_out, "bits": bits,
+                 "step_source": "imported" if x in steps else "estimate" if estimated else "calibrated"}))
     return out
 
 

@@ -180,9 +180,13 @@ def kl_threshold(hist: np.ndarray, amax: float, qbins: int = QBINS) -> float:
     width = amax / n
     if hist.sum() == 0 or n <= qbins:
         return amax
+    # an offset tensor (no values near 0, e.g. positive-only [2.7, 23.8]): the cuts start qbins bins past its first
+    # non-empty bin, as TensorRT's start qbins bins past 0 for data that begins there; a cut closer to the data
+    # folds it into a few bins Q copies exactly (KL 0), a range that clips the data's bulk
+    first = int(np.argmax(hist > 0))
     best_i, best_kl = n, math.inf
     tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
-    for i in range(qbins, n + 1):
+    for i in range(qbins + first, n + 1):
         sliced = hist[:i]
         p = sliced.copy()
         p[-1] += tail[i]

@@ -92,6 +92,12 @@ class CtcScorer(TaskScorer):
             else:
                 raise QDebugError(f"output '{self.output}' of shape {list(x.shape)} may be [N, T, C] or [T, N, C]",
                                   where="--task", fix="pass --ctc-layout ntc or --ctc-layout tnc")
+        n_ax, t_ax = (0, 1) if self.layout == "ntc" else (1, 0)
+        if self.given and x.shape[t_ax] == 1 and x.shape[n_ax] > 1:  # e.g. tnc on [1, 32, 20]: 32 one-step "samples"
+            raise QDebugError(f"layout {self.layout} reads output '{self.output}' of shape {list(x.shape)} as "
+                              f"{x.shape[n_ax]} sequences of 1 time step each", where="--ctc-layout",
+                              fix=f"pass --ctc-layout {'tnc' if self.layout == 'ntc' else 'ntc'} or leave the option "
+                              "out (the layout is then detected from the batch axis of 1)")
         return x if self.layout == "ntc" else x.transpose(1, 0, 2)
 
     def update(self, float_outputs: Mapping[str, np.ndarray], quant_outputs: Mapping[str, np.ndarray],
