@@ -21,7 +21,8 @@ to benchmarks/out/bisect/ (model from fixtures.models.make_yolov8_bench, 640x480
 fixtures.data.make_images) unless they exist; results go to benchmarks/out/bisect/results.json.
 With remedies (default; --no-remedies skips): each target also runs `bisect --remedies`, and a second
 table prints plan, cost, evaluations and time beside the promotion-only search. The model is the
-synthetic make_yolov8_bench detector: a real trained YOLOv8n is not available offline.
+synthetic make_yolov8_bench detector unless --model/--data name a real one (docs/benchmarks.md, issue #17:
+a trained YOLOv8n from the nudenet wheel; benchmarks/probe_small_sets.py asks whether small plans exist).
 See benchmarks/README_bisect_rknn.md.
 """
 

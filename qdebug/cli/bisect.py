@@ -6,7 +6,14 @@ import argparse
 from typing import TYPE_CHECKING
 
 from qdebug.cli.guard import write_json
-from qdebug.cli.options import add_data_args, add_quant_args, add_task_args, check_target_task, setup_run
+from qdebug.cli.options import (
+    add_data_args,
+    add_quant_args,
+    add_quiet,
+    add_task_args,
+    check_target_task,
+    setup_run,
+)
 from qdebug.cli.terminal import (
     err_console,
     mk,
@@ -39,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bound for intermediate tensors in the first-bad-cut search (default: the target's "
                         "loosest snr_db bound, else snr_db>=20)")
     b.add_argument("-o", "--output", default=None, help="write the patched vendor file (needs --calib or --format)")
-    b.add_argument("--format", default=None, help="vendor format of -o when no --calib is given (e.g. rknn)")
+    b.add_argument("--format", default=None, help="checked against the known formats only: -o patches the "
+                                                  "--calib file (or the toolkit's cfg with --backend rknn)")
     b.add_argument("--json", default=None, help="write the result (schema qdebug.bisect/1)")
     b.add_argument("--report", default=None, metavar="DIR", help="also write report.md/report.html into DIR")
     b.add_argument("--remedies", action="store_true",
@@ -50,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "min/max/scale; any other name: TensorRT calibration cache text)")
     b.add_argument("--rknn-proposal", action="store_true",
                    help="with --backend rknn: also run the toolkit's own hybrid proposal and score it beside ours")
-    b.add_argument("--quiet", "-q", action="store_true")
+    add_quiet(b)
     add_task_args(b, draw=False)
     b.set_defaults(func=cmd_bisect)
 
@@ -58,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_bisect(args: argparse.Namespace) -> int:
     """Run `qdebug bisect`: rank the ops, search the smallest promotion set, write the vendor file and exports."""
     from qdebug.quant.scheme import Precision
+    from qdebug.search.bisect import cut_search_bound
     from qdebug.search.driver import run_bisect
     from qdebug.search.remedies import config_from_remedies
     from qdebug.search.target import parse_cut, precheck_target
@@ -82,16 +91,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if args.format not in FORMATS:
             raise QDebugError(f"unknown format '{args.format}'", where="--format",
                               fix=f"use one of {', '.join(sorted(FORMATS))}")
-        if args.output and args.backend != "rknn" and not args.remedies:  # only the toolkit writes its own file
-            raise QDebugError(f"--format {args.format} needs the vendor's file to patch", where="--format",
-                              fix=f"pass --calib {args.format}:FILE")
     if getattr(args, "quantized_dumps", None):
         raise QDebugError("recorded dumps cannot be re-run with promoted ops", where="--quantized-dumps",
                           fix="pass --quantized Q.ONNX (the QDQ model) to bisect")
-    if args.output and not (args.calib or args.format or args.backend == "rknn" or args.quantized
-                            or args.remedies):
-        raise QDebugError("-o needs a vendor file to patch", where="-o",
-                          fix="pass --calib FORMAT:FILE (the file to patch) or --format rknn")
+    if args.output and not (args.calib or args.backend == "rknn" or args.quantized or args.remedies):
+        # one check for -o with or without --format: a format names no file, only the toolkit writes its own
+        raise QDebugError("-o needs a vendor file to patch" + (f" (--format {args.format} names a format, not a "
+                                                                "file)" if args.format else ""), where="-o",
+                          fix=f"pass --calib {args.format or 'FORMAT'}:FILE (the vendor file to patch), or "
+                              "--backend rknn (the toolkit's own .quantization.cfg is patched)")
     from qdebug.results.detection import DetectionResult
     from qdebug.results.runspec import RunSpec
     from qdebug.tasks.evaluator import DetectionEvaluator, run_detection
@@ -129,9 +137,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             det = run_detection(graph, ds, judge or backend, cfg, decoder, promoted=promoted,
                                 labels=evaluator.labels)
             res.detection = DetectionResult.from_json(det.to_json())
-            res.detection.extra = {**getattr(res.detection, "extra", {}),  # the verdict names its simulator
-                                   "judge": "rknn-toolkit2 simulator" if judge is not None
-                                   else f"built-in simulator ({st.profile})"}
+            res.detection.judge = "rknn-toolkit2 simulator" if judge is not None \
+                else f"built-in simulator ({st.profile})"  # the verdict names its simulator
         if scorer is not None and tev is not None:
             promoted = final_cfg if changed else None
             res.task = run_task(graph, ds, judge or backend, cfg, scorer, promoted=promoted, evaluator=tev)
@@ -142,30 +149,40 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 step1_cfg = (step1, open(step1).read())
             res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
             if search_builds is not None:  # the search's builds against the issue's bound 2*ceil(log2 N)+|set|+2
+                # strict: the first-bad-cut probes are builds too and count inside it (no cut allowance on top)
+                cut_allowance = cut_search_bound(len(graph.activation_tensors())) \
+                    if res.first_bad_cut.path == "truncation" else 0
                 res.quant.judge["search_builds"] = {"total": sum(search_builds.values()), **search_builds,
-                                                    "bound": res.counts.bound, "reused": search_reused}
+                                                    "bound": res.counts.bound - cut_allowance, "reused": search_reused}
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()
     res.command = args.command_line
+    if not args.target:  # the task's default target (set above) was assumed too, not given
+        res.target.assumed_default = True
     res.spec = RunSpec.from_options("bisect", args, model=args.model, profile=st.profile, target=target)
+    written: list[str] = []  # one "wrote PATH" line each, after the summary
     if args.remedies:
         from qdebug.cli.remedy_outputs import write_plan
 
-        write_plan(args, graph, ds, res, prec, step1_cfg)
+        written = write_plan(args, graph, ds, res, prec, step1_cfg)
     elif args.calib and args.backend != "rknn":
         _vendor_outputs(args, graph, res, prec)
     if args.quantized and args.output:
         _qdq_output(args, backend, graph, cfg, res, prec)
+    if not args.remedies and res.patched_file is not None and res.patched_file.path:
+        written.append(res.patched_file.path)
     _exports(graph, res, prec)
     if not args.quiet:
         render_bisect(res, console)
         _render_builds(res, console)
         render_remedies(res, console)
         if res.detection is not None:
-            render_detection(res.detection, console)
+            render_detection(res.detection, console, promoted=after_label(res))
         if res.task is not None:
-            render_task(res.task, console)
+            render_task(res.task, console, promoted=after_label(res))
+    for path in written:
+        console.print(mk("wrote {}", path), soft_wrap=True)  # a path to copy: never folded
     doc = res.to_json()  # the JSON file and the report read the documented schema
     if args.json:
         write_json(args.json, doc, args.run_inputs)
@@ -180,6 +197,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     return 0 if res.result.met else 1
 
 
+def after_label(doc: BisectResult) -> str:
+    """Label of the run with the chosen plan: "promoted" when the plan only promotes ops, else "plan" (a head
+    split or re-calibrated ranges are no promotion)."""
+    return "promoted" if all(r.kind == "precision" for r in doc.result.remedies) else "plan"
+
+
 def _render_builds(res: BisectResult, console) -> None:
     """The toolkit's build count against the search's bound (rknn judge only)."""
     sb = (res.quant.judge or {}).get("search_builds")
@@ -189,7 +212,8 @@ def _render_builds(res: BisectResult, console) -> None:
                       if sb.get(k))
     if sb.get("reused"):  # an evaluation identical to an earlier run (the baseline = the full-graph probe)
         parts += f"; {sb['reused']} evaluation(s) answered by an identical earlier run"
-    console.print(mk("{} toolkit builds for the search ({}; bound {}), {} in all",
+    console.print(mk("{} toolkit builds for the search ({}; bound {} = 2⌈log2 N⌉+|set|+2, cut probes included), "
+                     "{} in all",
                      sb["total"], parts, sb["bound"], res.quant.judge.get("builds")))
     f16 = (res.quant.judge or {}).get("float16_instead")
     if f16:
@@ -260,6 +284,10 @@ def _qdq_output(args, backend, graph, cfg, res: BisectResult, prec) -> None:
     from qdebug.fileio import atomic_write
 
     nodes = res.result.set
+    if not nodes:  # as for a vendor file: an unchanged copy of the input is no output
+        err_console.print(mk("qdebug: note: nothing to promote, so {} (-o) was not written", args.output),
+                          soft_wrap=True)
+        return
     model = backend.patched_model(graph, cfg.with_overrides({k: prec for k in nodes}))
     atomic_write(args.output, model.SerializeToString(), protect=(*args.run_inputs, args.quantized))
     res.patched_file = PatchedFile(path=args.output, source=args.quantized, format="onnx-qdq", changed=list(nodes),

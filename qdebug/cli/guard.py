@@ -15,7 +15,7 @@ from pathlib import Path
 from qdebug.errors import QDebugError
 from qdebug.fileio import same_path, touches
 
-OUTPUT_DESTS = ("output", "json", "report", "draw", "setup_rknn")  # argparse dests that name outputs
+OUTPUT_DESTS = ("output", "json", "report", "draw", "setup_rknn", "calib_table")  # argparse dests that name outputs
 _NOT_PATHS = ("func", "command_line", "cmd", "target", "cut_threshold", "override", "run_inputs")
 
 

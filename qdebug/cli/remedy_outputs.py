@@ -38,10 +38,11 @@ def plan_ranges(res: BisectResult) -> dict[str, dict]:
 
 
 def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: BisectResult, prec: Precision,
-               step1_cfg: tuple[str, str] | None = None) -> None:
+               step1_cfg: tuple[str, str] | None = None) -> list[str]:
     """Write (or explain why not) the vendor file (precision + ranges), the calibration table and the split
-    models of the chosen plan. `step1_cfg`: with --backend rknn, (path, text) of the toolkit's own step-1 cfg,
-    patched as -o (the toolkit's run folder is gone by now, so its text is handed over)."""
+    models of the chosen plan; returns the paths written, for one "wrote PATH" line each. `step1_cfg`: with
+    --backend rknn, (path, text) of the toolkit's own step-1 cfg, patched as -o (the toolkit's run folder is
+    gone by now, so its text is handed over)."""
     from qdebug.search.split import HeadSplit, split_models
 
     rs = res.remedy_search
@@ -54,7 +55,7 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
             err_console.print(mk("qdebug: note: {} (-o) was not written: {}", args.output,
                                  "no plan meets the target" if not res.result.met else "nothing to change"),
                               soft_wrap=True)
-        return
+        return []
     ranges = plan_ranges(res)
     vendor = args.calib or (step1_cfg[0] if step1_cfg else None)
     table = getattr(args, "calib_table", None)
@@ -96,6 +97,10 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
             res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=changed,
                                            notes=pnotes, extra_options={}, diff=_diff(vf.text, text))
     split = kinds.get("split")
+    if split is not None and not args.output:
+        stem = Path(args.model).stem
+        notes.append(f"the split models ({stem}.npu.onnx, {stem}.post.onnx) were not written: pass -o DIR (or, "
+                     "with --calib, -o FILE: they go next to it)")
     if split is not None and args.output and rs is not None and rs.split:
         folder = Path(args.output) if not vendor else Path(args.output).parent
         stem = Path(args.model).stem
@@ -109,6 +114,7 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
         atomic_write(p, data, protect=protect)
     if rs is not None and rs.split is not None and split is not None and args.output:
         rs.split["files"] = [str(p) for p, _ in outputs if str(p).endswith(".onnx")]
+    return [str(p) for p, _ in outputs]
 
 
 def _diff(a: str, b: str) -> str:

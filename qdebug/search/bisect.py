@@ -4,7 +4,7 @@ Steps (docs/bisect.md):
 1. baseline and all-promoted evaluations (is the target met already? can promotion meet it at all?);
 2. first bad cut: the first tensor (topological order) whose cumulative error fails the cut threshold,
    read from the one-pass comparison when the backend shows intermediates, else by binary search over
-   truncated graphs (about log2 N backend runs);
+   truncated graphs (at most ceil(log2 N) + 2 backend runs, counted and bounded with the search);
 3. rank ops by sensitivity from the one-pass comparison (hazard, jump, isolated error);
 4. binary search for the shortest ranked prefix meeting the target, a second one for the shortest passing
    window ending there, then pruning inside the window within the evaluation bound, then a verification
@@ -90,6 +90,7 @@ class PromotionSearch:
         # (config, promoted ops) -> config: the remedy search re-ranges promoted ops for the wider type
         self.widen: Callable[[QuantConfig, Sequence[str]], QuantConfig] | None = None
         self.per_op: dict[str, Precision] = {}  # promoted ops at another precision (the fp16 fallback's int16 ops)
+        self.grouped = False  # drop groups of members before single ones when singles would not fit the bound
 
     def prec_of(self, op: str) -> Precision:
         return self.per_op.get(op, self.precision)
@@ -173,6 +174,8 @@ class PromotionSearch:
         # only while one more evaluation keeps the count within 2*ceil(log2 N) + |set| + 2 whatever it returns
         order = (list(reversed(chosen[1:-1])) + chosen[-1:] + chosen[:1]) if window else list(reversed(chosen))
         bound_fixed = 2 * L + 2
+        if self.grouped:
+            chosen, order = self._drop_groups(chosen, order, order[-2:] if window else order[:1], n0, bound_fixed)
         untried = 0
         for k, member in enumerate(order):
             if len(chosen) == 1:
@@ -196,6 +199,29 @@ class PromotionSearch:
                     "(--calibrator percentile/mse) or quantization-aware training")
         return SearchResult(final.score.passed, chosen, base.score, final.score, final, msg, self.records,
                             time.perf_counter() - t0, len(ranked))
+
+    def _drop_groups(self, chosen: list[str], order: list[str], needed: list[str], n0: int,
+                     bound_fixed: int) -> tuple[list[str], list[str]]:
+        """Grouped pruning: while one trial per member would not fit the bound, drop halves, then quarters...
+        of the members (pruning order; not the `needed` ends a bisection proved), each trial only if the count
+        stays within 2*ceil(log2 N) + |set| + 2 should it pass. Returns the set and the members left to try."""
+        inner = [m for m in order if m not in needed]
+        g = len(inner) // 2
+        while g >= 2 and 2 * len(inner) > bound_fixed + len(chosen) - (len(self.records) - n0):
+            i = 0
+            while i < len(inner):
+                group = set(inner[i:i + g])
+                trial = [m for m in chosen if m not in group]
+                if self.config_for(trial).key() not in self.cache and \
+                        len(self.records) - n0 + 1 > bound_fixed + len(trial):
+                    g = 1  # the bound: leave the rest to the single-member pruning (which stops there too)
+                    break
+                if self.evaluate(trial, "prune group").score.passed:
+                    chosen, inner = trial, inner[:i] + inner[i + g:]
+                else:
+                    i += g
+            g //= 2
+        return chosen, [m for m in order if m in chosen]
 
 
 # ------------------------------------------------------------------- ranking
@@ -258,11 +284,20 @@ def first_bad_cut_one_pass(compare: CompareResult, target: Target) -> FirstBadCu
     return FirstBadCut(None, None, None, None, metric, bound, None, None, "one-pass", 0)
 
 
+def cut_search_bound(n: int) -> int:
+    """Probes the truncation search may spend over n cut points: the last cut, the hint, ⌈log2 n⌉ bisection."""
+    return max(0, (max(n, 1) - 1).bit_length()) + 2
+
+
 def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantConfig,
                              samples: Sequence[dict[str, np.ndarray]], target: Target,
-                             cuts: Sequence[str]) -> FirstBadCut:
+                             cuts: Sequence[str], hint: str | None = None) -> FirstBadCut:
     """Binary search over topological cut points; each probe truncates the graph at the cut tensor,
-    quantizes that subgraph with the backend (final outputs only) and compares it with the float value."""
+    quantizes that subgraph with the backend (final outputs only) and compares it with the float value.
+
+    Error is not monotone along the graph (a later op can hide an earlier failure), so a passing last cut
+    proves nothing: `hint` (the built-in one-pass comparison's first failing tensor) is probed next and, when
+    it fails, bounds the bisection. At most `cut_search_bound(len(cuts))` probes."""
     metric, op, bound = target.cut_threshold()
     part_specs = concat_parts(graph, list(cuts))
     refs = float_references(graph, samples, list(cuts), part_specs)
@@ -290,6 +325,9 @@ def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantC
 
     lo, hi = -1, len(cuts) - 1
     bad_hi, v_hi, part_hi = probe(hi)
+    if not bad_hi and hint in cuts[:hi]:
+        hi = list(cuts).index(hint)
+        bad_hi, v_hi, part_hi = probe(hi)
     if not bad_hi:
         return FirstBadCut(None, None, None, None, metric, bound, None, None, "truncation", len(probes), probes)
     while hi - lo > 1:

@@ -33,6 +33,7 @@ from qdebug.search.bisect import (
     PromotionSearch,
     SearchResult,
     ancestors_ops,
+    cut_search_bound,
     first_bad_cut_one_pass,
     first_bad_cut_truncation,
     rank_ops,
@@ -89,8 +90,9 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     if cut_path == "one-pass":
         cut = first_bad_cut_one_pass(before, target)
     else:
-        cuts = graph.activation_tensors()
-        cut = first_bad_cut_truncation(graph, judge, base, samples, target, cuts)
+        cuts = graph.activation_tensors()  # hint: the built-in one-pass comparison's first failing tensor
+        cut = first_bad_cut_truncation(graph, judge, base, samples, target, cuts,
+                                       hint=first_bad_cut_one_pass(before, target).tensor)
     # ranking and search
     ops = backend.quant_ops(graph)
     cand = ancestors_ops(graph, ops, target.tensors() or [o.name for o in graph.outputs])
@@ -104,7 +106,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     plan = None
     if remedies:
         plan = run_remedies(graph, backend, evaluator, base, precision, ranked, before, pinned_ops,
-                            list(calib) if calib is not None else samples, say)
+                            list(calib) if calib is not None else samples, say, cut_index=cut.index)
         res, final_cfg = plan.search, plan.config
     else:
         search = PromotionSearch(evaluator, base, precision, progress=say)
@@ -126,6 +128,8 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     if plan is not None:  # the remedy part's bounds on top of the precision search's
         bound = 1 + int(plan.info.split is not None) + plan.info.calibration_bound + plan.info.precision_bound \
             + max(0, len(plan.remedies) - 1)  # + attribution runs: the plan's steps before its last remedy
+    if cut.path == "truncation":  # the count includes the cut probes, so the bound includes their bound
+        bound += cut_search_bound(len(graph.activation_tensors()))
     counts = Counts(n, res.quantized_evaluations + cut.evaluations, res.quantized_evaluations, cut.evaluations,
                     bound, n + 1, round(res.seconds, 3), round(total_s, 3))
     quant = before.quant.from_json({**before.quant.to_json(), "judge": judge.describe()})
@@ -148,8 +152,9 @@ def _precision_remedy(res: SearchResult, precision: Precision) -> list[Remedy]:
 
 def run_remedies(graph: ModelGraph, backend: SimBackend, evaluator: Evaluator, base: QuantConfig,
                  precision: Precision, ranked: list[RankedOp], before: CompareResult, pinned_ops: set[str],
-                 calib_samples: list[dict], say: Callable[[str], None]) -> RemedyOutcome:
-    """Calibration choices and the decode tail from the one-pass comparison, then the remedy search."""
+                 calib_samples: list[dict], say: Callable[[str], None], cut_index: int | None = None) -> RemedyOutcome:
+    """Calibration choices and the decode tail from the one-pass comparison, then the remedy search.
+    `cut_index`: the first bad cut's node index; the ops up to it form the "upstream" calibration variant."""
     keys = [r.op for r in ranked]
     say("calibration remedy: range methods per tensor of the candidate ops (2 float passes)")
     points = calib_remedy.quant_points(backend.quant_ops(graph), backend.profile, keys)
@@ -164,7 +169,12 @@ def run_remedies(graph: ModelGraph, backend: SimBackend, evaluator: Evaluator, b
                    f"{proof.max_rel:.2g} > 1e-5), so the head-split remedy was skipped")
             split = None
     all_ops = [op.key for op in backend.quant_ops(graph) if op.quantizable]
-    rs = RemedySearch(evaluator, base, precision, choices, split, why, say, notes, all_ops, len(calib_samples))
+    upstream = None
+    if cut_index is not None:  # ops whose every node is at or before the first bad cut (and graph inputs)
+        upstream = {op.key for op in backend.quant_ops(graph) if op.kind == "input" or
+                    all(graph.index_of.get(n, cut_index + 1) <= cut_index for n in op.nodes)}
+    rs = RemedySearch(evaluator, base, precision, choices, split, why, say, notes, all_ops, len(calib_samples),
+                      upstream=upstream)
     if split is not None and proof is not None:
         rs.info.split = {"tail": split.tail, "boundary": split.boundary, "reason": split.reason,
                          "proof": {"max_abs": proof.max_abs, "max_rel": proof.max_rel, "samples": proof.samples,

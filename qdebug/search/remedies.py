@@ -6,7 +6,7 @@ changed), (2) head split (cost: ops moved to the CPU), (3) precision — the exi
 candidate plan is one end-to-end evaluation through the same Evaluator; evaluations are cached by the
 config's hash, so no plan runs twice.
 
-Evaluation budget: baseline 1 + split S (0/1) + calibration V·(1+S) + ⌈log2 (M+1)⌉ (V ≤ 2 variants,
+Evaluation budget: baseline 1 + split S (0/1) + calibration V·(1+S) + ⌈log2 (M+1)⌉ (V ≤ 3 variants,
 M changed tensors; the prefix bisection runs once) + precision 2⌈log2 N⌉ + |set| + 2 (2⌈log2 N⌉ + 2|set| + 4
 when every op at int16 misses and the set is searched at fp16, members tried back at int16) (+1 diagnosis,
 outside the count, when nothing meets the target). Promoted int16 ops take their unclipped min/max range.
@@ -76,7 +76,7 @@ class RemedySearch:
                  calib_choices: tuple[list[RangeChoice], ...], split: HeadSplit | None,
                  split_reason: str = "", progress: Callable[[str], None] | None = None,
                  notes: Sequence[str] = (), all_ops: Sequence[str] = (), calib_samples: int = 0,
-                 fp16_fallback: bool = True) -> None:
+                 fp16_fallback: bool = True, upstream: set[str] | None = None) -> None:
         self.base = base
         self.all_ops = list(all_ops)
         self.calib_samples = calib_samples
@@ -84,6 +84,7 @@ class RemedySearch:
         self.fp16_fallback = fp16_fallback  # int16 misses -> search at fp16, members back to int16 per op
         self.split = split
         self.promo = PromotionSearch(evaluator, base, precision, progress=progress)  # shared cache and log
+        self.promo.grouped = True  # long windows: drop groups of members first (docs/bisect.md)
         self.info = RemedySearchInfo(skipped={} if split else {"split": split_reason}, notes=list(notes))
         best, unclipped = calib_choices[:2]
         # promoted (int16) ops take their unclipped min/max range: at 16 bits rounding no longer argues for
@@ -93,6 +94,11 @@ class RemedySearch:
             self.wide.setdefault(c.op, []).append(c)
         self.promo.widen = self._widen if self.wide else None
         self.variants: list[tuple[str, list[RangeChoice]]] = []
+        # cheapest first: the best ranges of the ops up to the first bad cut only (where the error starts; the
+        # rest of the network then sees less error, and fewer changed tensors is the cheaper plan)
+        up = [c for c in best if upstream is not None and c.op in upstream]
+        if up and len(up) < len(best):
+            self.variants.append(("upstream of the first bad cut", up))
         if best:
             self.variants.append(("per-tensor best", best))
         if unclipped and [c.key for c in unclipped] != [c.key for c in best] or \
@@ -209,7 +215,7 @@ class RemedySearch:
         if res.met:
             plan = Plan(combo.calib, combo.split, tuple(res.promoted))
             if len(plan.calib) > 1:  # the calibration part may shrink now that some ops are promoted
-                name = "per-tensor best" if self.variants and list(plan.calib) == self.variants[0][1] else "unclipped"
+                name = next((n for n, ch in self.variants if list(plan.calib) == ch), "unclipped")
                 plan = self._min_calib(list(plan.calib), plan.split, plan.promoted, name)
             n16 = sum(1 for k in plan.promoted if self.promo.prec_of(k) == Precision.INT16)
             what = [f"promoting {len(plan.promoted)} op(s) to {self.precision.value}" if not self.promo.per_op else
@@ -276,6 +282,7 @@ class RemedySearch:
                                self.promo.records, time.perf_counter() - t0, len(ranked))
         else:
             res.met, res.after, res.best, res.evaluations = final.score.passed, final.score, final, self.promo.records
+            res.before = base_rec.score  # the run as given (the precision search's own baseline had the combo)
             res.message = msg + (res.message[res.message.find(";"):] if ";" in res.message else "")
             res.seconds = time.perf_counter() - t0
         self.info.calibration_bound = calibration_bound(len(self.variants), self.split is not None,
@@ -330,7 +337,7 @@ class RemedySearch:
         msg = (f"no remedy meets the target; closest plan: {trial.plan} (worst margin {best.score.margin:.3g}: "
                f"{', '.join(misses)}); limited by: {'; '.join(limits)}")
         res.message = msg
-        res.best = best
+        res.best, res.before = best, base_rec.score  # before: the run as given, not the precision search's base
         res.seconds = time.perf_counter() - t0
         res.evaluations = self.promo.records
         self.info.calibration_bound = calibration_bound(len(self.variants), self.split is not None,

@@ -87,6 +87,14 @@ def _promoted_label(det: DetectionResult) -> str:
     return f"promoted ({len(ov)} op{'s' * (len(ov) != 1)} → {'/'.join(precs)})"
 
 
+def plan_label(ctx: Ctx) -> str | None:
+    """Label of bisect's after-run when its plan is more than a promotion (a head split, re-calibrated ranges):
+    "plan (head split + precision)"; None when "promoted" is right."""
+    remedies = getattr(getattr(ctx.res, "result", None), "remedies", None) or []
+    kinds = [r.kind for r in remedies]
+    return None if all(k == "precision" for k in kinds) else f"plan ({' + '.join(kinds)})"
+
+
 def detection_headline(ctx: Ctx) -> Inline | None:
     """The headline bullet: mAP50-95 vs float and the share of lost detections (before → after promotion)."""
     det = detection_section(ctx.res)
@@ -102,7 +110,8 @@ def detection_headline(ctx: Ctx) -> Inline | None:
     if p is not None:
         pm, pc = p.metrics or {}, p.counts or {}
         body = il("mAP50-95 vs float ", _map_span(qm.get("map50_95_vs_float"), ".2f"), " → ",
-                  _map_span(pm.get("map50_95_vs_float"), ".2f"), " after promotion; ",
+                  _map_span(pm.get("map50_95_vs_float"), ".2f"),
+                  f" with the {plan_label(ctx)}; " if plan_label(ctx) else " after promotion; ",
                   f"{f_pct(qm.get('lost_frac'))} lost → {f_pct(pm.get('lost_frac'))} lost{floats}, "
                   f"added {qc.get('added', '–')} → {pc.get('added', '–')}")
     else:
@@ -154,7 +163,7 @@ def detection(ctx: Ctx) -> list[Block]:
     for name, side in _det_runs(det):
         m, cnt = side.metrics or {}, side.counts or {}
         lost = cnt.get("lost")
-        label = _label(det, name)
+        label = (plan_label(ctx) or _label(det, name)) if name == "promoted" else _label(det, name)
         iou, shift = num(cnt.get("mean_iou")), num(cnt.get("mean_score_shift"))
         rows.append([il(label), il(str(side.detections)), il(_map_span(m.get("map50_95_vs_float"))),
                      il(f_det(m.get("map50_vs_float"))), il(f_det(m.get("recall_vs_float"))),
@@ -169,7 +178,7 @@ def detection(ctx: Ctx) -> list[Block]:
     if _toolkit(det) is not None:
         out.append(Para(il("The toolkit row decodes the vendor toolkit's own final outputs with the same decoder and "
                            "scores them against the same float detections as the built-in simulator's row.")))
-    out += _instances(det)
+    out += _instances(det, plan_label(ctx))
     lab = det.labels
     if isinstance(lab, dict) and isinstance(lab.get("map50_95"), dict):
         runs = [k for k in ("float", "quantized", "toolkit", "promoted") if k in lab["map50_95"]]
@@ -178,9 +187,10 @@ def detection(ctx: Ctx) -> list[Block]:
                            "protocol, pycocotools):")))
         lrows = [[il(title), *(il(f_det((lab.get(m) or {}).get(k))) for k in runs)]
                  for m, title in (("map50_95", "mAP50-95"), ("map50", "mAP50"), ("recall", "AR@100"))]
-        out.append(Table(["metric", *[_label(det, k) if k != "float" else k for k in runs]], lrows,
+        out.append(Table(["metric", *[(plan_label(ctx) or _label(det, k)) if k == "promoted" else
+                                      _label(det, k) if k != "float" else k for k in runs]], lrows,
                          "l" + "r" * len(runs)))
-    out += _det_per_class(det)
+    out += _det_per_class(det, "plan" if plan_label(ctx) else "promoted")
     warns = [w for w in det.warnings or [] if isinstance(w, str)]
     if warns:
         out.append(Bullets([il(b("warning: "), w) for w in warns]))
@@ -196,8 +206,9 @@ def detection(ctx: Ctx) -> list[Block]:
     return out
 
 
-def _instances(det: DetectionResult) -> list[Block]:
-    """Masks (segment heads) and keypoints (pose heads) against the float ones, one row per run."""
+def _instances(det: DetectionResult, plan: str | None = None) -> list[Block]:
+    """Masks (segment heads) and keypoints (pose heads) against the float ones, one row per run (`plan`: the
+    after-run's label when the plan is more than a promotion)."""
     runs = [(name, side.instance_metrics()) for name, side in _det_runs(det)]
     if not any(im for _, im in runs):
         return []
@@ -206,7 +217,7 @@ def _instances(det: DetectionResult) -> list[Block]:
         cols += [("mask_map50_95_vs_float", "mask mAP50-95", ".3f"), ("mask_iou_mean", "mean mask IoU", ".3f")]
     if any(k in im for _, im in runs for k in POSE_METRICS):
         cols += [("oks_map_vs_float", "OKS mAP50-95", ".3f"), ("kpt_err_px", "keypoint error (px)", ".2f")]
-    rows = [[il(_label(det, name)),
+    rows = [[il((plan or _label(det, name)) if name == "promoted" else _label(det, name)),
              *(il(_map_span(im.get(k)) if k.endswith("_vs_float") else f_det(im.get(k), spec)) for k, _, spec in cols)]
             for name, im in runs]
     d = det.decoder or {}
@@ -224,7 +235,7 @@ def _instances(det: DetectionResult) -> list[Block]:
             Table(["run", *(h for _, h, _ in cols)], rows, "l" + "r" * len(cols))]
 
 
-def _det_per_class(det: DetectionResult) -> list[Block]:
+def _det_per_class(det: DetectionResult, after: str = "promoted") -> list[Block]:
     """Per-class agreement (classes with float support), worst quantized AP50-95 first."""
     q = [r for r in det.quantized.per_class or [] if isinstance(r, dict) and r.get("float")]
     if len(q) < 2:  # one class: the run table above says it all
@@ -239,7 +250,7 @@ def _det_per_class(det: DetectionResult) -> list[Block]:
     q.sort(key=worst)
     header = ["class", "float", "quantized", "AP50-95", "AP50", "lost", "added"]
     if prom is not None:
-        header += ["promoted AP50-95", "promoted lost"]
+        header += [f"{after} AP50-95", f"{after} lost"]
     rows = []
     for r in q:
         row = [il(c(str(r.get("name", r.get("class", "?"))))), il(str(r.get("float", "–"))),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from qdebug.report.blocks import Block, Bullets, Heading, Inline, Para, Table, b, c, il
 from qdebug.report.context import Ctx
-from qdebug.report.sections.detection import run_label
+from qdebug.report.sections.detection import plan_label, run_label
 from qdebug.results.task import METRIC_LABELS, TaskResult, TaskRun, describe_row, format_metric
 
 # what each task's metrics mean, in one sentence (docs/tasks.md has the definitions)
@@ -55,6 +55,8 @@ def task(ctx: Ctx) -> list[Block]:
     out: list[Block] = [Heading(2, "Task verdict"), Para(intro)]
     names = list(t.higher_is_better) or list(t.quantized.metrics)
     runs = task_runs(t)
+    if t.promoted is not None and plan_label(ctx):  # the after-run of a plan that is more than a promotion
+        runs[-1] = (plan_label(ctx) or "", runs[-1][1])
     rows: list[list[Inline]] = [[il(label), *(il(format_metric(m, r.metrics.get(m))) for m in names)]
                                 for label, r in runs]
     out.append(Table(["run", *(METRIC_LABELS.get(m, m) for m in names)], rows, "l" + "r" * len(names)))
