@@ -3,16 +3,18 @@
 
     python benchmarks/bench_families.py                      # every fixture family at 4 and 16 samples
     python benchmarks/bench_families.py --only bert          # families whose key contains "bert"
-    python benchmarks/bench_families.py --bert-base          # only the BERT-base-size encoder, 4 and 8 samples
+    python benchmarks/bench_families.py --bert-base          # only the BERT-base-size encoder, 4, 8 and 32 samples
 
 Per family fixture (fixtures/families.py, fixtures/heads.py) and, with --bert-base, a generated BERT-base-size
 encoder (12 layers, hidden 768, 12 heads, intermediate 3072, vocab 30522, sequence 128, ~110 M random
 parameters, deterministic, written to the output folder; ~440 MB of float32 fit inline), each sample count
 runs in its own child process: `qdebug compare` in-process (wall time; peak RSS = the child's ru_maxrss read
 right after it), then one plain float pass and one fake-quantized pass over the same samples (best of two
-after a warm-up) in the same child. Printed per family: the ratio compare / (float + quantized pass), the
-peak RSS at each sample count and its growth. The issue's bounds: ratio <= 4, RSS flat in the sample count,
-BERT-base under 2.5 GB. Details in OUT/results.json.
+after a warm-up) in the same child; the creation time of those two plain sessions is recorded too (the fixed
+cost any tool pays before its first pass). Printed per family: the ratio compare / (float + quantized pass) at
+each sample count, the marginal ratio d(compare)/d(passes) (least-squares slopes over the counts: the cost of
+one more sample, free of fixed costs), the peak RSS at each count and its growth. The issue's bounds: ratio
+<= 4, RSS flat in the sample count, BERT-base under 2.5 GB. Details in OUT/results.json.
 """
 
 from __future__ import annotations
@@ -165,12 +167,19 @@ def child(model: Path, data: Path, n: int, cli: list[str], task: str | None, js:
     samples = list(st.dataset)
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    fsess = ort.InferenceSession(st.graph.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    src = st.graph.model.SerializeToString()
+    t = time.perf_counter()
+    fsess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    res["float_session_s"] = time.perf_counter() - t
+    del src
     res["float_pass_s"] = pass_seconds(fsess, samples)
     del fsess
     st.backend.prepare(st.graph, st.config, samples)
-    qsess = ort.InferenceSession(st.backend.quantized_model(st.graph, st.config).SerializeToString(), so,
-                                 providers=["CPUExecutionProvider"])
+    src = st.backend.quantized_model(st.graph, st.config).SerializeToString()
+    t = time.perf_counter()
+    qsess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    res["quant_session_s"] = time.perf_counter() - t
+    del src
     res["quant_pass_s"] = pass_seconds(qsess, samples)
     res["ratio"] = res["compare_s"] / max(res["float_pass_s"] + res["quant_pass_s"], 1e-9)
     return res
@@ -194,24 +203,46 @@ def launch(key: str, out: Path, n: int, timeout: float) -> dict:
     return {"rc": p.returncode, "error": lines[-1]}
 
 
+def marginal(runs: dict, counts: list[int]) -> float | None:
+    """d(compare)/d(float + quantized passes): least-squares slopes over the sample counts (None for one count)."""
+    if len(counts) < 2:
+        return None
+    import numpy as np
+
+    n = np.array(counts, dtype=float)
+    cmp_slope = np.polyfit(n, [runs[str(c)]["compare_s"] for c in counts], 1)[0]
+    pass_slope = np.polyfit(n, [runs[str(c)]["float_pass_s"] + runs[str(c)]["quant_pass_s"] for c in counts], 1)[0]
+    return float(cmp_slope / pass_slope) if pass_slope > 0 else None
+
+
 def table(rows: list[dict], counts: list[int]) -> str:
-    """One line per family: compare time, ratio to the two passes, peak RSS per sample count, growth."""
+    """One line per family: compare time and its ratio to the two passes per sample count, the marginal ratio,
+    the plain sessions' creation time, peak RSS per sample count and its growth."""
     lo, hi = counts[0], counts[-1]
-    head = (f"{'family':<16} {'cmp s':>6} {'f+q s':>7} {'ratio':>6} " + " ".join(f"{f'RSS@{c}':>8}" for c in counts)
+    per = " ".join(f"{f'cmp@{c}':>7} {f'f+q@{c}':>7} {f'x@{c}':>5}" for c in counts)
+    head = (f"{'family':<16} {per} {'marg.':>5} {'sess s':>6} " + " ".join(f"{f'RSS@{c}':>8}" for c in counts)
             + f" {'growth':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         runs = r["runs"]
-        ref = runs.get(str(lo)) or {}
         if any(x.get("rc") != 0 for x in runs.values()):
             bad = next(x for x in runs.values() if x.get("rc") != 0)
             lines.append(f"{r['key']:<16} FAILED: {str(bad.get('error') or bad.get('rc'))[:60]}")
             continue
-        passes = ref["float_pass_s"] + ref["quant_pass_s"]
+        cells = []
+        for c in counts:
+            x = runs[str(c)]
+            cells.append(f"{x['compare_s']:>7.2f} {x['float_pass_s'] + x['quant_pass_s']:>7.3f} {x['ratio']:>5.1f}")
+        m = marginal(runs, counts)
+        r["marginal_ratio"] = m
+        ref = runs[str(lo)]
         rss = [runs[str(c)]["peak_rss_mb"] for c in counts]
-        lines.append(f"{r['key']:<16} {ref['compare_s']:>6.2f} {passes:>7.3f} {ref['ratio']:>6.1f} "
+        lines.append(f"{r['key']:<16} {' '.join(cells)} {f'{m:.2f}' if m is not None else '-':>5} "
+                     f"{ref.get('float_session_s', 0) + ref.get('quant_session_s', 0):>6.2f} "
                      + " ".join(f"{v:>8.0f}" for v in rss) + f" {rss[-1] - rss[0]:>+7.0f}")
-    lines.append(f"(ratio at {lo} samples; growth = RSS@{hi} - RSS@{lo}, MB)")
+    lines.append(f"(cmp = compare s, f+q = float + quantized pass s, x = their ratio; marg. = d(cmp)/d(f+q) over "
+                 f"the counts; sess s = creating the plain float and quantized sessions at {lo} samples, not in "
+                 f"f+q; growth = RSS@{hi} - RSS@{lo}, MB)")
     return "\n".join(lines)
 
 
@@ -219,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None, help="run the families whose key contains this text")
     ap.add_argument("--samples", default="4,16", help="sample counts, comma-separated")
-    ap.add_argument("--bert-base", action="store_true", help="only the BERT-base-size encoder (4 and 8 samples)")
+    ap.add_argument("--bert-base", action="store_true", help="only the BERT-base-size encoder (4, 8 and 32 samples)")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "families")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -230,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(RESULT_TAG + json.dumps(res) + "\n")
         return 0
     started = _dt.datetime.now(_dt.timezone.utc)
-    counts = [4, 8] if args.bert_base and args.samples == "4,16" else [int(x) for x in args.samples.split(",")]
+    counts = [4, 8, 32] if args.bert_base and args.samples == "4,16" else [int(x) for x in args.samples.split(",")]
     keys = ["bert_base"] if args.bert_base else [k for k in _families() if not args.only or args.only in k]
     out = args.out / ("bert_base" if args.bert_base else "fixtures")
     out.mkdir(parents=True, exist_ok=True)
