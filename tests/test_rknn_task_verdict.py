@@ -80,6 +80,21 @@ OBJECTS = [(10, 0, (20.0, 20.0, 16.0, 16.0), 0.9), (60, 1, (100.0, 20.0, 16.0, 1
            (150, 2, (20.0, 100.0, 16.0, 16.0), 0.7), (200, 3, (100.0, 100.0, 16.0, 16.0), 0.6)]
 
 
+def _compare_known(tmp: Path, model: Path, data: Path, task: str) -> dict:
+    """`compare --backend rknn --task TASK` with the fake toolkit returning tmp/known.npz per sample."""
+    import os
+
+    os.environ["FAKE_RKNN_OUTPUTS"] = str(tmp / "known.npz")
+    try:
+        out = tmp / "r.json"
+        rc = main(["compare", str(model), "--data", str(data), "--backend", "rknn", "--rknn-python", sys.executable,
+                   "--rknn-analysis-samples", "0", "--task", task, "--json", str(out)])
+    finally:
+        del os.environ["FAKE_RKNN_OUTPUTS"]
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
 def test_detection_verdict_of_the_toolkit_outputs(fake_known, capsys):
     tmp = fake_known
     full, _ = yolov8_concat(OBJECTS)
@@ -92,17 +107,8 @@ def test_detection_verdict_of_the_toolkit_outputs(fake_known, capsys):
     # the toolkit: sample 0 loses the class-3 object, sample 1 is the float output exactly
     dropped, _ = yolov8_concat(OBJECTS[:3])
     np.savez(tmp / "known.npz", s0=dropped["output0"], s1=full["output0"])
-    import os
-
-    os.environ["FAKE_RKNN_OUTPUTS"] = str(tmp / "known.npz")
-    try:
-        out = tmp / "r.json"
-        rc = main(["compare", str(model), "--data", str(data), "--backend", "rknn", "--rknn-python", sys.executable,
-                   "--rknn-analysis-samples", "0", "--task", "yolov8", "--json", str(out)])
-    finally:
-        del os.environ["FAKE_RKNN_OUTPUTS"]
-    assert rc == 0
-    doc = json.loads(out.read_text())
+    doc = _compare_known(tmp, model, data, "yolov8")
+    out = tmp / "r.json"
     det = doc["detection"]
     tk = det["toolkit"]
     # by hand: 8 float detections (4 per image), the toolkit lost 1 (class 3 in sample 0); classes 0-2 AP 1;
@@ -152,17 +158,8 @@ def test_classify_verdict_of_the_toolkit_outputs(fake_known, capsys):
     tk = [fl[0].copy(), fl[1].copy(), fl[2].copy(), fl[3] * 0.5]
     tk[1][0, int(fl[1].argmax())] = float(fl[1].min()) - 1.0
     np.savez(tmp / "known.npz", **{f"s{k}": t for k, t in enumerate(tk)})
-    import os
-
-    os.environ["FAKE_RKNN_OUTPUTS"] = str(tmp / "known.npz")
-    try:
-        out = tmp / "c.json"
-        rc = main(["compare", str(model), "--data", str(data), "--backend", "rknn", "--rknn-python", sys.executable,
-                   "--rknn-analysis-samples", "0", "--task", "classify", "--json", str(out)])
-    finally:
-        del os.environ["FAKE_RKNN_OUTPUTS"]
-    assert rc == 0
-    task = json.loads(out.read_text())["task"]
+    task = _compare_known(tmp, model, data, "classify")["task"]
+    out = tmp / "r.json"
     m = task["toolkit"]["metrics"]
     kl = [float(np.sum(_softmax(f[0]) * (np.log(_softmax(f[0])) - np.log(_softmax(t[0]))))) for f, t in zip(fl, tk, strict=True)]
     assert m["top1_agreement"] == pytest.approx(3 / 4) and m["top5_agreement"] == pytest.approx(3 / 4)
