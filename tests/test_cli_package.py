@@ -183,3 +183,14 @@ def test_exports_one_line_each(results, width) -> None:
     assert cell_len(lines[k + 1]) <= width
     assert lines[k + 2] == "  atc: " + option  # one line to copy, however long
     assert lines[k + 3] == "  short: one line"
+
+
+def test_patched_file_line_lists_each_change_once(results) -> None:
+    """Precision and range changes of one layer name it once; a long list is cut with a pointer to the JSON."""
+    doc = json.loads(json.dumps(results[1]))
+    names = [f"/model.{i}/conv/Conv" for i in range(10)]
+    doc["patched_file"] = {"path": "out.txt", "source": "in.txt", "format": "hisi", "changed": names + names[:3]}
+    text = " ".join(_render(render_bisect, doc, 400))
+    assert "(10 changed: " + ", ".join(names[:8]) + " ... (+2, all in the JSON's patched_file.changed))" in text
+    doc["patched_file"]["changed"] = names[:2] * 2
+    assert f"(2 changed: {names[0]}, {names[1]})" in " ".join(_render(render_bisect, doc, 400))

@@ -94,7 +94,8 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
                 text, changed, pnotes = pr.text, changed + list(pr.changed), pnotes + list(pr.notes)
         if text != vf.text:
             outputs.append((Path(args.output), text))
-            res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=changed,
+            res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format,
+                                           changed=list(dict.fromkeys(changed)),  # precision + ranges: once each
                                            notes=pnotes, extra_options={}, diff=_diff(vf.text, text))
     split = kinds.get("split")
     if split is not None and not args.output:

@@ -354,8 +354,10 @@ def render_bisect(doc: BisectResult, console: Console) -> None:
                                                                            for k, v in unp.items()))
     pf = doc.patched_file
     if pf:
+        names = list(dict.fromkeys(pf.changed))
+        more = f" ... (+{len(names) - 8}, all in the JSON's patched_file.changed)" if len(names) > 8 else ""
         console.print(mk("patched {} file: [bold]{}[/] ({})", pf.format, pf.path,
-                         f"changed: {', '.join(pf.changed)}" if pf.changed else "nothing changed"))
+                         f"{len(names)} changed: {', '.join(names[:8])}{more}" if names else "nothing changed"))
         for n in pf.notes:
             console.print(mk("  [yellow]note:[/] {}", n))
 
