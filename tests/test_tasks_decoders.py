@@ -232,3 +232,36 @@ def test_nms_matches_brute_force(seed, block, monkeypatch):
     agn = batched_nms(boxes, scores, classes, thr, agnostic=True)
     assert sorted(agn.tolist()) == _brute_nms(boxes, scores, np.zeros(n, int), thr)
 
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("{0: 'person', 1: 'bicycle'}", {0: "person", 1: "bicycle"}),
+    ("['a', 'b', 'c']", {0: "a", 1: "b", 2: "c"}),
+    ("{0: 'x', 'k': 'y', 2: 3}", {0: "x", 2: "3"}),  # non-integer ids dropped
+    ("__import__('os').system('true')", {}),  # never evaluated
+    ("{0: 'unterminated", {}),
+    ("", {}),
+])
+def test_class_names_from_metadata(text, want):
+    from qdebug.tasks.base import class_names
+
+    assert class_names({"names": text}) == want
+
+
+def test_detection_verdict_uses_the_models_class_names(fx, tmp_path):
+    """An ultralytics export carries `names` in its metadata: the per-class rows name the classes."""
+    import json
+
+    import onnx
+
+    from qdebug.cli import main
+
+    m = onnx.load(str(fx["yolov8"]))
+    names = {0: "cat one", 1: "dog", 2: "[bold]x[/]", 3: "bird"}  # markup in a name stays literal
+    onnx.helper.set_model_props(m, {"names": repr(names)})
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    out = tmp_path / "c.json"
+    assert main(["compare", str(tmp_path / "m.onnx"), "--data", str(fx["images"]), "--task", "yolov8",
+                 "--conf", "0.05", "--json", str(out), "-q"]) == 0
+    rows = json.loads(out.read_text())["detection"]["quantized"]["per_class"]
+    assert rows and all(r["name"] == names[r["class"]] for r in rows)

@@ -186,6 +186,7 @@ class Decoder(ABC):
         self.layout: str | None = None  # set on the first decode (auto-detected)
         self.info: dict = {}  # layout details for reports (strides, outputs, ...)
         self.warnings: list[str] = []
+        self.class_names: dict[int, str] = {}  # from the model's metadata when it has them (configure)
 
     def warn(self, text: str) -> None:
         """Record a warning once."""
@@ -198,7 +199,7 @@ class Decoder(ABC):
 
     def configure(self, metadata: dict[str, str]) -> None:
         """Read hints from the model's metadata (ONNX metadata_props, e.g. ultralytics `task`, `kpt_shape`)."""
-        return None  # plain box decoders need no hints
+        self.class_names = class_names(metadata)
 
     @abstractmethod
     def candidates(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -257,3 +258,22 @@ def plausibility_warning(dets: Sequence[Detections], hint: str = "") -> str | No
     return (f"decoded boxes look implausible: {bad} of {cand} candidate boxes ({100 * bad / cand:.0f}%) are "
             f"larger than the input image or under {MIN_SIDE_PX:g} px wide/high; {hint or 'check the decoder (--task)'}")
 
+
+def class_names(metadata: dict[str, str]) -> dict[int, str]:
+    """Class id -> name from an ultralytics-style `names` entry ("{0: 'person', 1: 'bicycle'}"); {} otherwise.
+
+    Read as a Python literal, never evaluated: a malformed or hostile entry just gives no names."""
+    import ast
+
+    text = metadata.get("names")
+    if not text or len(text) > 1_000_000:
+        return {}
+    try:
+        v = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return {}
+    if isinstance(v, (list, tuple)):
+        v = dict(enumerate(v))
+    if not isinstance(v, dict):
+        return {}
+    return {int(k): str(n) for k, n in v.items() if isinstance(k, int) and isinstance(n, (str, int))}

@@ -195,7 +195,8 @@ class DetectionRun:
 
     @property
     def names(self) -> dict[int, str]:
-        return self.labels.names if self.labels else {}
+        """Class names: the labels' categories, else the model's own metadata (ultralytics `names`)."""
+        return self.labels.names if self.labels else self.decoder.class_names
 
     def to_json(self) -> dict:
         """The `detection` section of the compare JSON (schema qdebug.detection/1)."""
@@ -287,7 +288,7 @@ def summarize(decoder: Decoder, metas: list[ImageMeta], input_hw: tuple[int, int
               match_iou: float = 0.5) -> DetectionRun:
     """Score already decoded detections (agreement, true mAP with labels, warnings)."""
     t0 = time.perf_counter()
-    names = labels.names if labels else None
+    names = labels.names if labels else (decoder.class_names or None)
     img = [m.name for m in metas]
     q = agreement(float_dets, quant_dets, match_iou=match_iou, names=names, image_names=img)
     p = agreement(float_dets, promoted_dets, match_iou=match_iou, names=names, image_names=img) \

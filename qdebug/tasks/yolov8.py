@@ -74,6 +74,7 @@ class YoloV8Decoder(Decoder):
 
     def configure(self, metadata: dict[str, str]) -> None:
         """Read ultralytics' ONNX metadata: `task` (segment/pose), `kpt_shape` "[17, 3]", `names` (class count)."""
+        super().configure(metadata)  # class names
         task = str(metadata.get("task", "")).strip().lower()
         if task:
             self.meta["task"] = task
