@@ -16,13 +16,13 @@ from onnx import TensorProto, helper
 from qdebug import __version__
 from qdebug.errors import ModelError
 from qdebug.graph.fusion import QuantOp
-from qdebug.graph.hazards import judge_hazards
+from qdebug.graph.hazards import Grid, Grids, judge_hazards
 from qdebug.graph.model import ModelGraph, node_reads
 from qdebug.graph.parts import concat_parts
 from qdebug.inputs.dataset import Dataset
 from qdebug.metrics.engine import CompareAccumulator
 from qdebug.metrics.fused import CUM, FusedLayout, add_sample, build_fused, static_shapes
-from qdebug.quant.scheme import QuantConfig
+from qdebug.quant.scheme import QParams, QuantConfig
 from qdebug.quant.simulate import SimPlan
 from qdebug.results.compare import (
     COMPARE_SCHEMA,
@@ -308,7 +308,9 @@ def _assemble(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backend:
     hazards, handled = judge_hazards(graph, backend.float_minmax, _node_bits(ops, sp),
                                      bits=config.scheme.activation.bits or 8,
                                      channel_absmax=getattr(backend, "channel_absmax", None),  # LayerNorm outliers
-                                     steps=_imported_steps(backend), estimated=backend.name in ("qdq", "dumps"))
+                                     steps=_imported_steps(backend), grids=_hazard_grids(ops, sp, config, backend),
+                                     # steps a vendor file does not set are the built-in estimate
+                                     estimated=backend.name in ("qdq", "dumps") or config.source is not None)
     warnings = list(getattr(backend, "warnings", []))  # e.g. float tensors a --quantized model does not hold
     warnings += handled
     if sp.unsupported:
@@ -344,6 +346,34 @@ def _node_bits(ops: list[QuantOp], sp: SimPlan) -> dict[str, int | None]:
         if p is not None:
             for n in [op.key, *op.nodes]:
                 out[n] = p.bits
+    return out
+
+
+def _hazard_grids(ops: list[QuantOp], sp: SimPlan, config: QuantConfig, backend: SimBackend) -> Grids | None:
+    """The plan's activation quantization points for the hazard checks, those a vendor file pins marked "file"
+    (None when the run has no planned points, e.g. an imported quantized model)."""
+    if not sp.act:
+        return None
+    profile = getattr(backend, "profile", None)
+    pinned = config.act_params
+
+    def grid(p: QParams, key: str) -> Grid | None:
+        if p.scale.size != 1:
+            return None
+        lo, hi = p.range()
+        return Grid(float(lo.ravel()[0]), float(hi.ravel()[0]), float(p.scale.ravel()[0]), p.bits,
+                    "file" if key in pinned else "calibrated")
+
+    out = Grids(input_side=getattr(profile, "quantize_at", "output") == "input",
+                file=(config.source or "").partition(":")[2] or (config.source or ""))
+    for op in ops:
+        for t in op.outputs:  # output-side points, graph inputs, requantized passthrough outputs
+            if t in sp.act and (gr := grid(sp.act[t], t if op.kind != "input" or t in pinned else f"{t}:0")):
+                out.stored[t] = gr
+        for j, (m, _, t) in enumerate(op.inputs):  # input-side points
+            key = f"{op.key}:{j}"
+            if key in sp.act and (gr := grid(sp.act[key], key)):
+                out.read[(m, t)] = gr
     return out
 
 

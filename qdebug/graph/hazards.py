@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from qdebug.graph.families import MASK_MAGNITUDE, find_families, mask_apply, mask_tensors
 from qdebug.graph.fusion import PASSTHROUGH
@@ -18,6 +19,45 @@ SCORE_OPS = {"Sigmoid", "Softmax", "LogSoftmax"}
 HANDLED = "hazard handled: "  # starts the note (a CompareResult warning) of a hazard the run's precision removes
 INPUT_KINDS = ("softmax_range", "norm_outlier")  # hazards of an op's input tensor, not of its output
 MIN_LEVELS = 16  # fewer int levels than this across the values that matter = a hazard (docs/simulator.md)
+# ops that move every element of a Concat output unchanged: a reader behind them still reads the whole grid
+# (slicing ops such as Split/Slice/Gather may drop the score part, so the search stops there)
+WHOLE_TENSOR = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout",
+                "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The int grid one quantization point of the run puts a tensor on: represented range, step and bits,
+    and where it comes from ("file": a vendor file's record, "calibrated": qdebug's own range)."""
+
+    lo: float
+    hi: float
+    step: float
+    bits: int
+    source: str = "calibrated"
+
+    def step_at(self, bits: int) -> float:
+        """The step at `bits`: the record's own, else the same range over 2^bits - 1 levels (how the
+        simulator widens a record, QParams.with_bits)."""
+        return self.step if bits == self.bits else (self.hi - self.lo) / (2 ** bits - 1)
+
+
+@dataclass
+class Grids:
+    """The run's quantization points for the hazard checks: `stored` tensor -> grid it is stored on (output-side
+    points, graph inputs), `read` (node, tensor) -> grid that node quantizes its input to (input-side points,
+    quantize_at="input"); `file` names the vendor file of the "file" grids."""
+
+    stored: dict[str, Grid] = field(default_factory=dict)
+    read: dict[tuple[str, str], Grid] = field(default_factory=dict)
+    input_side: bool = False
+    file: str = ""
+
+    def of(self, g: ModelGraph, node: str, tensor: str) -> Grid | None:
+        """The grid `node` reads `tensor` on: its own input point, else the grid the tensor (or its source
+        through passthrough ops) is stored on."""
+        r = self.read.get((node, tensor)) or self.stored.get(tensor)
+        return r if r is not None else self.stored.get(trace_source(g, tensor)[0])
 
 
 @dataclass
@@ -60,17 +100,21 @@ def _width(r: tuple[float, float]) -> float:
 
 def judge_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], node_bits: dict[str, int | None],
                   bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None,
-                  steps: dict[str, float] | None = None, estimated: bool = False) -> tuple[list[Hazard], list[str]]:
+                  steps: dict[str, float] | None = None, estimated: bool = False,
+                  grids: Grids | None = None) -> tuple[list[Hazard], list[str]]:
     """The hazards of the precision each node actually runs at, and one note per hazard that run handles.
 
     `node_bits`: node -> int bits of the run (None = float; missing = `bits`). Each node's hazards are those
     of its own width (none in float; for an input hazard the narrower of the op and the input's producer);
     one that fires at `bits` but not at that width is handled.
     `steps`: known quantization steps of tensors (an imported QDQ model's scales), used in the numbers;
-    `estimated`: the run was made elsewhere, so steps not in `steps` are labelled as the built-in estimate.
+    `estimated`: the run was made elsewhere, or a vendor file sets the grids, so steps not in `steps` (or not
+    from the file) are labelled as the built-in estimate.
+    `grids`: the run's quantization points (see find_hazards); None = output-side points at calibrated ranges.
     """
     widths = {bits} | {b for b in node_bits.values() if b is not None}
-    found = {b: find_hazards(g, ranges, bits=b, channel_absmax=channel_absmax, steps=steps, estimated=estimated)
+    found = {b: find_hazards(g, ranges, bits=b, channel_absmax=channel_absmax, steps=steps, estimated=estimated,
+                             grids=grids)
              for b in sorted(widths)}
 
     def width_of(h: Hazard) -> int | None:
@@ -94,24 +138,131 @@ def judge_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], node_bi
     return live, notes
 
 
-def _step_label(t: str, steps: dict[str, float] | None, estimated: bool) -> str:
-    """Where a quoted int step comes from: the imported model's scale, or the built-in estimate."""
-    if steps and t in steps:
-        return " (imported scale)"
-    return " (built-in estimate)" if estimated else ""
+def _source(t: str | None, steps: dict[str, float], estimated: bool, grid: Grid | None) -> str:
+    """Where a quoted step comes from: file (a vendor record), imported (a --quantized scale), estimate (the
+    built-in estimate in a run whose grids are set elsewhere) or calibrated (qdebug's own range)."""
+    if grid is not None:
+        return "file"
+    if t is not None and t in steps:
+        return "imported"
+    return "estimate" if estimated else "calibrated"
+
+
+def _label(source: str, grids: Grids | None) -> str:
+    """The words after a quoted step that name its source (none for qdebug's own calibration)."""
+    if source == "file":
+        return f" (from {grids.file})" if grids is not None and grids.file else " (from the vendor file)"
+    return {"imported": " (imported scale)", "estimate": " (built-in estimate)"}.get(source, "")
+
+
+def _file_grid(grid: Grid | None) -> Grid | None:
+    """A point's grid when a vendor file sets it; None = the built-in estimate (calibrated range / levels)."""
+    return grid if grid is not None and grid.source == "file" else None
+
+
+def _concat_points(g: ModelGraph, node: onnx.NodeProto, t: str,
+                   grids: Grids | None) -> list[tuple[str, str, Grid | None]]:
+    """Where input `t` of Concat `node` is quantized, as (quantizing node, tensor it quantizes, file grid or None).
+
+    Output-side points (and no `grids`): the Concat's output, one grid for every input. Input-side points
+    (quantize_at="input"): the Concat's own input point for `t` (its own range unless a file record sets a
+    wider grid) and every quantized reader of the whole output (through WHOLE_TENSOR ops), whose input point
+    covers the concatenated tensor; a graph output or a float reader quantizes nothing.
+    """
+    out = node.output[0]
+    if grids is None or not grids.input_side:
+        return [(node.name, out, _file_grid(grids.stored.get(out)) if grids else None)]
+    pts: list[tuple[str, str, Grid | None]] = []
+    own = grids.read.get((node.name, t))
+    if own is not None:
+        pts.append((node.name, t, _file_grid(own)))
+    seen, todo = set(), [out]
+    while todo:
+        u = todo.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        for c in g.consumers.get(u, []):
+            r = grids.read.get((c.name, u))
+            if r is not None and all(p[0] != c.name for p in pts):
+                pts.append((c.name, u, _file_grid(r)))
+            elif r is None and c.op_type in WHOLE_TENSOR:
+                todo += [o for o in c.output if o]
+    return pts
+
+
+def _concat_hazards(g: ModelGraph, node: onnx.NodeProto, ranges: dict[str, tuple[float, float]], ratio: float,
+                    bits: int, steps: dict[str, float], estimated: bool, grids: Grids | None) -> list[Hazard]:
+    """score_concat / concat_range_mix of one Concat: an input left with few levels on a grid it shares."""
+    data = [i for i in node.input if i and i in ranges]
+    if len(data) < 2 or node.output[0] not in ranges:
+        return []
+    levels = 2 ** bits - 1
+    out: list[Hazard] = []
+    for t in data:
+        w = _width(ranges[t])
+        for qnode, qt, grid in _concat_points(g, node, t, grids):
+            if grid is not None:
+                total, step = (grid.lo, grid.hi), grid.step_at(bits)
+                wt = step * levels  # the grid's span at the judged width
+            else:
+                r = _range_of(g, ranges, qt)
+                if r is None:
+                    continue
+                total, wt = r, _width(r)
+                step = steps.get(qt, wt / levels)
+            # int8: the ratio rule (16x = 255/16 levels left); wider ints: fewer than MIN_LEVELS levels left
+            if wt <= 0 or w * ratio >= wt or (bits > 8 and w / step >= MIN_LEVELS):
+                continue
+            source = _source(qt, steps, estimated, grid)
+            label = _label(source, grids)
+            src, src_op = trace_source(g, t)
+            lo, hi = ranges[t]
+            nums = {"input_range": [lo, hi], "output_range": list(total), "ratio": round(wt / max(w, 1e-30), 1),
+                    "int8_step": step, "levels_left": round(w / step, 2), "source_op": src_op,
+                    "bits": bits, "step_source": source, "quantized_by": qnode}
+            if qnode != node.name:  # input side: a reader quantizes the concatenated tensor
+                where = f" and read by {qnode} as one int{bits} tensor: one step of that input ({step:.3g}{label})"
+                fix = f"keep {qnode} at int16/fp16 (it quantizes the whole concatenated tensor)"
+            elif qt != node.output[0]:  # input side: the Concat's own input record spans the other inputs
+                where = f", whose input record puts it on that grid: one int{bits} step ({step:.3g}{label})"
+                fix = f"keep {node.name} at int16/fp16 (or give its input '{t}' a record of its own range)"
+            else:
+                where = f": one int{bits} step of the concat ({step:.3g}{label})"
+                fix = f"keep {node.name} at int16/fp16"
+            if src_op in SCORE_OPS:
+                out.append(Hazard(
+                    "score_concat", qnode, t,
+                    f"{src_op} output '{t}' in [{lo:.3g}, {hi:.3g}] is concatenated with data in "
+                    f"[{total[0]:.4g}, {total[1]:.4g}] by {node.name}{where} is {step / max(w, 1e-30):.2f}x "
+                    "the whole score range, so scores are crushed",
+                    f"{fix}, or end the model before {node.name} and concatenate boxes and scores on the CPU", nums))
+            else:
+                out.append(Hazard(
+                    "concat_range_mix", qnode, t,
+                    f"{node.name} input '{t}' spans [{lo:.3g}, {hi:.3g}], {nums['ratio']}x smaller than "
+                    f"the grid [{total[0]:.4g}, {total[1]:.4g}]" + (f" {qnode} reads it on" if qnode != node.name
+                                                                      else "") +
+                    f"; it keeps only {w / max(step, 1e-30):.1f} of {levels} int{bits} levels "
+                    f"(step {step:.3g}{label})",
+                    f"{fix} or split the output", nums))
+    return out
 
 
 def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: float = 16.0,
                  bits: int = 8, channel_absmax: dict[str, np.ndarray] | None = None,
-                 steps: dict[str, float] | None = None, estimated: bool = False) -> list[Hazard]:
+                 steps: dict[str, float] | None = None, estimated: bool = False,
+                 grids: Grids | None = None) -> list[Hazard]:
     """Concat inputs of very different ranges, score tensors merged with coordinates, big constant scales,
     Softmax inputs too wide for int, attention masks added into int tensors, and (given per-channel max |x|
     of normalization inputs, see norm_inputs) LayerNorm inputs with an outlier channel. Every check is
-    judged at `bits`; `steps` (tensor -> known int step) replace the width / (2^bits - 1) estimate."""
+    judged at `bits`; `steps` (tensor -> known int step) replace the width / (2^bits - 1) estimate, and
+    `grids` (the run's quantization points) say where a tensor is quantized and which steps a vendor file sets."""
     steps = steps or {}
     out: list[Hazard] = []
     masked = mask_add(g, ranges, bits)
-    out += softmax_range(g, ranges, bits, skip={h.tensor for h in masked})  # a masked Softmax: reported once
+    # a masked Softmax: reported once
+    out += softmax_range(g, ranges, bits, skip={h.tensor for h in masked}, grids=grids, estimated=estimated)
     out += masked
     if channel_absmax:
         out += norm_outliers(g, channel_absmax, bits)
@@ -119,42 +270,7 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
     levels = 2 ** bits - 1
     for node in g.nodes:
         if node.op_type == "Concat":
-            data = [i for i in node.input if i and i in ranges]
-            if len(data) < 2 or node.output[0] not in ranges:
-                continue
-            total = ranges[node.output[0]]
-            wt = _width(total)
-            if wt <= 0:
-                continue
-            step = steps.get(node.output[0], wt / levels)
-            label = _step_label(node.output[0], steps, estimated)
-            for t in data:
-                w = _width(ranges[t])
-                # int8: the ratio rule (16x = 255/16 levels left); wider ints: fewer than MIN_LEVELS levels left
-                if w * ratio >= wt or (bits > 8 and w / step >= MIN_LEVELS):
-                    continue
-                src, src_op = trace_source(g, t)
-                lo, hi = ranges[t]
-                nums = {"input_range": [lo, hi], "output_range": list(total), "ratio": round(wt / max(w, 1e-30), 1),
-                        "int8_step": step, "levels_left": round(w / step, 2), "source_op": src_op,
-                        "bits": bits, "step_source": "imported" if node.output[0] in steps else
-                        "estimate" if estimated else "calibrated"}
-                if src_op in SCORE_OPS:
-                    out.append(Hazard(
-                        "score_concat", node.name, t,
-                        f"{src_op} output '{t}' in [{lo:.3g}, {hi:.3g}] is concatenated with data in "
-                        f"[{total[0]:.4g}, {total[1]:.4g}] by {node.name}: one int{bits} step of the "
-                        f"concat ({step:.3g}{label}) is {step / max(w, 1e-30):.2f}x the whole score range, so "
-                        "scores are crushed",
-                        f"keep {node.name} at int16/fp16, or end the model before the Concat and "
-                        "concatenate boxes and scores on the CPU", nums))
-                else:
-                    out.append(Hazard(
-                        "concat_range_mix", node.name, t,
-                        f"{node.name} input '{t}' spans [{lo:.3g}, {hi:.3g}], {nums['ratio']}x smaller than "
-                        f"the concat output [{total[0]:.4g}, {total[1]:.4g}]; it keeps only "
-                        f"{w / max(step, 1e-30):.1f} of {levels} int{bits} levels (step {step:.3g}{label})",
-                        f"keep {node.name} at int16/fp16 or split the output", nums))
+            out += _concat_hazards(g, node, ranges, ratio, bits, steps, estimated, grids)
         elif node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.output[0] not in masks:
             consts = [(k, g.const_value(i)) for k, i in enumerate(node.input)]
             const = [(k, v) for k, v in consts if v is not None]
@@ -172,18 +288,19 @@ def find_hazards(g: ModelGraph, ranges: dict[str, tuple[float, float]], ratio: f
             if factor < 4.0 or bits > 8:  # at int16 the rounding error is 257x smaller: what the fix asks for
                 continue
             x = data[0]
-            w_in = _width(ranges[x])
-            step_in = steps.get(x, w_in / levels)
+            grid = _file_grid(grids.of(g, node.name, x)) if grids else None
+            shown = (grid.lo, grid.hi) if grid is not None else ranges[x]
+            step_in = grid.step_at(bits) if grid is not None else steps.get(x, _width(ranges[x]) / levels)
             err_out = step_in * factor / 2
+            source = _source(x, steps, estimated, grid)
             out.append(Hazard(
                 "scale_amplify", node.name, node.output[0],
-                f"{node.name} multiplies '{x}' (range [{ranges[x][0]:.3g}, {ranges[x][1]:.3g}], "
-                f"int{bits} step {step_in:.3g}{_step_label(x, steps, estimated)}) by up to {factor:g}: rounding error of the input grows to "
+                f"{node.name} multiplies '{x}' (range [{shown[0]:.3g}, {shown[1]:.3g}], int{bits} step "
+                f"{step_in:.3g}{_label(source, grids)}) by up to {factor:g}: rounding error of the input grows to "
                 f"+-{err_out:.3g} at the output",
                 f"promote {node.name} (and the op feeding it) to int16/fp16, or move the scale to the CPU",
-                {"factor": factor, "input_range": list(ranges[x]), "input_step": step_in,
-                 "output_error_bound": err_out, "bits": bits,
-                 "step_source": "imported" if x in steps else "estimate" if estimated else "calibrated"}))
+                {"factor": factor, "input_range": list(shown), "input_step": step_in,
+                 "output_error_bound": err_out, "bits": bits, "step_source": source}))
     return out
 
 
@@ -196,33 +313,38 @@ def _range_of(g: ModelGraph, ranges: dict[str, tuple[float, float]], t: str) -> 
 
 
 def softmax_range(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 8,
-                  skip: set[str] | frozenset[str] = frozenset()) -> list[Hazard]:
+                  skip: set[str] | frozenset[str] = frozenset(), grids: Grids | None = None,
+                  estimated: bool = False) -> list[Hazard]:
     """Softmax inputs whose int step is too coarse where it matters: only the top ln(256) = 5.55 of the
     scores (after max-subtraction) give probabilities an 8-bit output can hold, and that window must keep
-    MIN_LEVELS input levels. Threshold: input width > (2^bits - 1) * ln(256) / 16 (88.4 at int8)."""
+    MIN_LEVELS input levels. Threshold: input width > (2^bits - 1) * ln(256) / 16 (88.4 at int8); a vendor
+    file's grid for the input (`grids`) gives the range and step instead."""
     out = []
     window = math.log(256.0)
     levels = 2 ** bits - 1
     for node in g.nodes:
         if node.op_type != "Softmax" or not node.input or trace_source(g, node.input[0])[0] in skip:
             continue
-        r = _range_of(g, ranges, node.input[0])
+        grid = _file_grid(grids.of(g, node.name, node.input[0])) if grids else None
+        r = (grid.lo, grid.hi) if grid is not None else _range_of(g, ranges, node.input[0])
         if r is None or not all(math.isfinite(v) for v in r):
             continue
         w = _width(r)
-        step = w / levels
+        step = grid.step_at(bits) if grid is not None else w / levels
         if step <= 0 or window / step >= MIN_LEVELS:
             continue
         err = math.exp(step / 2) - 1
+        source = _source(None, {}, estimated, grid)
         out.append(Hazard(
             "softmax_range", node.name, node.input[0],
-            f"{node.name} input spans [{r[0]:.4g}, {r[1]:.4g}] (width {w:.4g}): one int{bits} step is {step:.3g}, "
-            f"so the top {window:.2f} of the scores (the probabilities >= 1/256) keep only {window / step:.1f} "
-            f"levels and a probability can be off by {100 * err:.0f}%" if err < 1 else
-            "levels: the probabilities are noise",
+            f"{node.name} input spans [{r[0]:.4g}, {r[1]:.4g}] (width {w:.4g}): one int{bits} step is "
+            f"{step:.3g}{_label(source, grids)}, so the top {window:.2f} of the scores (the probabilities >= 1/256) "
+            f"keep only {window / step:.1f} levels" + (f" and a probability can be off by {100 * err:.0f}%"
+                                                        if err < 1 else ": the probabilities are noise"),
             f"quantize the Softmax input at int16 (promote {node.name} and its producer), or clamp the scores",
             {"input_range": list(r), "width": w, "int_step": step, "levels_in_window": round(window / step, 2),
-             "threshold_width": levels * window / MIN_LEVELS, "max_rel_error": err}))
+             "threshold_width": levels * window / MIN_LEVELS, "max_rel_error": err, "bits": bits,
+             "step_source": source}))
     return out
 
 
