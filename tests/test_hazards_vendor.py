@@ -177,11 +177,11 @@ def _own(lo: float, hi: float) -> Grid:
 
 def test_input_side_reader_of_the_whole_concat_is_where_scores_are_crushed() -> None:
     g = _concat_model("Relu")
-    grids = Grids(read={("cat", "b"): _own(-200, 200), ("cat", "s"): _own(0, 0.9), ("reader", "r"): _own(-200, 200)},
-                  input_side=True)
+    own = {("cat", "b"): Grid(-200, 200, 400 / 255, 8, "file"), ("cat", "s"): Grid(0, 0.9, 0.9 / 255, 8, "file")}
+    grids = Grids(read={**own, ("reader", "r"): _own(-200, 200)}, input_side=True, file="f.txt")
     live, notes = judge_hazards(g, RANGES, {}, grids=grids)
     sc = [h for h in live if h.kind == "score_concat"]
-    # the Concat's own points keep each input on its own grid; the Relu quantizes [-200, 200] as one tensor:
+    # the file gives each Concat input a record of its own range; the Relu quantizes [-200, 200] as one tensor:
     # step 400 / 255, the scores [0, 0.9] keep 0.9 * 255 / 400 levels
     assert [(h.node, h.tensor) for h in sc] == [("reader", "s")]
     assert sc[0].numbers["int8_step"] == pytest.approx(400 / 255, rel=1e-12)
@@ -193,10 +193,17 @@ def test_input_side_reader_of_the_whole_concat_is_where_scores_are_crushed() -> 
     assert "hazard handled: score_concat at reader: the run keeps it in float" in notes
 
 
-def test_input_side_concat_feeding_only_the_graph_output_is_no_hazard() -> None:
+def test_input_side_concat_without_a_record_is_judged_on_the_shared_grid() -> None:
+    """ATC writes one record for every input of a Concat: with no file record of its own, the score input is
+    judged on the whole concatenated range; a record of its own range (and no quantized reader) is no hazard."""
     g = _concat_model(None)
     grids = Grids(read={("cat", "b"): _own(-200, 200), ("cat", "s"): _own(0, 0.9)}, input_side=True)
-    assert not [h for h in judge_hazards(g, RANGES, {}, grids=grids)[0] if h.kind == "score_concat"]
+    sc = [h for h in judge_hazards(g, RANGES, {}, grids=grids)[0] if h.kind == "score_concat"]
+    assert [(h.node, h.tensor) for h in sc] == [("cat", "s")]
+    assert sc[0].numbers["levels_left"] == pytest.approx(round(0.9 * 255 / 400, 2))
+    filed = Grids(read={("cat", "b"): Grid(-200, 200, 400 / 255, 8, "file"),
+                        ("cat", "s"): Grid(0, 0.9, 0.9 / 255, 8, "file")}, input_side=True, file="f.txt")
+    assert not [h for h in judge_hazards(g, RANGES, {}, grids=filed)[0] if h.kind == "score_concat"]
     # output-side points: the Concat's output is one grid -> the hazard at the Concat (0.9 / (400 / 255) levels)
     out_side = Grids(stored={"c": _own(-200, 200)})
     sc = [h for h in judge_hazards(g, RANGES, {}, grids=out_side)[0] if h.kind == "score_concat"]

@@ -165,17 +165,19 @@ def _concat_points(g: ModelGraph, node: onnx.NodeProto, t: str,
     """Where input `t` of Concat `node` is quantized, as (quantizing node, tensor it quantizes, file grid or None).
 
     Output-side points (and no `grids`): the Concat's output, one grid for every input. Input-side points
-    (quantize_at="input"): the Concat's own input point for `t` (its own range unless a file record sets a
-    wider grid) and every quantized reader of the whole output (through WHOLE_TENSOR ops), whose input point
-    covers the concatenated tensor; a graph output or a float reader quantizes nothing.
+    (quantize_at="input"): the Concat's own input point for `t` — the file record's grid when the file has one,
+    else the whole concatenated range, the one record ATC writes for all inputs of a Concat — and every quantized
+    reader of the whole output (through WHOLE_TENSOR ops), whose input point covers the concatenated tensor.
     """
     out = node.output[0]
     if grids is None or not grids.input_side:
         return [(node.name, out, _file_grid(grids.stored.get(out)) if grids else None)]
     pts: list[tuple[str, str, Grid | None]] = []
     own = grids.read.get((node.name, t))
-    if own is not None:
+    if own is not None and own.source == "file":
         pts.append((node.name, t, _file_grid(own)))
+    elif own is not None:  # no record of its own: ATC writes one shared record for every input of a Concat
+        pts.append((node.name, out, None))  # (the reference's real files), so judge it on the whole range
     seen, todo = set(), [out]
     while todo:
         u = todo.pop()
