@@ -23,7 +23,8 @@ With remedies (default; --no-remedies skips): each target also runs `bisect --re
 table prints plan, cost, evaluations and time beside the promotion-only search. The model is the
 synthetic make_yolov8_bench detector unless --model/--data name a real one (docs/benchmarks.md, issue #17:
 a trained YOLOv8n from the nudenet wheel; benchmarks/probe_small_sets.py asks whether small plans exist).
-See benchmarks/README_bisect_rknn.md.
+`--single-pruning` runs plain bisect with the single-member pruning it used before grouped pruning (issue #17
+round 4), for a before/after table. See benchmarks/README_bisect_rknn.md.
 """
 
 from __future__ import annotations
@@ -68,7 +69,16 @@ def _bound(n: int, found: int) -> int:
     return 2 * max(1, (max(n, 1) - 1).bit_length()) + found + 2
 
 
-def _qdebug_cmd() -> list[str]:
+# plain bisect as before issue #17 round 4 (single-member pruning only), for a before/after comparison
+_SINGLE_PRUNING = ("import sys; from qdebug.search import bisect as b; init = b.PromotionSearch.__init__\n"
+                   "def single(self, *a, **k):\n    init(self, *a, **k); self.grouped = False\n"
+                   "b.PromotionSearch.__init__ = single\n"
+                   "from qdebug.cli import main; sys.exit(main())")
+
+
+def _qdebug_cmd(single_pruning: bool = False) -> list[str]:
+    if single_pruning:
+        return [sys.executable, "-c", _SINGLE_PRUNING]
     script = Path(sys.executable).with_name("qdebug")
     if script.exists():
         return [str(script)]
@@ -90,12 +100,13 @@ def _run_measured(cmd: list[str], cwd: Path) -> dict:
 
 # ====================================================================== bisect
 def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, remedies: bool = False,
-                   extra: list[str] | None = None) -> dict:
-    js = out / f"bisect_{model.stem}_{_slug(target)}_{n}{'_remedies' if remedies else ''}.json"
+                   extra: list[str] | None = None, single_pruning: bool = False) -> dict:
+    tag = "_remedies" if remedies else "_single" if single_pruning else ""
+    js = out / f"bisect_{model.stem}_{_slug(target)}_{n}{tag}.json"
     if js.exists():
         js.unlink()
-    cmd = [*_qdebug_cmd(), "bisect", str(model), "--data", str(images), "--samples", str(n), "--json", str(js),
-           "-q"] + (["--remedies"] if remedies else []) + list(extra or [])
+    cmd = [*_qdebug_cmd(single_pruning and not remedies), "bisect", str(model), "--data", str(images),
+           "--samples", str(n), "--json", str(js), "-q"] + (["--remedies"] if remedies else []) + list(extra or [])
     if target != "default":
         cmd += ["--target", target]
     r = _run_measured(cmd, out)
@@ -131,6 +142,7 @@ def run_bisect_cli(model: Path, images: Path, n: int, target: str, out: Path, re
         "before": res["before"], "after": res["after"],
         "first_bad_cut": {k: cut.get(k) for k in ("tensor", "node", "op_type", "metric", "value", "bound")},
         "wall_target_met": r["wall_s"] < TARGET_WALL_S, "remedies": remedies,
+        "pruning": "grouped" if remedies or not single_pruning else "single",
         "plan": [(x["kind"], x["cost"], x["unit"]) for x in res.get("remedies", [])],
         "precision_part": ({k: rs.get(k) for k in ("precision_evaluations", "precision_bound", "calibration_evaluations",
                                                    "calibration_bound")} if (rs := doc.get("remedy_search")) else None),
@@ -346,6 +358,9 @@ def main() -> int:
                     help="time budget of the naive sweep; past it, extrapolate (default 600)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--no-remedies", action="store_true", help="skip the bisect --remedies run per target")
+    ap.add_argument("--single-pruning", action="store_true",
+                    help="plain bisect with single-member pruning only (the search before grouped pruning), "
+                         "to compare with a run without this option")
     ap.add_argument("--quiet-wait", type=float, default=20.0,
                     help="before each run wait up to S seconds for other processes to use < 0.3 cores")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -384,7 +399,7 @@ def main() -> int:
         busy = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
         print(f"[bench] qdebug bisect --target {t!r} ({n} images; other load before {_f(busy, '.2f')} cores) ...",
               file=sys.stderr, flush=True)
-        r = run_bisect_cli(model, images, n, t, out, extra=extra)
+        r = run_bisect_cli(model, images, n, t, out, extra=extra, single_pruning=args.single_pruning)
         r["load_before_cores"] = busy
         rows.append(r)
         print(f"[bench]   -> {r.get('error') or ('met' if r['met'] else 'not met')}, {r['wall_s']:.1f} s, "

@@ -1,15 +1,21 @@
-"""Grouped pruning (issue #17 round 3): a long passing window is cut by halves/quarters before single members,
-so the search ends on a smaller set within the same bound 2*ceil(log2 N) + |set| + 2."""
+"""Grouped pruning (issue #17 round 3; plain bisect too since round 4): a long passing window is cut by
+halves/quarters before single members, so the search ends on a smaller set within the same bound
+2*ceil(log2 N) + |set| + 2. `grouped = False` is the single-member pruning before it, kept for comparison."""
 
 from __future__ import annotations
 
 import itertools
 
-from onnx import TensorProto, helper
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from qdebug.graph.model import ModelGraph
+from qdebug.inputs.dataset import load_dataset
 from qdebug.quant.scheme import Precision, QuantConfig
+from qdebug.runners.sim import SimBackend
 from qdebug.search.bisect import PromotionSearch
+from qdebug.search.driver import run_bisect
 from qdebug.search.evaluate import Evaluator, Score
 from qdebug.search.remedies import Plan, RemedySearch
 from qdebug.search.target import parse_target
@@ -51,14 +57,19 @@ def _bound(n: int, found: int) -> int:
     return 2 * max(1, (n - 1).bit_length()) + found + 2
 
 
+def _single(ev: Evaluator) -> PromotionSearch:
+    """The search with single-member pruning only (plain bisect before issue #17 round 4)."""
+    s = PromotionSearch(ev, QuantConfig())
+    s.grouped = False
+    return s
+
+
 def test_grouped_pruning_reaches_the_exhaustive_minimum_where_singles_stop():
     ranked = [f"o{i}" for i in range(32)]
     groups = [{"o3"}, {"o20"}]
     old_ev, new_ev = HitEvery(groups), HitEvery(groups)
-    old = PromotionSearch(old_ev, QuantConfig()).run(ranked)
-    s = PromotionSearch(new_ev, QuantConfig())
-    s.grouped = True
-    new = s.run(ranked)
+    old = _single(old_ev).run(ranked)
+    new = PromotionSearch(new_ev, QuantConfig()).run(ranked)  # the default: grouped
     assert old.met and new.met
     # by hand: prefix [o0..o20] (u = 7), window [o3..o20] (u = 12), 18 members; singles can drop 9 before the
     # bound (u + 1 <= 12 + |set| - 1) -> 9 ops; grouped: drop o19..o12 (pass), o11..o4 (pass) -> {o3, o20}
@@ -74,10 +85,8 @@ def test_grouped_pruning_with_alternatives_stays_within_bound_and_beats_singles(
     ranked = [f"o{i}" for i in range(40)]
     groups = [{"o5", "o6"}, {"o14"}, {"o25", "o26"}]
     old_ev, new_ev = HitEvery(groups), HitEvery(groups)
-    old = PromotionSearch(old_ev, QuantConfig()).run(ranked)
-    s = PromotionSearch(new_ev, QuantConfig())
-    s.grouped = True
-    new = s.run(ranked)
+    old = _single(old_ev).run(ranked)
+    new = PromotionSearch(new_ev, QuantConfig()).run(ranked)
     best = _exhaustive_min(new_ev, ranked)
     assert best == 3 and new.met and new_ev.passes(set(new.promoted))
     assert len(new.promoted) < len(old.promoted)
@@ -98,10 +107,8 @@ def test_short_windows_unchanged_by_grouping():
     # singles fit the bound here, so grouping never runs (same trials as the plain search)
     ranked = [f"o{i}" for i in range(16)]
     a, b = HitEvery([{"o2"}, {"o3"}]), HitEvery([{"o2"}, {"o3"}])
-    plain = PromotionSearch(a, QuantConfig()).run(ranked)
-    s = PromotionSearch(b, QuantConfig())
-    s.grouped = True
-    grouped = s.run(ranked)
+    plain = _single(a).run(ranked)
+    grouped = PromotionSearch(b, QuantConfig()).run(ranked)
     assert plain.promoted == grouped.promoted == ["o2", "o3"] and a.calls == b.calls
     assert not any(r.purpose == "prune group" for r in grouped.evaluations)
 
@@ -138,3 +145,38 @@ def test_upstream_calibration_variant_is_tried_first():
     rs2 = RemedySearch(ev2, QuantConfig(), Precision.INT16, (best, []), None, "no tail")
     assert [n for n, _ in rs2.variants] == ["per-tensor best"]
     assert not rs2.evaluate(Plan(tuple(best)), "calibration").score.passed
+
+
+def _chain(n: int) -> onnx.ModelProto:
+    """x -> n0 (Mul) -> n1 (Add) -> ... -> n{n-1} -> y: n quantized ops in a row, nothing else."""
+    nodes, inits, x = [], [], "x"
+    for i in range(n):
+        inits.append(numpy_helper.from_array(np.array(1.0 + 0.01 * i, np.float32), f"c{i}"))
+        y = "y" if i == n - 1 else f"t{i}"
+        nodes.append(helper.make_node("Mul" if i % 2 == 0 else "Add", [x, f"c{i}"], [y], name=f"n{i}"))
+        x = y
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_plain_bisect_uses_grouped_pruning_and_stays_within_bound(tmp_path):
+    # plain `qdebug bisect` (run_bisect without remedies) on a 32-op chain where exactly n3 and n20 must be
+    # promoted: the set is the brute-force minimum over the candidates, and the count stays within the bound
+    onnx.save(_chain(32), str(tmp_path / "chain.onnx"))
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        np.save(tmp_path / "data" / f"s{k}.npy", rng.normal(size=(1, 4)).astype(np.float32))
+    g = ModelGraph.load(str(tmp_path / "chain.onnx"))
+    ev = HitEvery([{"n3"}, {"n20"}])
+    doc = run_bisect(g, load_dataset(str(tmp_path / "data"), g), QuantConfig(), SimBackend(), "y:snr_db>=1",
+                     evaluator=ev)
+    cands = [r.op for r in doc.ranking]
+    assert len(cands) == 33  # the input's quantization and the 32 ops
+    assert doc.result.met and sorted(doc.result.set) == ["n20", "n3"]
+    assert _exhaustive_min(ev, cands, limit=2) == len(doc.result.set)
+    assert any(e.purpose == "prune group" for e in doc.evaluations)
+    assert doc.counts.evaluations == ev.calls <= doc.counts.bound == _bound(33, 2)

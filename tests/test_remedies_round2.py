@@ -7,6 +7,7 @@ round(qmin - min * scale)) or by an independent implementation written here (the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -148,17 +149,38 @@ def _one_node_graph():
     return ModelGraph(helper.make_model(gr))
 
 
+def _smallest_passing(needed: set[str], ops: list[str], limit: int = 4) -> set[str] | None:
+    """Brute force, independent of bisect: the smallest subset of `ops` NeedAll(needed) passes on."""
+    for k in range(1, limit + 1):
+        for c in itertools.combinations(ops, k):
+            if needed <= set(c):
+                return set(c)
+    return None
+
+
 def test_long_prefix_stays_within_bound_and_says_not_minimal():
     ranked = [f"o{i}" for i in range(16)]
     ev = NeedAll({"o2", "o7", "o12"})
-    res = PromotionSearch(ev, QuantConfig()).run(ranked)
+    res = PromotionSearch(ev, QuantConfig()).run(ranked)  # plain bisect: grouped pruning (issue #17 round 4)
     # by hand, L = ceil(log2 16) = 4, fixed part 2L + 2 = 10. baseline 1 + all-promoted 1; prefix: 8 fail,
     # 12 fail, 14 pass, 13 pass (4) -> [o0..o12]; window start: 6 fail, 3 fail, 1 pass, 2 pass (4) -> [o2..o12]
-    # (u = 10). Prune lowest score first while u + 1 <= 10 + |chosen| - 1: o11 o10 o9 o8 pass (u 14, 7 left),
-    # o7 fails (u 15), o6 passes (u 16, 6 left), o5 would need 17 <= 15: stop, 5 members untried.
-    assert res.met and res.promoted == ["o2", "o3", "o4", "o5", "o7", "o12"]
-    assert ev.calls == len(res.evaluations) == 16 == 2 * 4 + len(res.promoted) + 2
-    assert "may not be minimal: 5 member(s)" in res.message
+    # (u = 10). Groups of the 9 inner members (pruning order o11..o3; the ends o2, o12 stay), halves of 4:
+    # -o11..o8 passes (u 11), -o7..o4 fails (12), -o3 passes (13) -> [o2 o4 o5 o6 o7 o12]; pairs: -o7 o6 fails
+    # (14), -o5 o4 would need 15 <= 10 + 4: stop groups. Singles (u + 1 <= 10 + |set| - 1 = 15): -o7 fails
+    # (15), -o6 would need 16: stop, 5 members untried.
+    assert res.met and res.promoted == ["o2", "o4", "o5", "o6", "o7", "o12"]
+    assert _smallest_passing(ev.needed, ranked) == {"o2", "o7", "o12"} <= set(res.promoted)
+    assert ev.calls == len(res.evaluations) == 15 <= 2 * 4 + len(res.promoted) + 2
+    assert "may not be minimal: 5 member(s) were not tried alone for removal" in res.message  # (groups were)
+    # single-member pruning (the search before round 4) ends on the same 6 ops with one evaluation more: after
+    # the window, o11 o10 o9 o8 pass (u 14), o7 fails (15), o6 passes (16), o5 would need 17 <= 15: stop
+    ev1 = NeedAll({"o2", "o7", "o12"})
+    single = PromotionSearch(ev1, QuantConfig())
+    single.grouped = False
+    old = single.run(ranked)
+    assert old.promoted == ["o2", "o3", "o4", "o5", "o7", "o12"] and ev1.calls == 16 == 2 * 4 + 6 + 2
+    assert "may not be minimal: 5 member(s) were not tried for removal" in old.message
+    assert len(res.promoted) <= len(old.promoted)
     # the old search (prefix + prune every member) spent 1 + 1 + 4 + 12 = 18 > 2*4 + 3 + 2 = 13 here
 
 

@@ -7,8 +7,8 @@ Steps (docs/bisect.md):
    truncated graphs (at most ceil(log2 N) + 2 backend runs, counted and bounded with the search);
 3. rank ops by sensitivity from the one-pass comparison (hazard, jump, isolated error);
 4. binary search for the shortest ranked prefix meeting the target, a second one for the shortest passing
-   window ending there, then pruning inside the window within the evaluation bound, then a verification
-   run. Evaluations are cached by precision map.
+   window ending there, then pruning inside the window (groups of members first when one trial per member
+   would not fit) within the evaluation bound, then a verification run. Evaluations are cached by precision map.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ class PromotionSearch:
         # (config, promoted ops) -> config: the remedy search re-ranges promoted ops for the wider type
         self.widen: Callable[[QuantConfig, Sequence[str]], QuantConfig] | None = None
         self.per_op: dict[str, Precision] = {}  # promoted ops at another precision (the fp16 fallback's int16 ops)
-        self.grouped = False  # drop groups of members before single ones when singles would not fit the bound
+        # drop groups of members before single ones when singles would not fit the bound (plain bisect and
+        # --remedies alike; False: single members only, the search before issue #17 round 4)
+        self.grouped = True
 
     def prec_of(self, op: str) -> Precision:
         return self.per_op.get(op, self.precision)
@@ -190,8 +192,9 @@ class PromotionSearch:
         final = self.evaluate(chosen, "final")
         msg = f"target met by promoting {len(chosen)} op(s) to {self.precision.value}"
         if untried:
-            msg += (f" (the set may not be minimal: {untried} member(s) were not tried for removal, pruning stopped "
-                    "at the evaluation bound)")
+            alone = " alone" if any(r.purpose == "prune group" for r in self.records[n0:]) else ""
+            msg += (f" (the set may not be minimal: {untried} member(s) were not tried{alone} for removal, pruning "
+                    "stopped at the evaluation bound)")
         if len(chosen) > max(3, len(ranked) // 4):
             msg += (f"; that is {len(chosen)} of {len(ranked)} ops: the error is spread over the network rather "
                     "than concentrated in a few ops, so a mixed-precision patch is a poor fit — consider 16-bit "
