@@ -124,6 +124,15 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return rc, " ".join(capsys.readouterr().err.split())
 
 
+def _compare_ok(m: onnx.ModelProto, path, capsys) -> dict:
+    """Save `m` to `path`, compare it on the samples in the folder `d` beside it; the JSON (exit 0 asserted)."""
+    onnx.save(m, str(path))
+    out = path.parent / "c.json"
+    rc, err = run_cli(["compare", path, "--data", path.parent / "d", "--json", out], capsys)
+    assert rc == 0, err
+    return json.loads(out.read_text())
+
+
 def _rows(doc: dict) -> dict[str, dict]:
     return {r["tensor"]: r for r in doc["tensors"]}
 
@@ -152,13 +161,8 @@ def _check_float_ranges(doc: dict, model: onnx.ModelProto, feeds: list[dict], na
 @pytest.mark.parametrize("opset", list(range(11, 22)))
 def test_attention_compare_every_opset(opset, tmp_path, capsys):
     m = attention_model(opset)
-    path = tmp_path / "m.onnx"
-    onnx.save(m, str(path))
     xs = _x_data(tmp_path / "d")
-    out = tmp_path / "c.json"
-    rc, err = run_cli(["compare", path, "--data", tmp_path / "d", "--json", out], capsys)
-    assert rc == 0, err
-    doc = json.loads(out.read_text())
+    doc = _compare_ok(m, tmp_path / "m.onnx", capsys)
     rows = _rows(doc)
     _check_float_ranges(doc, m, [{"x": x} for x in xs], ["y", "y2"])
     # shape math (int64 chain and the float sqrt(d) computed from a shape) is neither compared nor quantized
@@ -290,13 +294,9 @@ def _token_data(folder, n: int = 3) -> list[dict]:
 
 def test_several_inputs_ints_fed_as_given(tmp_path, capsys):
     m = token_model()
-    path = tmp_path / "tok.onnx"
-    onnx.save(m, str(path))
     feeds = _token_data(tmp_path / "d")
-    out = tmp_path / "c.json"
-    rc, err = run_cli(["compare", path, "--data", tmp_path / "d", "--json", out], capsys)
-    assert rc == 0, err
-    doc = json.loads(out.read_text())
+    path = tmp_path / "tok.onnx"
+    doc = _compare_ok(m, path, capsys)
     rows = _rows(doc)
     # the embedding rows are exactly the table rows of the given ids: nothing quantized or rescaled the ids
     emb = numpy_helper.to_array(m.graph.initializer[0])
@@ -384,13 +384,9 @@ def control_flow_model() -> onnx.ModelProto:
 
 def test_control_flow_stays_float(tmp_path, capsys):
     m = control_flow_model()
-    path = tmp_path / "cf.onnx"
-    onnx.save(m, str(path))
     xs = _x_data(tmp_path / "d")
-    out = tmp_path / "c.json"
-    rc, err = run_cli(["compare", path, "--data", tmp_path / "d", "--json", out], capsys)
-    assert rc == 0, err
-    doc = json.loads(out.read_text())
+    path = tmp_path / "cf.onnx"
+    doc = _compare_ok(m, path, capsys)
     # float values by hand (onnx's reference evaluator gets this Loop wrong): If picks Relu(h) or -h, the
     # Loop adds 0.5 h twice, the Scan is a running sum over the tokens
     w = numpy_helper.to_array(m.graph.initializer[0])

@@ -257,8 +257,7 @@ def test_rknn_backend_remedies_plan_writes_cfg_with_precision_and_ranges(monkeyp
     both into the toolkit's own step-1 cfg: `y: int16` and y's min/max/scale/zero_point."""
     import sys
 
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from test_rknn_truth import _linear
 
     from qdebug.cli import main
 
@@ -268,18 +267,8 @@ def test_rknn_backend_remedies_plan_writes_cfg_with_precision_and_ranges(monkeyp
     monkeypatch.setenv("FAKE_GAIN_PROMOTED", "2.0")
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    g = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"], name="mul")], "t",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
-                          [numpy_helper.from_array(np.array(2.0, np.float32), "k")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "lin.onnx"))
-    (tmp_path / "npy").mkdir()
-    rng = np.random.default_rng(0)
-    xs = [rng.uniform(0.5, 1.5, (1, 3, 4, 4)).astype(np.float32) for _ in range(3)]
-    for k, x in enumerate(xs):
-        np.save(tmp_path / "npy" / f"{k}.npy", x)
+    _linear(tmp_path)  # lin.onnx (y = 2x) and three samples in npy/
+    xs = [np.load(p) for p in sorted((tmp_path / "npy").glob("*.npy"))]
     out, js = tmp_path / "out.quantization.cfg", tmp_path / "b.json"
     rc = main(["bisect", str(tmp_path / "lin.onnx"), "--data", str(tmp_path / "npy"), "--backend", "rknn",
                "--rknn-python", sys.executable, "--remedies", "--calibrator", "percentile", "--percentile", "90",
