@@ -474,6 +474,19 @@ class ModelGraph:
             existing.add(name)
         return m
 
+    def descendants(self, nodes: Iterable[str]) -> set[str]:
+        """Names of `nodes` and of every node that reads, directly or not, one of their outputs."""
+        out: set[str] = set()
+        stack = list(nodes)
+        while stack:
+            n = stack.pop()
+            if n in out:
+                continue
+            out.add(n)
+            for o in self.node_by_name[n].output:
+                stack.extend(c.name for c in self.consumers.get(o, []))
+        return out
+
     def ancestors(self, tensors: Iterable[str]) -> tuple[set[str], set[str]]:
         """(tensors, node names) needed to compute `tensors` from the graph inputs."""
         needed: set[str] = set()

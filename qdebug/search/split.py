@@ -71,7 +71,7 @@ def find_decode_tail(g: ModelGraph, hazards: Iterable[tuple[str, str]]) -> tuple
     tail: set[str] = set()
     frontier = set(seeds)
     while frontier:  # alternate: downstream closure, then upstream through decode ops fully owned by the tail
-        tail |= _descendants(g, frontier)
+        tail |= g.descendants(frontier)
         frontier = set()
         for name in tail:
             for t in g.node_by_name[name].input:
@@ -104,19 +104,6 @@ def find_decode_tail(g: ModelGraph, hazards: Iterable[tuple[str, str]]) -> tuple
     kinds = ", ".join(seeds[:4]) + (" ..." if len(seeds) > 4 else "")
     return HeadSplit(order, boundary, seeds, f"decode tail from {kinds}: {len(order)} ops, "
                                              f"{len(boundary)} tensor(s) cross to the CPU", consts), ""
-
-
-def _descendants(g: ModelGraph, names: Iterable[str]) -> set[str]:
-    out: set[str] = set()
-    stack = list(names)
-    while stack:
-        n = stack.pop()
-        if n in out:
-            continue
-        out.add(n)
-        for o in g.node_by_name[n].output:
-            stack.extend(c.name for c in g.consumers.get(o, []))
-    return out
 
 
 def _shape_only(g: ModelGraph, node: onnx.NodeProto) -> bool:
