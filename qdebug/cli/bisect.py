@@ -66,7 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_bisect(args: argparse.Namespace) -> int:
     """Run `qdebug bisect`: rank the ops, search the smallest promotion set, write the vendor file and exports."""
     from qdebug.quant.scheme import Precision
-    from qdebug.search.bisect import cut_search_bound
     from qdebug.search.driver import run_bisect
     from qdebug.search.remedies import config_from_remedies
     from qdebug.search.target import parse_cut, precheck_target
@@ -150,10 +149,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             res.quant.judge = judge.describe()  # one build count: every build of the run, the proposal's too
             if search_builds is not None:  # the search's builds against the issue's bound 2*ceil(log2 N)+|set|+2
                 # strict: the first-bad-cut probes are builds too and count inside it (no cut allowance on top)
-                cut_allowance = cut_search_bound(len(graph.activation_tensors())) \
-                    if res.first_bad_cut.path == "truncation" else 0
                 res.quant.judge["search_builds"] = {"total": sum(search_builds.values()), **search_builds,
-                                                    "bound": res.counts.bound - cut_allowance, "reused": search_reused}
+                                                    "bound": res.counts.bound - res.counts.cut_bound,
+                                                    "reused": search_reused}
     finally:
         if judge is not None and hasattr(judge, "close"):
             judge.close()

@@ -170,6 +170,7 @@ class Counts(Record):
     naive_evaluations: int
     search_seconds: float
     total_seconds: float
+    cut_bound: int = 0  # the part of `bound` that is the truncation cut search's own (0: one-pass)
 
 
 @record

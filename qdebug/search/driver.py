@@ -128,10 +128,10 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     if plan is not None:  # the remedy part's bounds on top of the precision search's
         bound = 1 + int(plan.info.split is not None) + plan.info.calibration_bound + plan.info.precision_bound \
             + max(0, len(plan.remedies) - 1)  # + attribution runs: the plan's steps before its last remedy
-    if cut.path == "truncation":  # the count includes the cut probes, so the bound includes their bound
-        bound += cut_search_bound(len(graph.activation_tensors()))
+    # the count includes the cut probes, so the bound includes their bound
+    cut_bound = cut_search_bound(len(graph.activation_tensors())) if cut.path == "truncation" else 0
     counts = Counts(n, res.quantized_evaluations + cut.evaluations, res.quantized_evaluations, cut.evaluations,
-                    bound, n + 1, round(res.seconds, 3), round(total_s, 3))
+                    bound + cut_bound, n + 1, round(res.seconds, 3), round(total_s, 3), cut_bound)
     quant = before.quant.from_json({**before.quant.to_json(), "judge": judge.describe()})
     out = BisectResult(BISECT_SCHEMA, __version__, now_utc(), "", before.model, before.samples, quant,
                        TargetInfo.from_json(target.to_json()), precision.value, cut, ranked[:50],
