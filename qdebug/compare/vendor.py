@@ -8,6 +8,7 @@ sample's float and toolkit outputs to the caller (the CLI scores the task verdic
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,8 +164,5 @@ def rank_disagreements(compare: CompareResult) -> list[dict]:
 
 def median_gap(disagreements: list[dict]) -> float | None:
     """Median |toolkit SNR - built-in SNR| over the tensors both simulators measured (the fidelity figure)."""
-    gaps = sorted(abs(d["snr_gap_db"]) for d in disagreements if d["snr_gap_db"] is not None)
-    if not gaps:
-        return None
-    mid = len(gaps) // 2
-    return round(gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2, 3)
+    gaps = [abs(d["snr_gap_db"]) for d in disagreements if d["snr_gap_db"] is not None]
+    return round(statistics.median(gaps), 3) if gaps else None

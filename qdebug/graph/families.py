@@ -291,16 +291,16 @@ def find_families(g: ModelGraph) -> list[Family]:
     return sorted(out, key=lambda f: g.index_of[f.members[0]])
 
 
+def is_mask_constant(g: ModelGraph, t: str) -> bool:
+    """`t` is a float constant holding a huge (|c| >= MASK_MAGNITUDE) or infinite value: a mask's."""
+    v = g.const_value(t) if t else None
+    return v is not None and v.size > 0 and np.issubdtype(v.dtype, np.floating) and \
+        float(np.max(np.abs(v))) >= MASK_MAGNITUDE
+
+
 def _is_mask_scale(g: ModelGraph, node: onnx.NodeProto) -> bool:
-    """A Mul/Where/Add/Sub putting a huge (|c| >= MASK_MAGNITUDE) or infinite constant into a branch."""
-    if node.op_type not in ("Mul", "Where", "Add", "Sub"):
-        return False
-    for i in node.input:
-        v = g.const_value(i) if i else None
-        if v is not None and v.size and np.issubdtype(v.dtype, np.floating):
-            if float(np.max(np.abs(v))) >= MASK_MAGNITUDE:
-                return True
-    return False
+    """A Mul/Where/Add/Sub putting a mask constant into a branch."""
+    return node.op_type in ("Mul", "Where", "Add", "Sub") and any(is_mask_constant(g, i) for i in node.input)
 
 
 def _mask_chain(g: ModelGraph, seeds: set[str]) -> set[str]:

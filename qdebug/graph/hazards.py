@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from qdebug.graph.families import MASK_MAGNITUDE, find_families, mask_apply, mask_tensors
+from qdebug.graph.families import MASK_MAGNITUDE, find_families, is_mask_constant, mask_apply, mask_tensors
 from qdebug.graph.fusion import PASSTHROUGH
 from qdebug.graph.model import ModelGraph
 
@@ -380,7 +380,7 @@ def mask_add(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 
                 (node.output[0] in masks and node.name not in applied):
             continue
         data = [i for i in node.input[(1 if node.op_type == "Where" else 0):] if i]
-        mask = [i for i in data if i in masks or _is_big_const(g, i)]
+        mask = [i for i in data if i in masks or is_mask_constant(g, i)]
         scores = [i for i in data if i not in mask and not g.is_constant(i)]
         if len(mask) != 1 or len(scores) != 1:
             continue
@@ -413,12 +413,6 @@ def mask_add(g: ModelGraph, ranges: dict[str, tuple[float, float]], bits: int = 
             {"mask_magnitude": m if math.isfinite(m) else None, "score_width": s,
              "levels_left": kept, "min_levels": MIN_LEVELS}))
     return out
-
-
-def _is_big_const(g: ModelGraph, t: str) -> bool:
-    v = g.const_value(t)
-    return v is not None and v.size > 0 and np.issubdtype(v.dtype, np.floating) and \
-        float(np.max(np.abs(v))) >= MASK_MAGNITUDE
 
 
 def norm_inputs(g: ModelGraph) -> dict[str, str]:
