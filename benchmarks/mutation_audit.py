@@ -107,7 +107,7 @@ MUTANTS: list[Mutant] = [
       ("tests/test_format_hisi.py", "tests/test_simulator.py")),
     M("hazards-ratio-5x", HZ, "ratio: float = 16.0", "ratio: float = 80.0", "Concat range-mix threshold 5x higher",
       HAZ),
-    M("hazards-scale-5x", HZ, "if factor < 4.0:", "if factor < 20.0:", "scale-amplify threshold 5x higher", HAZ),
+    M("hazards-scale-5x", HZ, "if factor < 4.0 or bits > 8:", "if factor < 20.0 or bits > 8:", "scale-amplify threshold 5x higher", HAZ),
     # ------------------------------------------------------------------ calibrators
     M("cal-percentile-hi-one-bin-low", C, "edges[min(i_hi + 1, BINS)]", "edges[min(i_hi, BINS)]",
       "percentile upper edge one bin low", CAL),
