@@ -34,6 +34,16 @@ from qdebug.search.target import OPS, Target
 HAZARD_BONUS = 100.0
 
 
+def log2_ceil(n: int) -> int:
+    """⌈log2 n⌉ for n ≥ 1 (0 for n ≤ 1)."""
+    return max(0, (max(n, 1) - 1).bit_length())
+
+
+def evaluation_bound(n: int, found: int) -> int:
+    """The promised evaluation budget of a search over n candidates: 2*ceil(log2 N) + |found set| + 2."""
+    return 2 * max(1, log2_ceil(n)) + found + 2
+
+
 @dataclass
 class EvalRecord:
     """One evaluated precision map."""
@@ -162,7 +172,6 @@ class PromotionSearch:
                 lo = mid
         # window: the largest start s such that ranked[s:hi] still passes (ops before s are not needed); worth
         # its ceil(log2 hi) probes only when the prefix is longer than that plus one
-        L = max(1, (max(len(ranked), 1) - 1).bit_length())
         window = hi - 1 > (hi - 1).bit_length() + 1
         s_lo, s_hi = 0, (hi if window else 0)  # window(s_lo) passes; the empty window (s_hi = hi) fails
         while s_hi - s_lo > 1:
@@ -175,7 +184,7 @@ class PromotionSearch:
         # prune inside the window, lowest score first (its two ends last: each was needed by a bisection), and
         # only while one more evaluation keeps the count within 2*ceil(log2 N) + |set| + 2 whatever it returns
         order = (list(reversed(chosen[1:-1])) + chosen[-1:] + chosen[:1]) if window else list(reversed(chosen))
-        bound_fixed = 2 * L + 2
+        bound_fixed = evaluation_bound(len(ranked), 0)
         if self.grouped:
             chosen, order = self._drop_groups(chosen, order, order[-2:] if window else order[:1], n0, bound_fixed)
         untried = 0
@@ -289,7 +298,7 @@ def first_bad_cut_one_pass(compare: CompareResult, target: Target) -> FirstBadCu
 
 def cut_search_bound(n: int) -> int:
     """Probes the truncation search may spend over n cut points: the last cut, the hint, ⌈log2 n⌉ bisection."""
-    return max(0, (max(n, 1) - 1).bit_length()) + 2
+    return log2_ceil(n) + 2
 
 
 def first_bad_cut_truncation(graph: ModelGraph, backend: Backend, config: QuantConfig,

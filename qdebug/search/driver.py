@@ -34,6 +34,7 @@ from qdebug.search.bisect import (
     SearchResult,
     ancestors_ops,
     cut_search_bound,
+    evaluation_bound,
     first_bad_cut_one_pass,
     first_bad_cut_truncation,
     rank_ops,
@@ -42,11 +43,6 @@ from qdebug.search.evaluate import Evaluator, TensorTargetEvaluator
 from qdebug.search.remedies import UNITS, RemedyOutcome, RemedySearch
 from qdebug.search.split import find_decode_tail, prove_split
 from qdebug.search.target import parse_target
-
-
-def evaluation_bound(n: int, found: int) -> int:
-    """The promised evaluation budget: 2*ceil(log2 N) + |found set| + 2."""
-    return 2 * max(1, (max(n, 1) - 1).bit_length()) + found + 2
 
 
 def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: SimBackend, target_expr: str | None,

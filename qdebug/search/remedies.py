@@ -22,7 +22,7 @@ from qdebug.quant.scheme import Precision, QuantConfig
 from qdebug.results.bisect import PlanTrial, Remedy, RemedySearchInfo
 from qdebug.results.values import json_float
 from qdebug.search import calib_remedy
-from qdebug.search.bisect import EvalRecord, PromotionSearch, SearchResult
+from qdebug.search.bisect import EvalRecord, PromotionSearch, SearchResult, evaluation_bound, log2_ceil
 from qdebug.search.calib_remedy import RangeChoice
 from qdebug.search.evaluate import Evaluator
 from qdebug.search.split import HeadSplit
@@ -31,11 +31,6 @@ UNITS = {"calibration": "tensors whose ranges changed", "split": "ops moved to t
          "precision": "ops at higher precision on the NPU"}
 CLIPPING_CALIBRATORS = ("percentile", "mse", "entropy")
 SMALL_CALIB = 8  # fewer calibration samples than this is named as a limit when no plan meets the target
-
-
-def log2_ceil(n: int) -> int:
-    """⌈log2 n⌉ for n ≥ 1 (0 for n ≤ 1)."""
-    return max(0, (max(n, 1) - 1).bit_length())
 
 
 def calibration_bound(variants: int, split: bool, changed: int) -> int:
@@ -84,7 +79,6 @@ class RemedySearch:
         self.fp16_fallback = fp16_fallback  # int16 misses -> search at fp16, members back to int16 per op
         self.split = split
         self.promo = PromotionSearch(evaluator, base, precision, progress=progress)  # shared cache and log
-        self.promo.grouped = True  # long windows: drop groups of members first (docs/bisect.md)
         self.info = RemedySearchInfo(skipped={} if split else {"split": split_reason}, notes=list(notes))
         best, unclipped = calib_choices[:2]
         # promoted (int16) ops take their unclipped min/max range: at 16 bits rounding no longer argues for
@@ -203,12 +197,11 @@ class RemedySearch:
         n0 = len(self.promo.records)
         priority = sum(1 for k in cands if k in hazard_ops)
         res = self.promo.run(cands, priority=priority)
-        L = max(1, log2_ceil(len(cands)))
-        self.info.precision_bound = 2 * L + len(res.promoted) + 2
+        self.info.precision_bound = evaluation_bound(len(cands), len(res.promoted))
         if not res.met and self.precision == Precision.INT16 and self.fp16_fallback:
             res = self._fp16_per_op(cands, priority, res)
             if self.precision == Precision.FP16:  # the fallback met: its search + the per-op int16 trials
-                self.info.precision_bound = 2 * L + 2 * len(res.promoted) + 4
+                self.info.precision_bound = evaluation_bound(len(cands), 2 * len(res.promoted)) + 2
         self.info.precision_evaluations = len(self.promo.records) - n0
         self._log_new_trials(combo)
         self.promo.base = self.base
