@@ -14,6 +14,7 @@ from qdebug.cli.options import (
     check_target_task,
     setup_run,
 )
+from qdebug.cli.promote import text_diff
 from qdebug.cli.terminal import (
     err_console,
     mk,
@@ -241,7 +242,7 @@ def _rknn_outputs(args, graph, ds, cfg, rk, res: BisectResult, prec, log, evalua
         res.patched_file = PatchedFile(
             path=args.output, source=original, format="rknn", changed=sorted(custom),
             notes=["verified by hybrid_quantization_step2 + simulator (the final evaluation)", *missed],
-            extra_options={}, diff=_diff(open(original).read(), text))
+            extra_options={}, diff=text_diff(open(original).read(), text))
         if args.keep_work:
             shutil.copy(patched, rk.workdir / "final.quantization.cfg")
     if args.rknn_proposal:
@@ -274,7 +275,7 @@ def _vendor_outputs(args, graph, res: BisectResult, prec) -> None:
     pr = vf.promote(nodes, prec, graph=graph)
     atomic_write(args.output, pr.text, protect=(*args.run_inputs, vf.path or ""))
     res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format, changed=pr.changed,
-                                   notes=pr.notes, extra_options=pr.extra, diff=_diff(vf.text, pr.text))
+                                   notes=pr.notes, extra_options=pr.extra, diff=text_diff(vf.text, pr.text))
 
 
 def _qdq_output(args, backend, graph, cfg, res: BisectResult, prec) -> None:
@@ -292,8 +293,4 @@ def _qdq_output(args, backend, graph, cfg, res: BisectResult, prec) -> None:
                                    notes=["promoted ops run in float: their Q/DQ pairs removed, float weights back"])
 
 
-def _diff(a: str, b: str) -> str:
-    import difflib
-
-    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), "original", "patched", n=2))
 

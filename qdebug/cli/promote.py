@@ -82,6 +82,11 @@ def line_diff(a: list[str], b: list[str], src: str, dst: str, n: int = 2) -> lis
     return out
 
 
+def text_diff(a: str, b: str) -> str:
+    """The patched file's diff against the original, as JSON results keep it (line_diff: one pass in place)."""
+    return "".join(line_diff(a.splitlines(True), b.splitlines(True), "original", "patched"))
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """Run `qdebug promote`."""
     from qdebug.fileio import atomic_write

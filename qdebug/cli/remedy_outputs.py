@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from qdebug.cli.promote import text_diff
 from qdebug.cli.terminal import err_console, mk
 from qdebug.errors import QDebugError
 from qdebug.fileio import atomic_write
@@ -96,7 +97,7 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
             outputs.append((Path(args.output), text))
             res.patched_file = PatchedFile(path=args.output, source=vf.path, format=vf.format,
                                            changed=list(dict.fromkeys(changed)),  # precision + ranges: once each
-                                           notes=pnotes, extra_options={}, diff=_diff(vf.text, text))
+                                           notes=pnotes, extra_options={}, diff=text_diff(vf.text, text))
     split = kinds.get("split")
     if split is not None and not args.output:
         stem = Path(args.model).stem
@@ -118,10 +119,6 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
     return [str(p) for p, _ in outputs]
 
 
-def _diff(a: str, b: str) -> str:
-    import difflib
-
-    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), "original", "patched", n=2))
 
 
 def _check_all(paths: list[Path], protect: tuple[str, ...], make_folder: bool) -> None:
