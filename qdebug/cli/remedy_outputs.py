@@ -61,9 +61,9 @@ def write_plan(args: argparse.Namespace, graph: ModelGraph, ds: Dataset, res: Bi
     vendor = args.calib or (step1_cfg[0] if step1_cfg else None)
     table = getattr(args, "calib_table", None)
     if ranges and table:
-        from qdebug.formats.calib_table import range_of, render_table
+        from qdebug.formats.calib_table import range_of, range_target, render_table
 
-        by_tensor = {str(v.get("tensor", k)): range_of(v, k) for k, v in ranges.items()}
+        by_tensor = {range_target(k, v): range_of(v, k) for k, v in ranges.items()}
         outputs.append((Path(table), render_table(by_tensor, trt=not table.endswith(".json"))))
     if table and not ranges:
         notes.append(f"{table} (--calib-table) was not written: the plan changes no activation range")

@@ -26,6 +26,11 @@ _TRT_HEAD = re.compile(r"^TRT-\d+-\w+\r?$")
 _TRT_LINE = re.compile(r"^(.+):\s*([0-9a-fA-F]{8})\r?$")
 
 
+def range_target(key: str, value: object) -> str:
+    """The tensor a range entry is for: a remedy detail names it ({"tensor": ...}), else the key is the tensor."""
+    return str(value.get("tensor", key)) if isinstance(value, Mapping) else key
+
+
 def range_of(value: object, where: str = "") -> tuple[float, float]:
     """(lo, hi) from a (min, max) pair, a per-tensor QParams or a remedy detail entry ({"new": [lo, hi]})."""
     if isinstance(value, QParams):
@@ -142,7 +147,7 @@ class CalibTable(VendorFile):
         new = dict(self.ranges)
         changed = []
         for key, v in ranges.items():
-            t = str(v.get("tensor", key)) if isinstance(v, Mapping) else key
+            t = range_target(key, v)
             r = range_of(v, t)
             if new.get(t) != r:
                 changed.append(t)

@@ -17,7 +17,7 @@ import numpy as np
 
 from qdebug.errors import FormatError
 from qdebug.formats.base import MappingReport, PromotionResult, VendorFile, register_format
-from qdebug.formats.calib_table import range_of
+from qdebug.formats.calib_table import range_of, range_target
 from qdebug.formats.hisi_text import (  # noqa: F401  (re-exported: the record types and the tokenizer)
     DATA_TYPES,
     FLOAT32_MAX,
@@ -335,7 +335,7 @@ class HisiCalibration(VendorFile):
         op, sep, j = key.rpartition(":")
         if sep and j.isdigit() and self.by_name(op):
             return [(ly, int(j)) for ly in self.by_name(op) if int(j) < len(ly.inputs)]
-        tensor = str(val.get("tensor", key)) if isinstance(val, Mapping) else key
+        tensor = range_target(key, val)
         if graph is not None and tensor in {i.name for i in graph.inputs}:
             return [(ly, 0) for ly in self.by_name(tensor) if ly.inputs]
         if graph is None:

@@ -270,9 +270,8 @@ class RknnQuantCfg(VendorFile):
         Keys: tensor names (or `op:j` with a remedy detail naming the tensor); values: (min, max), a QParams or
         a remedy detail entry."""
         import re
-        from collections.abc import Mapping
 
-        from qdebug.formats.calib_table import range_of
+        from qdebug.formats.calib_table import range_of, range_target
 
         edits: list[tuple[int, int, str]] = []
         notes: list[str] = []
@@ -283,7 +282,7 @@ class RknnQuantCfg(VendorFile):
         order = sorted(self.params.values(), key=lambda e: e.line)
         for key, val in ranges.items():
             lo, hi = range_of(val, f"range for '{key}'")
-            tensor = str(val.get("tensor", key)) if isinstance(val, Mapping) else key
+            tensor = range_target(key, val)
             names = [tensor + s for s in (*TOOLKIT_SUFFIXES, "", *TWIN_SUFFIXES) if tensor + s in self.params]
             name = next((n for n in names if self.params[n].is_int), names[0] if names else None)
             if name is None:

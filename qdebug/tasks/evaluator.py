@@ -70,7 +70,8 @@ def resolve_labels(labels: Labels | str | Path | None, metas: Sequence[ImageMeta
     return load_labels(labels, metas, input_hw)
 
 
-def _prepare(graph: ModelGraph, backend: Backend, config: QuantConfig, samples: list) -> None:
+def prepare_backend(graph: ModelGraph, backend: Backend, config: QuantConfig, samples: list) -> None:
+    """Calibrate the built-in simulator on `samples` unless it already is (vendor backends prepare themselves)."""
     if hasattr(backend, "ranges") and not backend.ranges:  # the simulator calibrates once per graph
         backend.prepare(graph, config, samples)
 
@@ -323,7 +324,7 @@ def run_detection(graph: ModelGraph, dataset: Dataset, backend: Backend, config:
         fd, qd = collector.float_dets, collector.quant_dets
     else:
         samples = samples or list(dataset)
-        _prepare(graph, backend, config, samples)
+        prepare_backend(graph, backend, config, samples)
         fd = float_detections(graph, samples, decoder, metas, hw)
         qd = quant_detections(graph, samples, backend, config, decoder, metas, hw)
     pd = quant_detections(graph, samples, backend, promoted, decoder, metas, hw) if promoted is not None else None

@@ -24,6 +24,7 @@ from qdebug.runners.base import Backend
 from qdebug.runners.session import OrtSession
 from qdebug.search.evaluate import MixedTargetEvaluator, Score
 from qdebug.search.target import Target
+from qdebug.tasks.evaluator import prepare_backend
 from qdebug.tasks.scoring import TaskScorer
 from qdebug.workers import ordered_map
 
@@ -129,8 +130,7 @@ def run_task(graph: ModelGraph, dataset: Dataset, backend: Backend, config: Quan
     else:
         samples = list(dataset)
         output = bind_scorer(graph, scorer, len(samples))
-        if hasattr(backend, "ranges") and not backend.ranges:  # the simulator calibrates once per graph
-            backend.prepare(graph, config, samples)
+        prepare_backend(graph, backend, config, samples)
         reference = float_outputs(graph, samples, output)
         quant = score_run(scorer, reference, list(backend.run(graph, config, samples, [output])), names)
     settings = scorer.settings()
