@@ -118,9 +118,10 @@ def run_compare(graph: ModelGraph, dataset: Dataset, config: QuantConfig, backen
                            store=store)
         amodel = None
         give_back_memory()
-    qmodel = backend.quantized_model(graph, config, exposed, **light)
+    # recorded quantized values replace the cumulative model: none is built
+    qmodel = backend.quantized_model(graph, config, exposed, **light) if replay is None else None
     # expose the quantized graph inputs of the cumulative run
-    qnodes = {n.output[0] for n in qmodel.graph.node}
+    qnodes = {n.output[0] for n in qmodel.graph.node} if qmodel is not None else set()
     qnames = {i: i + "::q" for i in inputs if i + "::q" in qnodes}  # quantized graph inputs
     for i in qnames:
         qmodel.graph.output.append(helper.make_tensor_value_info(i + "::q", TensorProto.FLOAT, None))

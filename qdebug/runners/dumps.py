@@ -197,7 +197,7 @@ class DumpsBackend(SimBackend):
 
     def quantized_model(self, graph: ModelGraph, config: QuantConfig,
                         outputs: Sequence[str] | None = None) -> onnx.ModelProto:
-        """The float model (never run: the stage reads `replay()` instead)."""
+        """The float model: recorded dumps have no quantized model (the compare stage reads `replay()`)."""
         return graph.with_outputs([])
 
     def analysis_model(self, graph: ModelGraph, config: QuantConfig,
