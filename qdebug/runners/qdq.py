@@ -9,7 +9,7 @@ Promoting an op removes the pairs around it and gives it back its float weights 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +24,6 @@ from qdebug.quant.simulate import SimPlan
 from qdebug.runners.base import register_backend
 from qdebug.runners.session import OrtSession
 from qdebug.runners.sim import SimBackend
-from qdebug.workers import ordered_map
 
 SUFFIXES = ("_QuantizeLinear_Input", "_QuantizeLinear_Output", "_DequantizeLinear_Output")
 QOPS = ("QuantizeLinear", "DequantizeLinear")
@@ -447,19 +446,12 @@ class QdqBackend(SimBackend):
         model, iso, self.isolated_unavailable = analysis(graph, self.match, self._keys(graph, config)[1], tensors)
         return model, iso
 
-    def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
-        key = (graph.uid, tuple(sorted(self._keys(graph, config)[0])), tuple(outputs))
-        if key not in self._sessions:
-            if len(self._sessions) > 8:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[key] = OrtSession(self.quantized_model(graph, config, outputs), threads=self.threads,
-                                             source=self.path)
-        return self._sessions[key]
+    def config_key(self, graph: ModelGraph, config: QuantConfig) -> tuple:
+        """The Q/DQ pairs a config removes decide the model."""
+        return tuple(sorted(self._keys(graph, config)[0]))
 
-    def run(self, graph: ModelGraph, config: QuantConfig, samples: Iterable[dict[str, np.ndarray]],
-            outputs: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
-        sess = self.session(graph, config, outputs)
-        yield from ordered_map(sess.run, samples)
+    def model_source(self, graph: ModelGraph) -> str | None:
+        return self.path
 
     def describe(self) -> dict:
         return {"backend": self.name, "profile": "qdq", "quantized_model": self.path,

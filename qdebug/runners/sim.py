@@ -268,14 +268,22 @@ class SimBackend(Backend):
         for (k, a), off in zip(big, offsets, strict=True):
             sp.weights[k] = np.frombuffer(mm, dtype=a.dtype, count=a.size, offset=off).reshape(a.shape)
 
+    def config_key(self, graph: ModelGraph, config: QuantConfig) -> tuple:
+        """What makes two configs give the same quantized model (the session cache key)."""
+        return config.key()
+
+    def model_source(self, graph: ModelGraph) -> str | None:
+        """The file named in onnxruntime's errors about the quantized model."""
+        return graph.path
+
     def session(self, graph: ModelGraph, config: QuantConfig, outputs: Sequence[str]) -> OrtSession:
         """A cached onnxruntime session of the quantized model with the given outputs."""
-        key = (graph.uid, config.key(), tuple(outputs))
+        key = (graph.uid, self.config_key(graph, config), tuple(outputs))
         if key not in self._sessions:
             if len(self._sessions) > 8:
                 self._sessions.pop(next(iter(self._sessions)))
             self._sessions[key] = OrtSession(self.quantized_model(graph, config, outputs),
-                                             threads=self.threads, source=graph.path)
+                                             threads=self.threads, source=self.model_source(graph))
         return self._sessions[key]
 
     def run(self, graph: ModelGraph, config: QuantConfig, samples: Iterable[dict[str, np.ndarray]],

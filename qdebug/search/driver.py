@@ -83,10 +83,10 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
     if cut_path == "auto":
         cut_path = "one-pass" if judge.intermediates else "truncation"
     say(f"first bad cut ({cut_path})")
+    cuts = graph.activation_tensors()
     if cut_path == "one-pass":
         cut = first_bad_cut_one_pass(before, target)
-    else:
-        cuts = graph.activation_tensors()  # hint: the built-in one-pass comparison's first failing tensor
+    else:  # hint: the built-in one-pass comparison's first failing tensor
         cut = first_bad_cut_truncation(graph, judge, base, samples, target, cuts,
                                        hint=first_bad_cut_one_pass(before, target).tensor)
     # ranking and search
@@ -125,7 +125,7 @@ def run_bisect(graph: ModelGraph, dataset: Dataset, base: QuantConfig, backend: 
         bound = 1 + int(plan.info.split is not None) + plan.info.calibration_bound + plan.info.precision_bound \
             + max(0, len(plan.remedies) - 1)  # + attribution runs: the plan's steps before its last remedy
     # the count includes the cut probes, so the bound includes their bound
-    cut_bound = cut_search_bound(len(graph.activation_tensors())) if cut.path == "truncation" else 0
+    cut_bound = cut_search_bound(len(cuts)) if cut.path == "truncation" else 0
     counts = Counts(n, res.quantized_evaluations + cut.evaluations, res.quantized_evaluations, cut.evaluations,
                     bound + cut_bound, n + 1, round(res.seconds, 3), round(total_s, 3), cut_bound)
     quant = before.quant.from_json({**before.quant.to_json(), "judge": judge.describe()})
