@@ -69,7 +69,7 @@ def setup(args: argparse.Namespace):
     if split is not None and not prove_split(graph, split, samples[:4]).passed:
         split = None
     all_ops = [op.key for op in ops if op.quantizable]
-    rs = RemedySearch(ev, base, Precision.INT16, choices, split, why, None, [], all_ops, len(samples))
+    rs = RemedySearch(ev, base, Precision.INT16, choices, split, why, None, all_ops, len(samples))
     return rs, ev, ranked, choices, split, ops
 
 

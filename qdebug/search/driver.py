@@ -156,7 +156,6 @@ def run_remedies(graph: ModelGraph, backend: SimBackend, evaluator: Evaluator, b
     points = calib_remedy.quant_points(backend.quant_ops(graph), backend.profile, keys)
     choices = calib_remedy.choose(graph, points, base, backend.ranges, calib_samples)
     split, why = find_decode_tail(graph, [(h.kind, h.node) for h in before.hazards])
-    notes = []
     proof = None
     if split is not None:
         proof = prove_split(graph, split, calib_samples[:4])
@@ -169,7 +168,7 @@ def run_remedies(graph: ModelGraph, backend: SimBackend, evaluator: Evaluator, b
     if cut_index is not None:  # ops whose every node is at or before the first bad cut (and graph inputs)
         upstream = {op.key for op in backend.quant_ops(graph) if op.kind == "input" or
                     all(graph.index_of.get(n, cut_index + 1) <= cut_index for n in op.nodes)}
-    rs = RemedySearch(evaluator, base, precision, choices, split, why, say, notes, all_ops, len(calib_samples),
+    rs = RemedySearch(evaluator, base, precision, choices, split, why, say, all_ops, len(calib_samples),
                       upstream=upstream)
     if split is not None and proof is not None:
         rs.info.split = {"tail": split.tail, "boundary": split.boundary, "reason": split.reason,

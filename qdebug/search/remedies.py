@@ -70,7 +70,7 @@ class RemedySearch:
     def __init__(self, evaluator: Evaluator, base: QuantConfig, precision: Precision,
                  calib_choices: tuple[list[RangeChoice], ...], split: HeadSplit | None,
                  split_reason: str = "", progress: Callable[[str], None] | None = None,
-                 notes: Sequence[str] = (), all_ops: Sequence[str] = (), calib_samples: int = 0,
+                 all_ops: Sequence[str] = (), calib_samples: int = 0,
                  fp16_fallback: bool = True, upstream: set[str] | None = None) -> None:
         self.base = base
         self.all_ops = list(all_ops)
@@ -79,7 +79,7 @@ class RemedySearch:
         self.fp16_fallback = fp16_fallback  # int16 misses -> search at fp16, members back to int16 per op
         self.split = split
         self.promo = PromotionSearch(evaluator, base, precision, progress=progress)  # shared cache and log
-        self.info = RemedySearchInfo(skipped={} if split else {"split": split_reason}, notes=list(notes))
+        self.info = RemedySearchInfo(skipped={} if split else {"split": split_reason})
         best, unclipped = calib_choices[:2]
         # promoted (int16) ops take their unclipped min/max range: at 16 bits rounding no longer argues for
         # clipping; fp16 has no range to set
